@@ -1,0 +1,49 @@
+"""Stage checkpoints of a run directory: one safetensors file per completed stage, and a progress file.
+
+A stage counts as completed only once its weights and its entry in ``progress.json`` are both written
+(weights first, each atomically), so a crash at any moment leaves the last completed stage intact.
+"""
+
+from pathlib import Path
+
+import torch
+
+from meduniverse.files import read_json, read_tensors, write_json, write_tensors
+
+
+class Checkpoints:
+    def __init__(self, run_dir: Path):
+        self.dir = Path(run_dir) / "checkpoints"
+        self.progress_path = self.dir / "progress.json"
+
+    def progress(self) -> dict:
+        return read_json(self.progress_path) if self.progress_path.is_file() else {"stages": {}, "evaluation": {}}
+
+    def last_stage(self) -> int | None:
+        stages = [int(s) for s in self.progress()["stages"]]
+        return max(stages) if stages else None
+
+    def weights_path(self, stage: int, part: str = "model") -> Path:
+        return self.dir / f"stage_{stage:03d}_{part}.safetensors"
+
+    def save_stage(self, stage: int, parts: dict[str, dict[str, torch.Tensor]], record: dict) -> None:
+        """Write each part's weights (e.g. 'model', 'mim_decoder'), then mark the stage completed."""
+        for part, state in parts.items():
+            write_tensors(self.weights_path(stage, part), state)
+        progress = self.progress()
+        progress["stages"][str(stage)] = record
+        write_json(self.progress_path, progress)
+
+    def load_stage(self, stage: int, part: str = "model") -> dict[str, torch.Tensor]:
+        return read_tensors(self.weights_path(stage, part))
+
+    def stage_record(self, stage: int) -> dict:
+        return self.progress()["stages"][str(stage)]
+
+    def evaluation(self) -> dict:
+        return self.progress()["evaluation"]
+
+    def save_evaluation(self, arm: str, per_site: dict) -> None:
+        progress = self.progress()
+        progress["evaluation"][arm] = per_site
+        write_json(self.progress_path, progress)

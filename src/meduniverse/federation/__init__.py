@@ -1,0 +1,1 @@
+"""Flower wiring: sites are ClientApps, the server is a ServerApp whose strategy distils site models."""

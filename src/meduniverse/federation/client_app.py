@@ -1,0 +1,112 @@
+"""The site side: a Flower ClientApp that trains and evaluates on the site's private data.
+
+Only model weights and scalar metrics leave it (see tests/test_privacy.py).
+"""
+
+from collections.abc import Callable
+from functools import lru_cache
+from pathlib import Path
+import time
+
+from flwr.app import Context, Message
+from flwr.clientapp import ClientApp
+import torch
+
+from meduniverse.config import FederationConfig, SiteConfig, load_config
+from meduniverse.federation.messages import ARRAYS, CONFIG, from_arrays, reply
+from meduniverse.models.universal import TaskInfo, build_model
+from meduniverse.sites import SiteData, load_site
+from meduniverse.tasks import primary_metric
+from meduniverse.training import evaluate, finetune, train_local
+
+ConfigSource = Callable[[Context], FederationConfig]
+
+
+def site_of(context: Context, config: FederationConfig) -> SiteConfig:
+    """This node's site: node_config 'site' (deployment) or 'partition-id' (simulation)."""
+    if "site" in context.node_config:
+        return config.site(str(context.node_config["site"]))
+    return config.sites[int(context.node_config["partition-id"])]
+
+
+def site_data(context: Context, config: FederationConfig) -> SiteData:
+    site = site_of(context, config)
+    return load_site(site, config.pool, config.input_spec(site.task), config.seed)
+
+
+def site_model(config: FederationConfig, data: SiteData, state: dict[str, torch.Tensor], seed: int):
+    """Encoder + this site's head, from the weights the server sent (a missing head starts fresh)."""
+    model = build_model(config, [TaskInfo(data.name, data.task, data.config.classes)], seed=seed)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or any(not k.startswith("heads.") for k in missing):
+        raise ValueError(f"site '{data.name}': weights do not fit the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    return model
+
+
+def describe(data: SiteData) -> dict[str, int]:
+    return {"num-train": len(data.splits["train"]), "num-val": len(data.splits["val"]), "num-test": len(data.splits["test"])}
+
+
+def handle_query(msg: Message, config: FederationConfig, data: SiteData) -> Message:
+    """Handshake: which site this node is and its split sizes (counts only)."""
+    return reply(msg, describe(data), info={"site": data.name, "task": data.task})
+
+
+def handle_train(msg: Message, config: FederationConfig, data: SiteData) -> Message:
+    """Stage s at a site: fine-tune the global encoder + own head on private data; send the weights back."""
+    settings = msg.content[CONFIG]
+    seed = int(settings["seed"])
+    model = site_model(config, data, from_arrays(msg.content[ARRAYS]), seed)
+    stats = train_local(model, data.name, data.splits["train"], config.method, seed)
+    key = primary_metric(data.task)
+    val = evaluate(model, data.name, data.splits["val"])[key]
+    metrics = {"num-examples": len(data.splits["train"]), "train-loss": stats.loss, "train-seconds": stats.seconds,
+               "train-images-per-second": stats.images_per_second, f"val-{key}": val}
+    return reply(msg, metrics, state=model.state_dict())
+
+
+def handle_evaluate(msg: Message, config: FederationConfig, data: SiteData) -> Message:
+    """Evaluate an arm at the site: optionally fine-tune (early stopping on val), then score val and test."""
+    settings = msg.content[CONFIG]
+    seed = int(settings["seed"])
+    model = site_model(config, data, from_arrays(msg.content[ARRAYS]), seed)
+    start = time.perf_counter()
+    metrics: dict[str, float | int] = {"num-examples": len(data.splits["train"])}
+    if bool(settings["finetune"]):
+        log = finetune(model, data.name, data.splits["train"], data.splits["val"], config.method, config.finetune, seed)
+        metrics.update({"best-epoch": log["best_epoch"], "epochs": log["epochs"]})
+    for split in ("val", "test"):
+        for name, value in evaluate(model, data.name, data.splits[split]).items():
+            metrics[f"{split}-{name}"] = value
+    metrics["seconds"] = time.perf_counter() - start
+    return reply(msg, metrics)
+
+
+def make_client_app(get_config: ConfigSource) -> ClientApp:
+    """A ClientApp whose handlers load this node's site (cached per process) and run one step."""
+    app = ClientApp()
+
+    def run(handler: Callable[[Message, FederationConfig, SiteData], Message]) -> Callable[[Message, Context], Message]:
+        def wrapped(msg: Message, context: Context) -> Message:
+            config = get_config(context)
+            torch.set_num_threads(config.runtime.threads_per_site)
+            return handler(msg, config, site_data(context, config))
+        return wrapped
+
+    app.query()(run(handle_query))
+    app.train()(run(handle_train))
+    app.evaluate()(run(handle_evaluate))
+    return app
+
+
+@lru_cache(maxsize=4)
+def _config_at(path: str) -> FederationConfig:
+    return load_config(Path(path))
+
+
+def config_from_run_config(context: Context) -> FederationConfig:
+    """Deployment: the run config's 'config' names the federation TOML; the node's 'site' names its site."""
+    return _config_at(str(context.run_config["config"]))
+
+
+app = make_client_app(config_from_run_config)

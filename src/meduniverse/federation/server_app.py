@@ -1,0 +1,160 @@
+"""The server side: a Flower ServerApp running stage 0 (MIM), stages 1..S and the evaluation arms.
+
+Every stage is checkpointed; a restarted run resumes after the last completed stage.
+"""
+
+from collections.abc import Callable, Iterable
+from pathlib import Path
+import time
+
+from flwr.app import ConfigRecord, Context, Message, MessageType
+from flwr.serverapp import Grid, ServerApp
+import torch
+
+from meduniverse.checkpoints import Checkpoints
+from meduniverse.config import FederationConfig
+from meduniverse.errors import StageError
+from meduniverse.evaluation import ARMS, Arm
+from meduniverse.federation.messages import CONFIG, METRICS, from_arrays, request, to_arrays
+from meduniverse.federation.strategy import UniversalDistillation
+from meduniverse.models.heads import DecoderHead
+from meduniverse.models.universal import build_model, part_of
+from meduniverse.progress import RunProgress, log
+from meduniverse.sites import load_pool
+from meduniverse.training import pretrain_mim
+
+
+def exchange(grid: Grid, messages: list[Message], timeout: float, on_reply: Callable[[Message], None] | None = None) -> list[Message]:
+    """Grid.send_and_receive, reporting each reply as it arrives (for progress and per-site logs)."""
+    pending = set(grid.push_messages(messages))
+    deadline, replies = time.time() + timeout, []
+    while pending and time.time() < deadline:
+        for msg in grid.pull_messages(pending):
+            replies.append(msg)
+            pending.discard(msg.metadata.reply_to_message_id)
+            if on_reply:
+                on_reply(msg)
+        time.sleep(0.1)
+    return replies
+
+
+def wait_for_nodes(grid: Grid, count: int, timeout: float) -> list[int]:
+    deadline = time.time() + timeout
+    while len(nodes := list(grid.get_node_ids())) < count:
+        if time.time() > deadline:
+            raise StageError(f"only {len(nodes)} of {count} sites connected within {timeout:.0f} s")
+        time.sleep(0.2)
+    return nodes
+
+
+def handshake(grid: Grid, config: FederationConfig) -> dict[int, str]:
+    """Ask every node which site it is; every configured site must answer exactly once."""
+    nodes = wait_for_nodes(grid, len(config.sites), config.runtime.reply_timeout)
+    replies = exchange(grid, [request(MessageType.QUERY, n, {}) for n in nodes], config.runtime.reply_timeout)
+    roster = {}
+    for msg in replies:
+        if msg.has_error():
+            raise StageError(f"handshake: node {msg.metadata.src_node_id} failed: {msg.error.reason}")
+        roster[msg.metadata.src_node_id] = str(msg.content[CONFIG]["site"])
+    missing = {s.name for s in config.sites} - set(roster.values())
+    if missing or len(set(roster.values())) != len(roster):
+        raise StageError(f"handshake: sites missing {sorted(missing)} or answering twice: {sorted(roster.values())}")
+    return roster
+
+
+def stage_zero(config: FederationConfig, pool: dict[str, torch.Tensor], seed: int, ckpt: Checkpoints, progress: RunProgress) -> None:
+    """MIM-pretrain the encoder on the pool: the baseline encoder, and G_0."""
+    model = build_model(config, seed=seed)
+    spec = config.inputs[0][1]
+    decoder = DecoderHead(model.encoder.widths, spec.channels)
+    stats = pretrain_mim(model.encoder, decoder, pool, config.method, seed, progress.phase("stage 0: MIM pretraining on the pool"))
+    ckpt.save_stage(0, {"model": model.state_dict(), "mim_decoder": decoder.state_dict()},
+                    {"seconds": stats.seconds, "images_per_second": stats.images_per_second, "loss": stats.loss,
+                     "pool": {g: len(x) for g, x in pool.items()}})
+
+
+def run_stage(grid: Grid, strategy: UniversalDistillation, stage: int, state: dict[str, torch.Tensor],
+              config: FederationConfig, progress: RunProgress) -> dict[str, torch.Tensor]:
+    started = time.perf_counter()
+    messages = list(strategy.configure_train(stage, to_arrays(state), ConfigRecord(), grid))
+    on_site = progress.phase(f"stage {stage}: local training at {len(messages)} sites", len(messages))
+    done = []
+    replies = exchange(grid, messages, config.runtime.reply_timeout, lambda m: (done.append(m), on_site(len(done), len(messages))))
+    local_seconds = time.perf_counter() - started
+    strategy.on_step = progress.phase(f"stage {stage}: distillation on the pool")
+    arrays, _ = strategy.aggregate_train(stage, replies)
+    strategy.report.update({"local_seconds": local_seconds, "seconds": time.perf_counter() - started,
+                            "bytes_sent_per_site": {s: sum(int(v.numel() * v.element_size()) for v in part_of(state, s).values())
+                                                    for s in strategy.roster.values()}})
+    return from_arrays(arrays)
+
+
+def arm_weights(arm: Arm, ckpt: Checkpoints, last: int, site: str) -> dict[str, torch.Tensor]:
+    if arm.weights == "baseline":
+        return {k: v for k, v in ckpt.load_stage(0).items() if k.startswith("encoder.")}
+    return part_of(ckpt.load_stage(last), site)
+
+
+def evaluate_arm(grid: Grid, roster: dict[int, str], arm: Arm, ckpt: Checkpoints, last: int, seed: int,
+                 config: FederationConfig, progress: RunProgress) -> dict[str, dict]:
+    """Every site evaluates one arm on its own test split and returns scalar metrics."""
+    settings = {"arm": arm.name, "finetune": arm.finetune, "seed": seed}
+    messages = [request(MessageType.EVALUATE, n, settings, arm_weights(arm, ckpt, last, s)) for n, s in roster.items()]
+    on_site = progress.phase(f"evaluation: {arm.name}", len(messages))
+    done: list[Message] = []
+    replies = exchange(grid, messages, config.runtime.reply_timeout, lambda m: (done.append(m), on_site(len(done), len(messages))))
+    out = {}
+    for msg in replies:
+        site = roster[msg.metadata.src_node_id]
+        if msg.has_error():
+            raise StageError(f"evaluation '{arm.name}': site '{site}' failed: {msg.error.reason}")
+        out[site] = dict(msg.content[METRICS])
+    missing = set(roster.values()) - set(out)
+    if missing:
+        raise StageError(f"evaluation '{arm.name}': no reply from {sorted(missing)}")
+    return out
+
+
+def run_federation(grid: Grid, config: FederationConfig, run_dir: Path, seed: int, progress: RunProgress) -> None:
+    """The whole server flow; each completed stage and arm is checkpointed in run_dir."""
+    torch.set_num_threads(config.runtime.server_threads)
+    ckpt = Checkpoints(run_dir)
+    roster = handshake(grid, config)
+    log.info("sites connected: %s", ", ".join(sorted(roster.values())))
+    pool = load_pool(config)
+    if ckpt.last_stage() is None:
+        stage_zero(config, pool, seed, ckpt, progress)
+    last = ckpt.last_stage()
+    if last:
+        log.info("resuming after completed stage %d", last)
+    decoder = None
+    if config.method.mim_weight > 0:
+        spec = config.inputs[0][1]
+        decoder = DecoderHead(config.model.widths, spec.channels)
+        decoder.load_state_dict(ckpt.load_stage(0, "mim_decoder"))
+    strategy = UniversalDistillation(config, roster, pool, seed, decoder)
+    state = ckpt.load_stage(last)
+    for stage in range(last + 1, config.method.stages + 1):
+        state = run_stage(grid, strategy, stage, state, config, progress)
+        parts = {"model": state, **({"mim_decoder": decoder.state_dict()} if decoder else {})}
+        ckpt.save_stage(stage, parts, strategy.report)
+    last = config.method.stages
+    for arm in ARMS:
+        if arm.name not in ckpt.evaluation():
+            ckpt.save_evaluation(arm.name, evaluate_arm(grid, roster, arm, ckpt, last, seed, config, progress))
+
+
+def make_server_app(config: FederationConfig, run_dir: Path, seed: int, progress: RunProgress,
+                    errors: list[BaseException]) -> ServerApp:
+    """A ServerApp for the Simulation Engine; exceptions are kept in `errors` for the caller to re-raise."""
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        try:
+            run_federation(grid, config, run_dir, seed, progress)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller, which re-raises it
+            errors.append(exc)
+            log.error("run failed: %s", exc)
+
+    return app

@@ -1,0 +1,69 @@
+"""The universal model: one shared encoder and one head per task."""
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from meduniverse.config import FederationConfig, ModelConfig
+from meduniverse.models.encoder import CNNEncoder, ViTEncoder
+from meduniverse.models.heads import ClassificationHead, DecoderHead
+from meduniverse.tasks import is_segmentation, num_outputs
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    """A head's identity: the site's name, task type and class names."""
+
+    name: str
+    task: str
+    classes: tuple[str, ...]
+
+    @property
+    def num_outputs(self) -> int:
+        return num_outputs(self.task, len(self.classes))
+
+
+class UniversalModel(nn.Module):
+    """Encoder plus ``heads[name]`` per task; ``model(x, name)`` gives that task's logits."""
+
+    def __init__(self, encoder: nn.Module, tasks: list[TaskInfo]):
+        super().__init__()
+        self.encoder = encoder
+        self.tasks = {t.name: t for t in tasks}
+        widths = encoder.widths
+        self.heads = nn.ModuleDict(
+            {t.name: DecoderHead(widths, t.num_outputs) if is_segmentation(t.task) else ClassificationHead(widths, t.num_outputs)
+             for t in tasks}
+        )
+
+    def forward(self, x: torch.Tensor, task: str) -> torch.Tensor:
+        return self.heads[task](self.encoder(x))
+
+    def forward_heads(self, x: torch.Tensor, tasks: list[str]) -> dict[str, torch.Tensor]:
+        """One encoder pass, several heads."""
+        features = self.encoder(x)
+        return {t: self.heads[t](features) for t in tasks}
+
+
+def build_encoder(model: ModelConfig, in_channels: int, img_size: int) -> nn.Module:
+    if model.encoder == "vit":
+        return ViTEncoder(in_channels, img_size, model.widths, model.vit_dim, model.vit_depth, model.vit_heads, model.vit_patch)
+    return CNNEncoder(in_channels, model.widths)
+
+
+def site_tasks(config: FederationConfig) -> list[TaskInfo]:
+    return [TaskInfo(s.name, s.task, s.classes) for s in config.sites]
+
+
+def build_model(config: FederationConfig, tasks: list[TaskInfo] | None = None, seed: int | None = None) -> UniversalModel:
+    """A freshly initialised universal model (all the federation's tasks unless `tasks` says otherwise)."""
+    if seed is not None:
+        torch.manual_seed(seed)
+    spec = config.inputs[0][1]  # sizes differ only for the CNN, which takes any size
+    return UniversalModel(build_encoder(config.model, spec.channels, spec.size), tasks or site_tasks(config))
+
+
+def part_of(state: dict[str, torch.Tensor], task: str) -> dict[str, torch.Tensor]:
+    """The encoder's weights and one head's: what a site model consists of."""
+    return {k: v for k, v in state.items() if k.startswith("encoder.") or k.startswith(f"heads.{task}.")}
