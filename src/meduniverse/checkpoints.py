@@ -40,10 +40,11 @@ class Checkpoints:
     def stage_record(self, stage: int) -> dict:
         return self.progress()["stages"][str(stage)]
 
-    def evaluation(self) -> dict:
-        return self.progress()["evaluation"]
+    def evaluation(self, stage: int) -> dict[str, dict]:
+        """Per arm, the sites' metrics, for arms evaluated on the model of `stage`."""
+        return {arm: entry["sites"] for arm, entry in self.progress()["evaluation"].items() if entry["stage"] == stage}
 
-    def save_evaluation(self, arm: str, per_site: dict) -> None:
+    def save_evaluation(self, arm: str, stage: int, per_site: dict) -> None:
         progress = self.progress()
-        progress["evaluation"][arm] = per_site
+        progress["evaluation"][arm] = {"stage": stage, "sites": per_site}
         write_json(self.progress_path, progress)

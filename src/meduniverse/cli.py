@@ -23,7 +23,7 @@ def fail(exc: Exception) -> None:
 def print_table(rows: list[list[str]], title: str) -> None:
     table = Table(title=title)
     for header in rows[0]:
-        table.add_column(header)
+        table.add_column(header, overflow="fold")
     for row in rows[1:]:
         table.add_row(*row)
     out.print(table)

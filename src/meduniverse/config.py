@@ -68,6 +68,7 @@ class MethodConfig:
     mask_patch_fraction: float = 0.125
     local_epochs: int = 2
     min_steps_per_epoch: int = 8
+    max_steps_per_epoch: int = 0  # 0: no cap (a cap makes quick smoke runs)
     distill_epochs: int = 4
     distill_schedule: str = "mixed"
     retention: float = 0.5
@@ -83,8 +84,9 @@ class MethodConfig:
 class FinetuneConfig:
     """Per-task fine-tuning for evaluation arms: same optimiser and early stopping for every arm."""
 
-    max_epochs: int = 20
-    patience: int = 4
+    max_epochs: int = 12
+    patience: int = 3
+    max_steps_per_epoch: int = 24
     lr: float = 5e-4
 
 

@@ -11,7 +11,8 @@ from meduniverse.config import FederationConfig
 from meduniverse.evaluation import ARMS, results_document
 from meduniverse.federation.client_app import make_client_app
 from meduniverse.federation.server_app import make_server_app
-from meduniverse.files import write_json
+from meduniverse.errors import ConfigError
+from meduniverse.files import read_json, write_json
 from meduniverse.model_io import save_model
 from meduniverse.models.universal import build_model
 from meduniverse.progress import RunProgress, log
@@ -46,7 +47,24 @@ def simulate(config: FederationConfig, run_dir: Path, seed: int, progress: RunPr
 
 
 def evaluation_done(ckpt: Checkpoints, config: FederationConfig) -> bool:
-    return ckpt.last_stage() == config.method.stages and all(a.name in ckpt.evaluation() for a in ARMS)
+    last = ckpt.last_stage()
+    return last is not None and last >= config.method.stages and all(a.name in ckpt.evaluation(config.method.stages) for a in ARMS)
+
+
+def check_same_run(run_dir: Path, config: FederationConfig) -> None:
+    """Resuming needs the same configuration; only the stage count and the runtime may change."""
+    path = run_dir / "config.json"
+    if not path.is_file():
+        return
+    before, now = read_json(path), config.to_dict()
+    for d in (before, now):
+        d.pop("runtime", None)
+        d.get("method", {}).pop("stages", None)
+        d.pop("source", None)
+    changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+    if changed:
+        raise ConfigError(f"{run_dir}: was run with a different configuration (differs in: {', '.join(changed)}); "
+                          f"use a new --out directory")
 
 
 def run(config: FederationConfig, run_dir: Path, seed: int | None = None, show_progress: bool = True) -> dict:
@@ -58,6 +76,7 @@ def run(config: FederationConfig, run_dir: Path, seed: int | None = None, show_p
     try:
         pool_size = verify_disjoint(config)
         log.info("run %s: %d sites, pool of %d images disjoint from every private split", config.name, len(config.sites), pool_size)
+        check_same_run(run_dir, config)
         write_json(run_dir / "config.json", config.to_dict())
         ckpt = Checkpoints(run_dir)
         if not evaluation_done(ckpt, config):
@@ -67,7 +86,7 @@ def run(config: FederationConfig, run_dir: Path, seed: int | None = None, show_p
         model.load_state_dict(ckpt.load_stage(config.method.stages))
         save_model(model, config, run_dir / "model", {"stage": config.method.stages, "seed": seed})
         progress_record = ckpt.progress()
-        results = results_document(config, {str(seed): progress_record["evaluation"]}, [seed],
+        results = results_document(config, {str(seed): ckpt.evaluation(config.method.stages)}, [seed],
                                    {"stages": progress_record["stages"], "run_seconds": time.perf_counter() - started})
         write_json(run_dir / "results.json", results)
         log.info("results written to %s", run_dir / "results.json")

@@ -84,15 +84,17 @@ def train_supervised(model: UniversalModel, task_name: str, data: Split, steps: 
     return stats
 
 
-def steps_per_epoch(n: int, batch_size: int, minimum: int) -> int:
-    return max(math.ceil(n / batch_size), minimum)
+def steps_per_epoch(n: int, batch_size: int, minimum: int, cap: int = 0) -> int:
+    """Enough steps to see every example once, at least `minimum`, at most `cap` if one is set (0: none)."""
+    steps = max(math.ceil(n / batch_size), minimum)
+    return min(steps, cap) if cap else steps
 
 
 def train_local(model: UniversalModel, task_name: str, data: Split, method: MethodConfig, seed: int,
                 on_step: StepCallback | None = None) -> TrainStats:
     """A site's stage: fine-tune the global encoder + its head on its private train split."""
     bs = batch_size_for(model.tasks[task_name].task, method)
-    steps = method.local_epochs * steps_per_epoch(len(data), bs, method.min_steps_per_epoch)
+    steps = method.local_epochs * steps_per_epoch(len(data), bs, method.min_steps_per_epoch, method.max_steps_per_epoch)
     optimizer = make_optimizer(model.parameters(), method.lr, method.weight_decay)
     return train_supervised(model, task_name, data, steps, bs, optimizer, seed, on_step)
 
@@ -115,11 +117,13 @@ def finetune(model: UniversalModel, task_name: str, train: Split, val: Split, me
     """Fine-tune encoder + head with early stopping on the validation primary metric; keep the best epoch.
 
     Every per-task fine-tune (every arm) runs this one function with the same optimiser and schedule.
+    An 'epoch' is one pass over the train split, capped at finetune_cfg.max_steps_per_epoch steps
+    (validation then runs at least that often on large sites).
     """
     task = model.tasks[task_name].task
     key = primary_metric(task)
     bs = batch_size_for(task, method)
-    steps = steps_per_epoch(len(train), bs, method.min_steps_per_epoch)
+    steps = steps_per_epoch(len(train), bs, method.min_steps_per_epoch, finetune_cfg.max_steps_per_epoch)
     optimizer = make_optimizer(model.parameters(), finetune_cfg.lr, method.weight_decay)
     best_score, best_state, best_epoch, waited = -math.inf, copy.deepcopy(model.state_dict()), 0, 0
     history = []
@@ -225,10 +229,11 @@ def distill(student: UniversalModel, teacher_logits: dict[str, torch.Tensor], re
             mim_decoder: DecoderHead | None = None, on_step: StepCallback | None = None) -> TrainStats:
     """Server step: train the student so head k matches teacher k on the pool, plus the retention term.
 
-    'round_robin': the steps are split in one block per site k; in block k the loss is
-    KD(H_k, teacher_k) + retention * mean over j != k of KD(H_j, previous H_j) (FedNet).
-    'mixed': every step, every head k gets KD(H_k, teacher_k) + retention * KD(H_k, previous H_k).
-    Either way, + mim_weight * the MIM loss on the pool when a MIM decoder is given (variant c).
+    'mixed': every step, every head k gets KD(H_k, teacher_k) + retention * KD(H_k, G_{s-1}'s H_k)
+    (`retained_logits`). 'round_robin' (FedNet): the steps are split into one block per site k; in
+    block k the loss is KD(H_k, teacher_k) + retention * mean over j != k of KD(H_j, H_j as it was
+    when block k began). Either way + mim_weight * the MIM loss on the pool when a MIM decoder is
+    given (variant c).
     """
     generator = torch.Generator().manual_seed(seed)
     sizes = pool_batch_sizes(pool, method)
@@ -237,33 +242,39 @@ def distill(student: UniversalModel, teacher_logits: dict[str, torch.Tensor], re
     every_head = list(dict.fromkeys(names + list(retained_logits)))
     tasks = {t: student.tasks[t].task for t in every_head}
     mixed = method.distill_schedule == "mixed"
+    blocks = [(set(names), steps)] if mixed else [({t}, steps // len(names) + (i < steps % len(names))) for i, t in enumerate(names)]
     params = list(student.parameters()) + (list(mim_decoder.parameters()) if mim_decoder else [])
     optimizer = make_optimizer(params, method.lr, method.weight_decay)
-    student.train()
-    stats, start, total = TrainStats(steps=steps), time.perf_counter(), 0.0
-    for step, batch in enumerate(cycle_batches(pool, sizes, steps, generator), 1):
-        active = set(names) if mixed else {names[min((step - 1) * len(names) // steps, len(names) - 1)]}
-        retained = [t for t in retained_logits if mixed or t not in active] if method.retention > 0 else []
+    stats, start, total, step = TrainStats(steps=steps), time.perf_counter(), 0.0, 0
+    batches = cycle_batches(pool, sizes, steps, generator)
+    for active, block_steps in blocks:
+        retained = [t for t in every_head if mixed or t not in active] if method.retention > 0 else []
+        if not mixed and retained:
+            retained_logits = pool_logits(student, retained, pool, group_of)
         weight = method.retention if mixed else method.retention / max(len(retained), 1)
-        loss = torch.zeros(())
-        for group, idx in batch.items():
-            heads = [t for t in every_head if group_of[t] == group and (t in active or t in retained)]
-            if not heads:
-                continue
-            outputs = student.forward_heads(normalize(pool[group][idx]), heads)
-            for t in heads:
-                if t in active:
-                    loss = loss + soft_target_loss(outputs[t], teacher_logits[t][idx].float(), tasks[t], method.temperature)
-                if t in retained:
-                    loss = loss + weight * soft_target_loss(outputs[t], retained_logits[t][idx].float(), tasks[t], method.temperature)
-            if mim_decoder is not None and method.mim_weight > 0:
-                loss = loss + method.mim_weight * mim_step_loss(student.encoder, mim_decoder, pool[group][idx], method, generator)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        total += loss.item()
-        stats.images += sum(len(idx) for idx in batch.values())
-        if on_step:
-            on_step(step, steps)
-    stats.seconds, stats.loss = time.perf_counter() - start, total / steps
+        student.train()
+        for _ in range(block_steps):
+            batch = next(batches)
+            loss = torch.zeros(())
+            for group, idx in batch.items():
+                heads = [t for t in every_head if group_of[t] == group and (t in active or t in retained)]
+                if not heads:
+                    continue
+                outputs = student.forward_heads(normalize(pool[group][idx]), heads)
+                for t in heads:
+                    if t in active:
+                        loss = loss + soft_target_loss(outputs[t], teacher_logits[t][idx].float(), tasks[t], method.temperature)
+                    if t in retained:
+                        loss = loss + weight * soft_target_loss(outputs[t], retained_logits[t][idx].float(), tasks[t], method.temperature)
+                if mim_decoder is not None and method.mim_weight > 0:
+                    loss = loss + method.mim_weight * mim_step_loss(student.encoder, mim_decoder, pool[group][idx], method, generator)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += loss.item()
+            stats.images += sum(len(idx) for idx in batch.values())
+            step += 1
+            if on_step:
+                on_step(step, steps)
+    stats.seconds, stats.loss = time.perf_counter() - start, total / max(steps, 1)
     return stats

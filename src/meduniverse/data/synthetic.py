@@ -32,7 +32,7 @@ def xray_nodule(rng: np.random.Generator, n: int, size: int = 32) -> tuple[np.nd
         img = 0.2 + 0.4 * lungs + 0.08 * rng.standard_normal((size, size))
         if labels[i]:
             cy, cx = rng.uniform(0.3, 0.7), rng.choice([0.3, 0.7]) + rng.uniform(-0.08, 0.08)
-            img += 0.35 * np.exp(-_blob(yy, xx, cy, cx, 0.07, 0.07) * 2)
+            img += 0.5 * np.exp(-_blob(yy, xx, cy, cx, 0.09, 0.09) * 2)
         images[i] = img
     return _to_uint8(images), labels[:, None]
 

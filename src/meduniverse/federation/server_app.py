@@ -16,7 +16,7 @@ from meduniverse.config import FederationConfig
 from meduniverse.errors import StageError
 from meduniverse.evaluation import ARMS, Arm
 from meduniverse.federation.messages import CONFIG, METRICS, from_arrays, request, to_arrays
-from meduniverse.federation.strategy import UniversalDistillation
+from meduniverse.federation.strategy import UniversalDistillation, brief
 from meduniverse.models.heads import DecoderHead
 from meduniverse.models.universal import build_model, part_of
 from meduniverse.progress import RunProgress, log
@@ -54,7 +54,7 @@ def handshake(grid: Grid, config: FederationConfig) -> dict[int, str]:
     roster = {}
     for msg in replies:
         if msg.has_error():
-            raise StageError(f"handshake: node {msg.metadata.src_node_id} failed: {msg.error.reason}")
+            raise StageError(f"handshake: node {msg.metadata.src_node_id} failed: {brief(msg.error.reason)}")
         roster[msg.metadata.src_node_id] = str(msg.content[CONFIG]["site"])
     missing = {s.name for s in config.sites} - set(roster.values())
     if missing or len(set(roster.values())) != len(roster):
@@ -107,7 +107,7 @@ def evaluate_arm(grid: Grid, roster: dict[int, str], arm: Arm, ckpt: Checkpoints
     for msg in replies:
         site = roster[msg.metadata.src_node_id]
         if msg.has_error():
-            raise StageError(f"evaluation '{arm.name}': site '{site}' failed: {msg.error.reason}")
+            raise StageError(f"evaluation '{arm.name}': site '{site}' failed: {brief(msg.error.reason)}")
         out[site] = dict(msg.content[METRICS])
     missing = set(roster.values()) - set(out)
     if missing:
@@ -124,9 +124,9 @@ def run_federation(grid: Grid, config: FederationConfig, run_dir: Path, seed: in
     pool = load_pool(config)
     if ckpt.last_stage() is None:
         stage_zero(config, pool, seed, ckpt, progress)
+    else:
+        log.info("resuming after completed stage %d (%s)", ckpt.last_stage(), ckpt.dir)
     last = ckpt.last_stage()
-    if last:
-        log.info("resuming after completed stage %d", last)
     decoder = None
     if config.method.mim_weight > 0:
         spec = config.inputs[0][1]
@@ -140,8 +140,8 @@ def run_federation(grid: Grid, config: FederationConfig, run_dir: Path, seed: in
         ckpt.save_stage(stage, parts, strategy.report)
     last = config.method.stages
     for arm in ARMS:
-        if arm.name not in ckpt.evaluation():
-            ckpt.save_evaluation(arm.name, evaluate_arm(grid, roster, arm, ckpt, last, seed, config, progress))
+        if arm.name not in ckpt.evaluation(last):
+            ckpt.save_evaluation(arm.name, last, evaluate_arm(grid, roster, arm, ckpt, last, seed, config, progress))
 
 
 def make_server_app(config: FederationConfig, run_dir: Path, seed: int, progress: RunProgress,

@@ -16,6 +16,13 @@ from meduniverse.models.universal import part_of
 from meduniverse.progress import log
 
 
+def brief(reason: str, limit: int = 300) -> str:
+    """The useful end of a ClientApp error (Ray wraps it in several tracebacks)."""
+    text = reason.rsplit("Message: ", 1)[-1].strip().strip("'>").strip()
+    lines = [line for line in text.splitlines() if line.strip()]
+    return (lines[-1] if lines else text)[:limit]
+
+
 class UniversalDistillation(FedAvg):
     """Each stage: send G_{s-1}'s encoder + head k to site k; distil the returned site models on the pool."""
 
@@ -42,7 +49,7 @@ class UniversalDistillation(FedAvg):
                 continue
             dropped.pop(msg.metadata.src_node_id, None)
             if msg.has_error():
-                rejected[site] = f"failed: {msg.error.reason}"
+                rejected[site] = f"failed: {brief(msg.error.reason)}"
                 continue
             update = SiteUpdate(site, from_arrays(msg.content[ARRAYS]), int(msg.content[METRICS]["num-examples"]))
             problem = update_problem(update, self.previous)

@@ -1,0 +1,42 @@
+"""Shared fixtures: the real datasets in ../shared/data, tiny configurations, and a loopback grid."""
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from meduniverse.cli import demo_config_path
+from meduniverse.config import load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("MEDUNIVERSE_SHARED", ROOT.parent / "shared")) / "data"
+
+# Small budgets: every step runs, nothing converges.
+TINY = [
+    "method.stages=1", "method.mim_epochs=1", "method.local_epochs=1", "method.distill_epochs=1",
+    "method.min_steps_per_epoch=1", "method.max_steps_per_epoch=2", "finetune.max_epochs=2", "finetune.patience=1",
+    "pool.max_images=96", "pool.segmentation_max=16",
+]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not (SHARED / "MANIFEST.md").is_file():
+        pytest.fail(f"the shared datasets are missing: expected {SHARED} (set MEDUNIVERSE_SHARED)")
+    return SHARED
+
+
+@pytest.fixture
+def demo_config():
+    return load_config(demo_config_path(), TINY)
+
+
+@pytest.fixture
+def shared8_config(shared_data):
+    return load_config(ROOT / "configs" / "shared8.toml", TINY + ["model.widths=[8, 16, 32, 64]", f"data_root='{shared_data}'"])

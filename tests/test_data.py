@@ -1,0 +1,102 @@
+"""Loading the real shared datasets, the pool split and its disjointness, the medmnist loader, transforms."""
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from meduniverse.config import PoolConfig
+from meduniverse.data.medmnist import medmnist_file
+from meduniverse.data.npz import read_labelled_npz
+from meduniverse.errors import DataError, PrivacyError
+from meduniverse.sites import image_hashes, load_pool, load_site, pool_indices, read_raw_images, verify_disjoint
+from meduniverse.transforms import InputSpec, images_to_spec, masks_to_spec
+
+
+def test_every_shared8_site_loads_at_its_input_spec(shared8_config):
+    for site in shared8_config.sites:
+        spec = shared8_config.input_spec(site.task)
+        data = load_site(site, shared8_config.pool, spec, 0)
+        for split in data.splits.values():
+            assert split.images.dtype == torch.uint8
+            assert tuple(split.images.shape[1:]) == (3, spec.size, spec.size)
+            if site.task == "segmentation":
+                assert tuple(split.targets.shape[1:]) == (spec.size, spec.size)
+                assert set(split.targets.unique().tolist()) <= {0, 1}
+            else:
+                assert split.targets.max() < len(site.classes)
+
+
+def test_pool_takes_its_fraction_and_never_a_copy_of_a_private_image(shared8_config):
+    site = shared8_config.site("pneumonia_xray")  # has byte-identical images inside train and across splits
+    images = read_raw_images(site)
+    lent = pool_indices(images, 0.2, 0)
+    assert abs(len(lent) - 0.2 * len(images["train"])) <= 20
+    private = np.setdiff1d(np.arange(len(images["train"])), lent)
+    pool_hashes = set(image_hashes(images["train"][lent]))
+    private_hashes = set(image_hashes(images["train"][private])) | set(image_hashes(images["val"])) | set(image_hashes(images["test"]))
+    assert not pool_hashes & private_hashes
+    data = load_site(site, shared8_config.pool, shared8_config.input_spec(site.task), 0)
+    assert len(data.splits["train"]) == len(private)
+
+
+def test_verify_disjoint_passes_on_shared8_and_fails_loudly_on_overlap(shared8_config, shared_data, tmp_path):
+    assert verify_disjoint(shared8_config) > 0
+    with np.load(shared_data / "breast_us.npz") as d:
+        leaked = d["test_images"][:5]
+    extra = tmp_path / "public.npz"
+    np.savez(extra, images=leaked)
+    bad = replace(shared8_config, pool=replace(shared8_config.pool, files=(extra,)))
+    with pytest.raises(PrivacyError, match="breast_us.*test.*5 private image"):
+        verify_disjoint(bad)
+
+
+def test_pool_holds_every_group_within_limits(shared8_config):
+    pool = load_pool(shared8_config)
+    assert set(pool) == {"classification", "segmentation"}
+    assert pool["classification"].shape[1:] == (3, 32, 32) and len(pool["classification"]) <= 96
+    assert pool["segmentation"].shape[1:] == (3, 128, 128) and len(pool["segmentation"]) <= 16
+
+
+def test_medmnist_files_are_found_by_name_in_a_local_root(shared_data, tmp_path):
+    with np.load(shared_data / "pneumonia_xray.npz") as d:
+        np.savez(tmp_path / "pneumoniamnist.npz", **{k: d[k][:10] for k in d.files})
+    path = medmnist_file("pneumoniamnist", tmp_path)
+    splits = read_labelled_npz(path, "binary", 2)
+    assert len(splits["train"].images) == 10
+
+
+def test_missing_medmnist_file_offline_names_the_root(tmp_path):
+    with pytest.raises(DataError) as err:
+        medmnist_file("bloodmnist", tmp_path / "medmnist-root", size=64)
+    assert "bloodmnist_64.npz" in str(err.value) and str(tmp_path / "medmnist-root") in str(err.value)
+
+
+def test_images_to_spec_converts_gray_and_resizes_without_touching_input():
+    gray = np.tile(np.arange(28, dtype=np.uint8) * 9, (2, 28, 1))
+    before = gray.copy()
+    x = images_to_spec(gray, InputSpec(32, 3))
+    assert x.shape == (2, 3, 32, 32) and x.dtype == torch.uint8
+    assert torch.equal(x[:, 0], x[:, 1]) and torch.equal(x[:, 1], x[:, 2])
+    assert np.array_equal(gray, before)
+    rgb = np.zeros((1, 64, 64, 3), np.uint8)
+    rgb[..., 0] = 200
+    y = images_to_spec(rgb, InputSpec(32, 3))
+    assert y.shape == (1, 3, 32, 32) and int(y[0, 0].float().mean()) == 200 and int(y[0, 1].max()) == 0
+
+
+def test_masks_to_spec_keeps_class_ids():
+    masks = np.zeros((1, 128, 128), np.uint8)
+    masks[0, 40:80, 40:80] = 1
+    m = masks_to_spec(masks, InputSpec(64))
+    assert m.shape == (1, 64, 64) and set(m.unique().tolist()) == {0, 1}
+    assert int(m.sum()) == 20 * 20
+
+
+def test_synthetic_sites_are_deterministic(demo_config):
+    site = demo_config.sites[0]
+    a = load_site.__wrapped__(site, demo_config.pool, demo_config.input_spec(site.task), 0)
+    b = load_site.__wrapped__(site, demo_config.pool, demo_config.input_spec(site.task), 0)
+    assert torch.equal(a.splits["train"].images, b.splits["train"].images)
+    assert len(a.splits["train"]) == 240 and len(a.splits["test"]) == 100

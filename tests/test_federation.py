@@ -1,0 +1,134 @@
+"""The real ServerApp flow and ClientApp handlers, driven through a loopback grid; privacy of every message."""
+
+from dataclasses import replace
+import hashlib
+
+import numpy as np
+import pytest
+import torch
+
+from meduniverse.checkpoints import Checkpoints
+from meduniverse.errors import StageError
+from meduniverse.evaluation import ARMS
+from meduniverse.federation import client_app as client_module
+from meduniverse.federation.client_app import make_client_app
+from meduniverse.federation.messages import ARRAYS, CONFIG, METRICS
+from meduniverse.federation.server_app import run_federation
+from meduniverse.models.universal import build_model, part_of
+from meduniverse.progress import RunProgress
+from meduniverse.sites import private_raw
+
+from loopback import LoopbackGrid
+
+MESSAGE_TYPES = {"query", "train", "evaluate"}
+
+
+def federate(config, run_dir, seed=0):
+    grid = LoopbackGrid(make_client_app(lambda context: config), len(config.sites))
+    run_federation(grid, config, run_dir, seed, RunProgress(enabled=False))
+    return grid
+
+
+def private_fingerprints(config) -> set[str]:
+    """SHA-256 of every private split array and every private example (images, labels, masks)."""
+    out = set()
+    for site in config.sites:
+        for split in private_raw(site, config.pool, config.seed).values():
+            for array in (split.images, split.targets):
+                out.add(hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest())
+                out.update(hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest() for a in array)
+    return out
+
+
+@pytest.mark.privacy
+def test_nothing_but_weights_and_scalars_leaves_a_site(shared8_config, tmp_path):
+    config = replace(shared8_config, method=replace(shared8_config.method, stages=2))
+    grid = federate(config, tmp_path / "run")
+    assert {r.metadata.message_type for r in grid.replies} == MESSAGE_TYPES  # every message type was checked
+    shapes = {k: v.shape for k, v in build_model(config).state_dict().items()}
+    fingerprints = private_fingerprints(config)
+    sites = {s.name: s for s in config.sites}
+    for reply in grid.replies:
+        assert not reply.has_error(), reply.error
+        assert set(reply.content.keys()) <= {ARRAYS, METRICS, CONFIG}
+        for value in reply.content[METRICS].values():
+            assert isinstance(value, (int, float)), f"non-scalar metric {value!r}"
+        if CONFIG in reply.content:
+            info = dict(reply.content[CONFIG])
+            assert set(info) == {"site", "task"} and info["site"] in sites and info["task"] == sites[info["site"]].task
+        if ARRAYS in reply.content:
+            assert reply.metadata.message_type == "train"
+            state = reply.content[ARRAYS].to_torch_state_dict()
+            site = next(s for s in sites if any(k.startswith(f"heads.{s}.") for k in state))
+            assert set(state) == set(part_of(shapes, site)), "only the site model's own parameters may leave"
+            for key, tensor in state.items():
+                assert tensor.shape == shapes[key]
+                assert hashlib.sha256(tensor.numpy().tobytes()).hexdigest() not in fingerprints
+
+
+def test_stages_are_checkpointed_and_every_arm_is_evaluated(demo_config, tmp_path):
+    run_dir = tmp_path / "run"
+    grid = federate(demo_config, run_dir)
+    ckpt = Checkpoints(run_dir)
+    assert ckpt.last_stage() == 1
+    assert ckpt.weights_path(0).is_file() and ckpt.weights_path(1).is_file()
+    record = ckpt.stage_record(1)
+    assert set(record["sites"]) == {s.name for s in demo_config.sites} and record["rejected"] == {}
+    evaluation = ckpt.evaluation(1)
+    assert set(evaluation) == {a.name for a in ARMS}
+    for arm in evaluation.values():
+        for site in demo_config.sites:
+            key = "test-dice" if site.task == "segmentation" else "test-auc"
+            assert 0 <= arm[site.name][key] <= 1
+    trained = sum(r.metadata.message_type == "train" for r in grid.replies)
+    assert trained == len(demo_config.sites)
+    again = federate(demo_config, run_dir)  # everything done: nothing trains again
+    assert {r.metadata.message_type for r in again.replies} == {"query"}
+
+
+def test_a_failing_site_stops_the_stage_and_a_rerun_resumes_from_the_last_checkpoint(demo_config, tmp_path, monkeypatch):
+    config = replace(demo_config, method=replace(demo_config.method, stages=2))
+    run_dir = tmp_path / "run"
+    real_train = client_module.train_local
+    victim = config.sites[1].name
+
+    def failing(model, name, data, method, seed):
+        if name == victim and seed % 1000 == 2:
+            raise RuntimeError("disk on fire")
+        return real_train(model, name, data, method, seed)
+
+    monkeypatch.setattr(client_module, "train_local", failing)
+    with pytest.raises(StageError, match=f"stage 2.*{victim}.*disk on fire"):
+        federate(config, run_dir)
+    ckpt = Checkpoints(run_dir)
+    assert ckpt.last_stage() == 1
+    stage1 = ckpt.load_stage(1)
+    monkeypatch.setattr(client_module, "train_local", real_train)
+    grid = federate(config, run_dir)
+    assert sum(r.metadata.message_type == "train" for r in grid.replies) == len(config.sites)  # stage 2 only
+    assert ckpt.last_stage() == 2
+    assert all(torch.equal(stage1[k], v) for k, v in ckpt.load_stage(1).items())
+
+
+def test_poisoned_update_is_rejected_and_logged(demo_config, tmp_path, monkeypatch, caplog):
+    config = replace(demo_config, runtime=replace(demo_config.runtime, min_sites=1))
+    victim = config.sites[0].name
+    real_handle = client_module.handle_train
+
+    def poisoned(msg, cfg, data):
+        out = real_handle(msg, cfg, data)
+        if data.name == victim:
+            arrays = out.content[ARRAYS]
+            state = {k: torch.full_like(v, float("nan")) for k, v in arrays.to_torch_state_dict().items()}
+            from meduniverse.federation.messages import to_arrays
+            out.content[ARRAYS] = to_arrays(state)
+        return out
+
+    monkeypatch.setattr(client_module, "handle_train", poisoned)
+    caplog.set_level("WARNING", logger="meduniverse")
+    federate(config, tmp_path / "run")
+    record = Checkpoints(tmp_path / "run").stage_record(1)
+    assert "NaN or inf" in record["rejected"][victim]
+    assert victim in caplog.text and "rejected" in caplog.text
+    state = Checkpoints(tmp_path / "run").load_stage(1)
+    assert all(torch.isfinite(v).all() for v in state.values())

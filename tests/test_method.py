@@ -1,0 +1,181 @@
+"""The method's steps as plain functions: losses, metrics, local training, MIM, averaging, distillation, retention."""
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from meduniverse.aggregation import SiteUpdate, server_step, student_for, update_problem
+from meduniverse.losses import probabilities, soft_target_loss, task_loss
+from meduniverse.metrics import classification_metrics, segmentation_metrics
+from meduniverse.models.heads import DecoderHead
+from meduniverse.models.universal import build_model, part_of
+from meduniverse.sites import load_pool, load_site
+from meduniverse.tasks import spec_group
+from meduniverse.training import (distill, evaluate, finetune, pool_logits, pretrain_mim, train_local,
+                                  weighted_average)
+
+TASKS = {"binary": 1, "multiclass": 3, "ordinal": 3, "multilabel": 3}
+
+
+@pytest.mark.parametrize("task", sorted(TASKS))
+def test_probabilities_are_distributions(task):
+    logits = torch.randn(5, TASKS[task])
+    p = probabilities(logits, task)
+    assert (p >= 0).all() and (p <= 1).all()
+    if task != "multilabel":
+        assert torch.allclose(p.sum(1), torch.ones(5), atol=1e-6)
+
+
+@pytest.mark.parametrize("task", sorted(TASKS) + ["segmentation"])
+def test_soft_target_loss_is_stationary_at_the_teacher(task):
+    shape = (4, 2, 8, 8) if task == "segmentation" else (4, TASKS[task])
+    teacher = torch.randn(shape)
+    student = teacher.clone().requires_grad_(True)
+    soft_target_loss(student, teacher, task, 2.0).backward()
+    assert student.grad.abs().max() < 1e-6
+    far = torch.randn(shape, requires_grad=True)
+    assert soft_target_loss(far, teacher, task, 2.0) > soft_target_loss(student, teacher, task, 2.0)
+
+
+def test_task_losses_prefer_the_right_answer():
+    labels = torch.tensor([0, 2, 1])
+    right = torch.nn.functional.one_hot(labels, 3).float() * 10
+    assert task_loss(right, labels, "multiclass") < task_loss(-right, labels, "multiclass")
+    grades = torch.tensor([0, 2])
+    assert task_loss(torch.tensor([[-9.0, -9.0], [9.0, 9.0]]), grades, "ordinal") < 0.01
+    masks = torch.zeros(2, 8, 8, dtype=torch.long)
+    masks[:, 2:6, 2:6] = 1
+    good = torch.stack([1 - masks, masks], 1).float() * 10
+    assert task_loss(good, masks, "segmentation") < task_loss(-good, masks, "segmentation")
+
+
+def test_metrics_follow_medmnist_conventions():
+    labels = np.array([0, 1, 2, 1])
+    probs = np.eye(3)[labels] * 0.8 + 0.05
+    assert classification_metrics(probs, labels, "multiclass") == {"auc": 1.0, "acc": 1.0}
+    flipped = classification_metrics(probs[:, ::-1][:, [0, 1, 2]], labels, "multiclass")
+    assert flipped["auc"] < 1.0
+    masks = torch.zeros(2, 8, 8, dtype=torch.long)
+    masks[:, :4] = 1
+    assert segmentation_metrics(masks, masks, 2) == {"dice": 1.0, "iou": 1.0}
+    half = masks.clone()
+    half[:, :2] = 0
+    scores = segmentation_metrics(half, masks, 2)
+    assert scores["dice"] == pytest.approx(2 / 3) and scores["iou"] == pytest.approx(0.5)
+
+
+def site_and_model(config, index):
+    site = config.sites[index]
+    data = load_site(site, config.pool, config.input_spec(site.task), 0)
+    return data, build_model(config, seed=0)
+
+
+@pytest.mark.parametrize("index", [0, 3])  # a classification and a segmentation site
+def test_local_training_learns_the_site_task(demo_config, index):
+    method = replace(demo_config.method, local_epochs=3, min_steps_per_epoch=10, max_steps_per_epoch=0, lr=3e-3)
+    data, model = site_and_model(demo_config, index)
+    before = evaluate(model, data.name, data.splits["val"])
+    train_local(model, data.name, data.splits["train"], method, seed=0)
+    after = evaluate(model, data.name, data.splits["val"])
+    key = "dice" if data.task == "segmentation" else "auc"
+    assert after[key] > before[key] + 0.05
+
+
+def test_finetune_keeps_the_best_validation_epoch(demo_config):
+    data, model = site_and_model(demo_config, 2)
+    log = finetune(model, data.name, data.splits["train"], data.splits["val"], demo_config.method,
+                   replace(demo_config.finetune, max_epochs=4, patience=4), seed=0)
+    best = max(h["val_auc"] for h in log["history"])
+    assert log["val_auc"] == best
+    assert evaluate(model, data.name, data.splits["val"])["auc"] == pytest.approx(best)
+
+
+def test_mim_pretraining_lowers_reconstruction_loss(demo_config):
+    pool = load_pool(demo_config)
+    model = build_model(demo_config, seed=0)
+    decoder = DecoderHead(model.encoder.widths, 3)
+    short = replace(demo_config.method, mim_epochs=1)
+    first = pretrain_mim(model.encoder, decoder, pool, short, seed=0)
+    later = pretrain_mim(model.encoder, decoder, pool, replace(demo_config.method, mim_epochs=4), seed=1)
+    assert later.loss < first.loss
+
+
+def test_weighted_average():
+    a, b = {"w": torch.zeros(3)}, {"w": torch.ones(3)}
+    assert torch.allclose(weighted_average([a, b], [1, 3])["w"], torch.full((3,), 0.75))
+
+
+def fake_updates(config, state, scale=0.01):
+    updates = []
+    for i, site in enumerate(config.sites):
+        part = {k: v + scale * torch.randn_like(v) for k, v in part_of(state, site.name).items()}
+        updates.append(SiteUpdate(site.name, part, 10 * (i + 1)))
+    return updates
+
+
+def test_average_then_distil_starts_from_the_weighted_site_encoders(demo_config):
+    state = build_model(demo_config, seed=0).state_dict()
+    updates = fake_updates(demo_config, state)
+    student = student_for(state, updates, replace(demo_config, method=replace(demo_config.method, variant="average_then_distil")))
+    key = "encoder.stem.conv.weight"
+    expected = weighted_average([{key: u.state[key]} for u in updates], [u.num_examples for u in updates])[key]
+    assert torch.allclose(student.state_dict()[key], expected, atol=1e-6)
+    first = updates[0]
+    head_key = next(k for k in first.state if k.startswith(f"heads.{first.site}."))
+    assert torch.equal(student.state_dict()[head_key], first.state[head_key])
+    plain = student_for(state, updates, replace(demo_config, method=replace(demo_config.method, variant="distil_only")))
+    assert torch.equal(plain.state_dict()[key], state[key])
+
+
+def test_update_problems_are_named(demo_config):
+    state = build_model(demo_config, seed=0).state_dict()
+    good = fake_updates(demo_config, state)[0]
+    assert update_problem(good, state) is None
+    key = next(iter(good.state))
+    for value, reason in [(float("nan"), "NaN or inf"), (float("inf"), "NaN or inf")]:
+        bad = {**good.state, key: good.state[key].clone().fill_(value)}
+        assert reason in update_problem(SiteUpdate(good.site, bad, 1), state)
+    huge = {k: v * 1e6 for k, v in good.state.items()}
+    assert "times the global model" in update_problem(SiteUpdate(good.site, huge, 1), state)
+    assert "unexpected parameter names" in update_problem(SiteUpdate(good.site, {key: good.state[key]}, 1), state)
+
+
+def head_distance(config, model_state, reference_state, pool):
+    group_of = {s.name: spec_group(s.task) for s in config.sites}
+    a, b = build_model(config), build_model(config)
+    a.load_state_dict(model_state)
+    b.load_state_dict(reference_state)
+    names = list(group_of)
+    la, lb = pool_logits(a, names, pool, group_of), pool_logits(b, names, pool, group_of)
+    return {t: float((la[t].float() - lb[t].float()).pow(2).mean()) for t in names}
+
+
+@pytest.mark.parametrize("schedule", ["mixed", "round_robin"])
+def test_distillation_moves_heads_towards_their_teachers(demo_config, schedule):
+    config = replace(demo_config, method=replace(demo_config.method, variant="distil_only", distill_epochs=25,
+                                                 distill_schedule=schedule, retention=0.5))
+    pool = load_pool(config)
+    previous = build_model(config, seed=0).state_dict()
+    teachers = build_model(config, seed=1).state_dict()
+    updates = [SiteUpdate(s.name, part_of(teachers, s.name), 10) for s in config.sites]
+    before = head_distance(config, previous, teachers, pool)
+    new_state, stats = server_step(previous, updates, config, pool, seed=0)
+    after = head_distance(config, new_state, teachers, pool)
+    assert stats.steps > 0
+    assert sum(after.values()) < 0.7 * sum(before.values())
+
+
+def test_retention_keeps_a_head_without_teacher_near_its_previous_outputs(demo_config):
+    pool = load_pool(demo_config)
+    previous = build_model(demo_config, seed=0).state_dict()
+    teachers = build_model(demo_config, seed=1).state_dict()
+    kept = demo_config.sites[0].name  # no update from this site: only retention speaks for its head
+    updates = [SiteUpdate(s.name, part_of(teachers, s.name), 10) for s in demo_config.sites if s.name != kept]
+    drift = {}
+    for weight in (0.0, 2.0):
+        config = replace(demo_config, method=replace(demo_config.method, variant="distil_only", distill_epochs=4, retention=weight))
+        state, _ = server_step(previous, updates, config, pool, seed=0)
+        drift[weight] = head_distance(config, state, previous, pool)[kept]
+    assert drift[2.0] < 0.5 * drift[0.0]
