@@ -63,11 +63,11 @@ class MethodConfig:
 
     stages: int = 3
     variant: str = "average_then_distil"
-    mim_epochs: int = 15
+    mim_epochs: int = 10
     mask_ratio: float = 0.6
     mask_patch_fraction: float = 0.125
     local_epochs: int = 2
-    min_steps_per_epoch: int = 8
+    min_steps_per_epoch: int = 12
     max_steps_per_epoch: int = 0  # 0: no cap (a cap makes quick smoke runs)
     distill_epochs: int = 4
     distill_schedule: str = "mixed"
