@@ -60,16 +60,6 @@ CLASSIFICATION_CASES = {
 }
 
 
-@pytest.mark.parametrize("case", sorted(CLASSIFICATION_CASES))
-def test_classification_file_errors_name_file_and_problem(tmp_path, case):
-    arrays, problem = CLASSIFICATION_CASES[case]
-    path = write(tmp_path, arrays)
-    with pytest.raises(DataError) as err:
-        read_labelled_npz(path, "binary", 2)
-    assert str(path) in str(err.value)
-    assert problem in str(err.value)
-
-
 SEGMENTATION_CASES = {
     "mask values outside the classes": (broken(good_segmentation(), "train_masks", np.full((4, 32, 32), 3, np.uint8)), "outside the classes"),
     "mask shape differs": (broken(good_segmentation(), "val_masks", np.zeros((4, 16, 16), np.uint8)), "does not match images"),
@@ -78,12 +68,16 @@ SEGMENTATION_CASES = {
 }
 
 
-@pytest.mark.parametrize("case", sorted(SEGMENTATION_CASES))
-def test_segmentation_file_errors_name_file_and_problem(tmp_path, case):
-    arrays, problem = SEGMENTATION_CASES[case]
+CASES = {**{("binary", name): case for name, case in CLASSIFICATION_CASES.items()},
+         **{("segmentation", name): case for name, case in SEGMENTATION_CASES.items()}}
+
+
+@pytest.mark.parametrize("task, case", sorted(CASES))
+def test_file_errors_name_file_and_problem(tmp_path, task, case):
+    arrays, problem = CASES[task, case]
     path = write(tmp_path, arrays)
     with pytest.raises(DataError) as err:
-        read_labelled_npz(path, "segmentation", 2)
+        read_labelled_npz(path, task, 2)
     assert str(path) in str(err.value)
     assert problem in str(err.value)
 

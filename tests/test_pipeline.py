@@ -89,8 +89,7 @@ def test_predict_prints_probabilities_and_writes_masks(demo_run, demo_config, tm
 
 
 def test_sites_command_lists_every_shared8_site(shared_data):
-    result = runner.invoke(app, ["sites", str(ROOT / "configs" / "shared8.toml"), "--set", f"data_root='{shared_data}'"],
-)
+    result = runner.invoke(app, ["sites", str(ROOT / "configs" / "shared8.toml"), "--set", f"data_root='{shared_data}'"])
     assert result.exit_code == 0, result.output
     for name in ["pneumonia_xray", "retina_fundus_dr", "breast_us", "blood_cells_bccd", "drive_vessels",
                  "skin_lesion_ph2", "fetal_head_us", "nuclei_histo"]:

@@ -1,6 +1,6 @@
 """The federation's configuration: a TOML file naming the sites, the server pool, the model and the method."""
 
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 import tomllib
 from typing import Any, get_type_hints
@@ -291,6 +291,3 @@ def load_config(path: Path | str, overrides: list[str] | None = None) -> Federat
         raise ConfigError(f"{path}: not valid TOML ({exc})") from exc
     return parse_config(apply_overrides(raw, overrides or []), str(path), path.parent.resolve())
 
-
-def with_method(config: FederationConfig, **changes: Any) -> FederationConfig:
-    return replace(config, method=replace(config.method, **changes))

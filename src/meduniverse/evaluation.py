@@ -39,7 +39,8 @@ def summary(values: list[float]) -> dict:
     return {"per_seed": values, "mean": float(np.mean(values)) if values else float("nan")}
 
 
-def results_document(config: FederationConfig, evaluation: dict[str, dict[str, dict]], seeds: list[int], extra: dict) -> dict:
+def results_document(config: FederationConfig, evaluation: dict[str, dict[str, dict]], seeds: list[int], extra: dict,
+                     commit: str) -> dict:
     """{"tasks": {SITE: {"task", "metric", "arms": {ARM: {"per_seed", "mean", SECONDARY: {...}, "val": {...}}}}}, ...}.
 
     `evaluation[seed_key][arm][site]` holds the metrics a site returned for that arm.
@@ -59,7 +60,7 @@ def results_document(config: FederationConfig, evaluation: dict[str, dict[str, d
                 "val": summary([r[f"val-{key}"] for r in runs]),
             }
         tasks[site.name] = {"task": site.task, "metric": key, "secondary_metric": second, "arms": arms}
-    return {"tasks": tasks, "config": config.to_dict(), "commit": git_commit(), "seeds": seeds, **extra}
+    return {"tasks": tasks, "config": config.to_dict(), "commit": commit, "seeds": seeds, **extra}
 
 
 def format_table(results: dict) -> list[list[str]]:

@@ -8,7 +8,7 @@ from flwr.simulation import run_simulation
 
 from meduniverse.checkpoints import Checkpoints
 from meduniverse.config import FederationConfig
-from meduniverse.evaluation import ARMS, results_document
+from meduniverse.evaluation import ARMS, git_commit, results_document
 from meduniverse.federation.client_app import make_client_app
 from meduniverse.federation.server_app import make_server_app
 from meduniverse.errors import ConfigError
@@ -72,7 +72,7 @@ def run(config: FederationConfig, run_dir: Path, seed: int | None = None, show_p
     run_dir = Path(run_dir)
     seed = config.seed if seed is None else seed
     handler = attach_log_file(run_dir / "log.txt")
-    started = time.perf_counter()
+    started, commit = time.perf_counter(), git_commit()  # the code that runs, not what HEAD is at the end
     try:
         pool_size = verify_disjoint(config)
         log.info("run %s: %d sites, pool of %d images disjoint from every private split", config.name, len(config.sites), pool_size)
@@ -87,7 +87,7 @@ def run(config: FederationConfig, run_dir: Path, seed: int | None = None, show_p
         save_model(model, config, run_dir / "model", {"stage": config.method.stages, "seed": seed})
         progress_record = ckpt.progress()
         results = results_document(config, {str(seed): ckpt.evaluation(config.method.stages)}, [seed],
-                                   {"stages": progress_record["stages"], "run_seconds": time.perf_counter() - started})
+                                   {"stages": progress_record["stages"], "run_seconds": time.perf_counter() - started}, commit)
         write_json(run_dir / "results.json", results)
         log.info("results written to %s", run_dir / "results.json")
         return results

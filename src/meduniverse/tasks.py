@@ -1,8 +1,5 @@
 """Task types and what follows from them: output width, loss family, primary metric."""
 
-from typing import Literal
-
-TaskType = Literal["binary", "multiclass", "ordinal", "multilabel", "segmentation"]
 TASK_TYPES: tuple[str, ...] = ("binary", "multiclass", "ordinal", "multilabel", "segmentation")
 
 

@@ -3,7 +3,7 @@
 Every stage is checkpointed; a restarted run resumes after the last completed stage.
 """
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 import time
 
@@ -36,6 +36,14 @@ def exchange(grid: Grid, messages: list[Message], timeout: float, on_reply: Call
                 on_reply(msg)
         time.sleep(0.1)
     return replies
+
+
+def exchange_with_progress(grid: Grid, messages: list[Message], description: str, config: FederationConfig,
+                           progress: RunProgress) -> list[Message]:
+    """exchange() with a progress bar counting the sites that have answered."""
+    on_site = progress.phase(description, len(messages))
+    done: list[Message] = []
+    return exchange(grid, messages, config.runtime.reply_timeout, lambda m: (done.append(m), on_site(len(done), len(messages))))
 
 
 def wait_for_nodes(grid: Grid, count: int, timeout: float) -> list[int]:
@@ -77,9 +85,7 @@ def run_stage(grid: Grid, strategy: UniversalDistillation, stage: int, state: di
               config: FederationConfig, progress: RunProgress) -> dict[str, torch.Tensor]:
     started = time.perf_counter()
     messages = list(strategy.configure_train(stage, to_arrays(state), ConfigRecord(), grid))
-    on_site = progress.phase(f"stage {stage}: local training at {len(messages)} sites", len(messages))
-    done = []
-    replies = exchange(grid, messages, config.runtime.reply_timeout, lambda m: (done.append(m), on_site(len(done), len(messages))))
+    replies = exchange_with_progress(grid, messages, f"stage {stage}: local training at {len(messages)} sites", config, progress)
     local_seconds = time.perf_counter() - started
     strategy.on_step = progress.phase(f"stage {stage}: distillation on the pool")
     arrays, _ = strategy.aggregate_train(stage, replies)
@@ -100,9 +106,7 @@ def evaluate_arm(grid: Grid, roster: dict[int, str], arm: Arm, ckpt: Checkpoints
     """Every site evaluates one arm on its own test split and returns scalar metrics."""
     settings = {"arm": arm.name, "finetune": arm.finetune, "seed": seed}
     messages = [request(MessageType.EVALUATE, n, settings, arm_weights(arm, ckpt, last, s)) for n, s in roster.items()]
-    on_site = progress.phase(f"evaluation: {arm.name}", len(messages))
-    done: list[Message] = []
-    replies = exchange(grid, messages, config.runtime.reply_timeout, lambda m: (done.append(m), on_site(len(done), len(messages))))
+    replies = exchange_with_progress(grid, messages, f"evaluation: {arm.name}", config, progress)
     out = {}
     for msg in replies:
         site = roster[msg.metadata.src_node_id]
