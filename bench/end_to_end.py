@@ -38,6 +38,8 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args()
     config = load_config(args.config, args.overrides)
+    if (Path(args.out) / "checkpoints").exists():
+        sys.exit(f"{args.out} holds an earlier run: total_seconds must time a fresh run, give a new --out")
     started = time.perf_counter()
     results = run(config, Path(args.out), show_progress=sys.stderr.isatty())
     total = time.perf_counter() - started
@@ -49,7 +51,6 @@ def main() -> None:
                     "cpus": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version()},
         "stage_seconds": {s: r["seconds"] for s, r in stages.items()},
         "images_per_second": phase_speeds(stages),
-        "note": "total_seconds covers a fresh run directory only if --out did not exist before",
         **results,
     }
     write_json(Path(args.result), document)

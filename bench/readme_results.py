@@ -44,6 +44,19 @@ def variant_table(docs: dict[str, dict]) -> list[str]:
     return lines
 
 
+def throughput_table(doc: dict) -> list[str]:
+    lines = ["| widths | encoder parameters | head | input | 1 thread | 2 threads |", "|---|---|---|---|---|---|"]
+    rows = doc["rows"]
+    for r in rows:
+        if r["threads"] != 1:
+            continue
+        two = next(x for x in rows if x["threads"] == 2 and x["widths"] == r["widths"] and x["head"] == r["head"])
+        cells = [f"{x['train_images_per_second']:.0f} ({x['inference_images_per_second']:.0f})" for x in (r, two)]
+        lines.append(f"| {'-'.join(map(str, r['widths']))} | {r['encoder_parameters'] / 1e6:.2f}M | {r['head']} | "
+                     f"{r['size']} px | {cells[0]} | {cells[1]} |")
+    return lines
+
+
 def section() -> str:
     main = load("end_to_end.json")
     if main is None:
@@ -60,6 +73,10 @@ def section() -> str:
         files = ", ".join(f"`bench/results/{p.name}`" for p in others)
         lines += ["", f"Variants, mean over the eight tasks, same seed (the default is the better one on the validation "
                   f"columns; from `bench/results/end_to_end.json` and {files}):", "", *variant_table(docs)]
+    speed = load("throughput.json")
+    if speed is not None:
+        lines += ["", f"Encoder + head throughput, images/s, fp32, forward + backward + AdamW (inference in brackets); "
+                  f"`bench/results/throughput.json` (`{speed['command']}`):", "", *throughput_table(speed)]
     return "\n".join(lines)
 
 

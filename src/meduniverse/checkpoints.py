@@ -44,7 +44,10 @@ class Checkpoints:
         """Per arm, the sites' metrics, for arms evaluated on the model of `stage`."""
         return {arm: entry["sites"] for arm, entry in self.progress()["evaluation"].items() if entry["stage"] == stage}
 
-    def save_evaluation(self, arm: str, stage: int, per_site: dict) -> None:
+    def evaluation_seconds(self) -> dict[str, float]:
+        return {arm: entry["seconds"] for arm, entry in self.progress()["evaluation"].items()}
+
+    def save_evaluation(self, arm: str, stage: int, per_site: dict, seconds: float) -> None:
         progress = self.progress()
-        progress["evaluation"][arm] = {"stage": stage, "sites": per_site}
+        progress["evaluation"][arm] = {"stage": stage, "sites": per_site, "seconds": seconds}
         write_json(self.progress_path, progress)

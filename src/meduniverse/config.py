@@ -62,7 +62,7 @@ class MethodConfig:
     """Stage 0 (MIM) and stages 1..S (local training + server distillation)."""
 
     stages: int = 3
-    variant: str = "average_then_distil"
+    variant: str = "distil_only"
     mim_epochs: int = 10
     mask_ratio: float = 0.6
     mask_patch_fraction: float = 0.125

@@ -87,7 +87,8 @@ def run(config: FederationConfig, run_dir: Path, seed: int | None = None, show_p
         save_model(model, config, run_dir / "model", {"stage": config.method.stages, "seed": seed})
         progress_record = ckpt.progress()
         results = results_document(config, {str(seed): ckpt.evaluation(config.method.stages)}, [seed],
-                                   {"stages": progress_record["stages"], "run_seconds": time.perf_counter() - started}, commit)
+                                   {"stages": progress_record["stages"], "evaluation_seconds": ckpt.evaluation_seconds(),
+                                    "run_seconds": time.perf_counter() - started}, commit)
         write_json(run_dir / "results.json", results)
         log.info("results written to %s", run_dir / "results.json")
         return results

@@ -26,7 +26,7 @@ class InputSpec:
 
 def images_to_spec(images: np.ndarray, spec: InputSpec, chunk: int = 512) -> torch.Tensor:
     """uint8 (N,H,W[,C]) -> uint8 tensor (N,channels,size,size): gray<->RGB, antialiased bilinear resize."""
-    x = torch.from_numpy(np.ascontiguousarray(images))
+    x = torch.from_numpy(np.require(images, requirements=["C", "W"]))
     x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
     if x.shape[1] != spec.channels:
         x = x.expand(-1, spec.channels, -1, -1) if x.shape[1] == 1 else x.float().mean(1, keepdim=True).round().byte()
@@ -41,7 +41,7 @@ def images_to_spec(images: np.ndarray, spec: InputSpec, chunk: int = 512) -> tor
 
 def masks_to_spec(masks: np.ndarray, spec: InputSpec) -> torch.Tensor:
     """uint8 (N,H,W) class ids -> int64 tensor (N,size,size), nearest-neighbour."""
-    m = torch.from_numpy(np.ascontiguousarray(masks)).unsqueeze(1).float()
+    m = torch.from_numpy(np.require(masks, requirements=["C", "W"])).unsqueeze(1).float()
     if m.shape[-1] != spec.size or m.shape[-2] != spec.size:
         m = F.interpolate(m, size=(spec.size, spec.size), mode="nearest")
     return m[:, 0].long()

@@ -145,7 +145,9 @@ def run_federation(grid: Grid, config: FederationConfig, run_dir: Path, seed: in
     last = config.method.stages
     for arm in ARMS:
         if arm.name not in ckpt.evaluation(last):
-            ckpt.save_evaluation(arm.name, last, evaluate_arm(grid, roster, arm, ckpt, last, seed, config, progress))
+            started = time.perf_counter()
+            per_site = evaluate_arm(grid, roster, arm, ckpt, last, seed, config, progress)
+            ckpt.save_evaluation(arm.name, last, per_site, time.perf_counter() - started)
 
 
 def make_server_app(config: FederationConfig, run_dir: Path, seed: int, progress: RunProgress,
