@@ -130,6 +130,7 @@ def test_cli_sites_on_bad_data_names_file(tmp_path):
     ("[[sites]]\nname='a'\ntask='binary'\nclasses=['x','y']\n", "exactly one of 'path'"),
     ("[method]\nvariant='magic'\n[[sites]]\nname='a'\ntask='binary'\nclasses=['x','y']\npath='a.npz'\n", "variant 'magic'"),
     ("this is = not toml ]", "not valid TOML"),
+    ("[model]\nencoder='vit'\n[[sites]]\nname='a'\ntask='binary'\nclasses=['x','y']\npath='a.npz'\n", "one input size"),
 ])
 def test_bad_config_names_file_and_field(tmp_path, text, problem):
     from meduniverse.config import load_config

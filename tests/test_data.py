@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-from meduniverse.config import PoolConfig
 from meduniverse.data.medmnist import medmnist_file
 from meduniverse.data.npz import read_labelled_npz
 from meduniverse.errors import DataError, PrivacyError

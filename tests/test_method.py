@@ -13,7 +13,7 @@ from meduniverse.models.heads import DecoderHead
 from meduniverse.models.universal import build_model, part_of
 from meduniverse.sites import load_pool, load_site
 from meduniverse.tasks import spec_group
-from meduniverse.training import (distill, evaluate, finetune, pool_logits, pretrain_mim, train_local,
+from meduniverse.training import (evaluate, finetune, pool_logits, pretrain_mim, train_local,
                                   weighted_average)
 
 TASKS = {"binary": 1, "multiclass": 3, "ordinal": 3, "multilabel": 3}
@@ -179,3 +179,15 @@ def test_retention_keeps_a_head_without_teacher_near_its_previous_outputs(demo_c
         state, _ = server_step(previous, updates, config, pool, seed=0)
         drift[weight] = head_distance(config, state, previous, pool)[kept]
     assert drift[2.0] < 0.5 * drift[0.0]
+
+
+def test_vit_encoder_gives_the_same_pyramid_as_the_cnn(demo_config):
+    config = replace(demo_config, inputs=(("classification", demo_config.inputs[0][1]), ("segmentation", demo_config.inputs[0][1])),
+                     model=replace(demo_config.model, encoder="vit", vit_dim=32, vit_depth=2, vit_heads=2, vit_patch=8))
+    model = build_model(config, seed=0)
+    x = torch.zeros(2, 3, 32, 32)
+    features = model.encoder(x)
+    assert [f.shape[-1] for f in features] == [16, 8, 4, 2]
+    assert [f.shape[1] for f in features] == list(config.model.widths)
+    assert model(x, "synthetic_vessel_seg").shape == (2, 2, 32, 32)
+    assert model(x, "synthetic_cell_type").shape == (2, 3)

@@ -205,7 +205,7 @@ def pretrain_mim(encoder: nn.Module, decoder: DecoderHead, pool: dict[str, torch
 def weighted_average(states: list[dict[str, torch.Tensor]], weights: list[float]) -> dict[str, torch.Tensor]:
     """Sample-weighted average of state dicts with the same keys (floating tensors only)."""
     total = float(sum(weights))
-    return {k: sum(s[k].float() * (w / total) for s, w in zip(states, weights)).to(states[0][k].dtype) for k in states[0]}
+    return {k: sum(s[k].float() * (w / total) for s, w in zip(states, weights, strict=False)).to(states[0][k].dtype) for k in states[0]}
 
 
 @torch.no_grad()

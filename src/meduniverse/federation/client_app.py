@@ -4,15 +4,13 @@ Only model weights and scalar metrics leave it (see tests/test_privacy.py).
 """
 
 from collections.abc import Callable
-from functools import lru_cache
-from pathlib import Path
 import time
 
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 import torch
 
-from meduniverse.config import FederationConfig, SiteConfig, load_config
+from meduniverse.config import FederationConfig, SiteConfig
 from meduniverse.federation.messages import ARRAYS, CONFIG, from_arrays, reply
 from meduniverse.models.universal import TaskInfo, build_model
 from meduniverse.sites import SiteData, load_site
@@ -98,15 +96,3 @@ def make_client_app(get_config: ConfigSource) -> ClientApp:
     app.evaluate()(run(handle_evaluate))
     return app
 
-
-@lru_cache(maxsize=4)
-def _config_at(path: str) -> FederationConfig:
-    return load_config(Path(path))
-
-
-def config_from_run_config(context: Context) -> FederationConfig:
-    """Deployment: the run config's 'config' names the federation TOML; the node's 'site' names its site."""
-    return _config_at(str(context.run_config["config"]))
-
-
-app = make_client_app(config_from_run_config)
