@@ -191,3 +191,16 @@ def test_vit_encoder_gives_the_same_pyramid_as_the_cnn(demo_config):
     assert [f.shape[1] for f in features] == list(config.model.widths)
     assert model(x, "synthetic_vessel_seg").shape == (2, 2, 32, 32)
     assert model(x, "synthetic_cell_type").shape == (2, 3)
+
+
+def test_variant_c_adds_the_mim_loss_and_trains_the_mim_decoder(demo_config):
+    config = replace(demo_config, method=replace(demo_config.method, mim_weight=1.0, distill_epochs=2))
+    pool = load_pool(config)
+    previous = build_model(config, seed=0).state_dict()
+    updates = [SiteUpdate(s.name, part_of(previous, s.name), 10) for s in config.sites]
+    decoder = DecoderHead(config.model.widths, 3)
+    before = {k: v.clone() for k, v in decoder.state_dict().items()}
+    _, with_mim = server_step(previous, updates, config, pool, seed=0, mim_decoder=decoder)
+    _, without = server_step(previous, updates, config, pool, seed=0)
+    assert with_mim.loss > without.loss  # same distillation terms, plus the (positive) MIM loss
+    assert any(not torch.equal(before[k], v) for k, v in decoder.state_dict().items())

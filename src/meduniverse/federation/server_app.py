@@ -95,17 +95,21 @@ def run_stage(grid: Grid, strategy: UniversalDistillation, stage: int, state: di
     return from_arrays(arrays)
 
 
-def arm_weights(arm: Arm, ckpt: Checkpoints, last: int, site: str) -> dict[str, torch.Tensor]:
+def arm_weights(arm: Arm, ckpt: Checkpoints, last: int) -> Callable[[str], dict[str, torch.Tensor]]:
+    """What a site gets for an arm: the stage-0 encoder (its head starts fresh) or the last stage's encoder + its head."""
     if arm.weights == "baseline":
-        return {k: v for k, v in ckpt.load_stage(0).items() if k.startswith("encoder.")}
-    return part_of(ckpt.load_stage(last), site)
+        encoder = {k: v for k, v in ckpt.load_stage(0).items() if k.startswith("encoder.")}
+        return lambda site: encoder
+    state = ckpt.load_stage(last)
+    return lambda site: part_of(state, site)
 
 
 def evaluate_arm(grid: Grid, roster: dict[int, str], arm: Arm, ckpt: Checkpoints, last: int, seed: int,
                  config: FederationConfig, progress: RunProgress) -> dict[str, dict]:
     """Every site evaluates one arm on its own test split and returns scalar metrics."""
     settings = {"arm": arm.name, "finetune": arm.finetune, "seed": seed}
-    messages = [request(MessageType.EVALUATE, n, settings, arm_weights(arm, ckpt, last, s)) for n, s in roster.items()]
+    weights_for = arm_weights(arm, ckpt, last)
+    messages = [request(MessageType.EVALUATE, n, settings, weights_for(s)) for n, s in roster.items()]
     replies = exchange_with_progress(grid, messages, f"evaluation: {arm.name}", config, progress)
     out = {}
     for msg in replies:
