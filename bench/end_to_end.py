@@ -4,15 +4,12 @@
 """
 
 import argparse
-import os
 from pathlib import Path
-import platform
 import sys
 import time
 
-import torch
-
 from meduniverse.config import load_config
+from meduniverse.evaluation import machine_info
 from meduniverse.files import write_json
 from meduniverse.pipeline import run
 
@@ -47,8 +44,7 @@ def main() -> None:
     document = {
         "total_seconds": total,
         "command": " ".join(["python", "bench/end_to_end.py", *sys.argv[1:]]),
-        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                    "cpus": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version()},
+        "machine": machine_info(),
         "stage_seconds": {s: r["seconds"] for s, r in stages.items()},
         "images_per_second": phase_speeds(stages),
         **results,

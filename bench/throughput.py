@@ -3,15 +3,13 @@
     python bench/throughput.py   ->  bench/results/throughput.json
 """
 
-import os
 from pathlib import Path
-import platform
 import sys
 import time
 
 import torch
 
-from meduniverse.evaluation import git_commit
+from meduniverse.evaluation import git_commit, machine_info
 from meduniverse.files import write_json
 from meduniverse.models.encoder import CNNEncoder
 from meduniverse.models.heads import ClassificationHead, DecoderHead
@@ -51,7 +49,7 @@ def main() -> None:
     rows = [measure(w, head, size, batch, threads) for w in WIDTHS for head, size, batch in CASES for threads in (1, 2)]
     write_json(ROOT / "bench" / "results" / "throughput.json", {
         "command": "python bench/throughput.py", "commit": git_commit(), "seeds": [0],
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__},
+        "machine": machine_info(),
         "what": "forward + backward + AdamW (train) and forward only (inference), fp32, random inputs",
         "rows": rows})
     for r in rows:

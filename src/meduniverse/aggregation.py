@@ -60,15 +60,13 @@ def server_step(previous: dict[str, torch.Tensor], updates: list[SiteUpdate], co
                 on_step=None) -> tuple[dict[str, torch.Tensor], TrainStats]:
     """One stage's server step: teachers' and G_{s-1}'s outputs on the pool, then distillation into the student."""
     group_of = {s.name: spec_group(s.task) for s in config.sites}
-    teacher_logits: dict[str, torch.Tensor] = {}
     teacher = build_model(config)
     teacher.load_state_dict(previous)
+    retained = pool_logits(teacher, list(group_of), pool, group_of)  # G_{s-1}'s outputs, before any site model is loaded
+    teacher_logits: dict[str, torch.Tensor] = {}
     for u in updates:
         teacher.load_state_dict(u.state, strict=False)
         teacher_logits.update(pool_logits(teacher, [u.site], pool, group_of))
-    old = build_model(config)
-    old.load_state_dict(previous)
-    retained = pool_logits(old, list(group_of), pool, group_of)
     student = student_for(previous, updates, config)
     stats = distill(student, teacher_logits, retained, pool, group_of, config.method, seed, mim_decoder, on_step)
     return student.state_dict(), stats

@@ -107,6 +107,6 @@ def predict(model_dir: Path = typer.Argument(..., help="A run's model/ directory
                 out.print(f"{path}: mask written to {mask_path}")
             else:
                 names = entry["classes"]
-                out.print(f"{path}: " + "  ".join(f"{n}={p:.3f}" for n, p in zip(names, probs.tolist(), strict=False)))
+                out.print(f"{path}: " + "  ".join(f"{n}={p:.3f}" for n, p in zip(names, probs.tolist(), strict=True)))
     except MeduniverseError as exc:
         fail(exc)

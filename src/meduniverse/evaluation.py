@@ -1,6 +1,8 @@
 """Evaluation arms and the results document (``results.json``)."""
 
 from dataclasses import dataclass
+import os
+import platform
 import subprocess
 
 import numpy as np
@@ -33,6 +35,14 @@ def git_commit() -> str:
         return out.stdout.strip() + ("-dirty" if dirty else "") if out.returncode == 0 else "unknown"
     except OSError:
         return "unknown"
+
+
+def machine_info() -> dict:
+    """What a benchmark ran on."""
+    import torch
+
+    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version()}
 
 
 def summary(values: list[float]) -> dict:

@@ -141,7 +141,7 @@ def balanced_subset(sizes: list[int], limit: int, seed: int) -> list[np.ndarray]
         keep[pos] = min(sizes[pos], room // (len(order) - rank))
         room -= keep[pos]
     rng = np.random.default_rng(seed)
-    return [np.sort(rng.permutation(n)[:k]) for n, k in zip(sizes, keep, strict=False)]
+    return [np.sort(rng.permutation(n)[:k]) for n, k in zip(sizes, keep, strict=True)]
 
 
 @lru_cache(maxsize=4)
@@ -160,7 +160,7 @@ def load_pool(config: FederationConfig) -> dict[str, torch.Tensor]:
     for group in sorted({spec_group(s.task) for s in config.sites}):
         picks = balanced_subset([len(p) for p in parts], limits[group], config.pool.seed)
         spec = dict(config.inputs)[group]
-        out[group] = torch.cat([images_to_spec(p[idx], spec) for p, idx in zip(parts, picks, strict=False) if len(idx)])
+        out[group] = torch.cat([images_to_spec(p[idx], spec) for p, idx in zip(parts, picks, strict=True) if len(idx)])
     return out
 
 

@@ -60,14 +60,14 @@ def make_optimizer(params, lr: float, weight_decay: float) -> torch.optim.Optimi
 
 
 def train_supervised(model: UniversalModel, task_name: str, data: Split, steps: int, batch_size: int,
-                     optimizer: torch.optim.Optimizer, seed: int, on_step: StepCallback | None = None) -> TrainStats:
+                     optimizer: torch.optim.Optimizer, seed: int) -> TrainStats:
     """Train encoder + one head on labelled data for a number of steps (random flips as augmentation)."""
     task = model.tasks[task_name].task
     generator = torch.Generator().manual_seed(seed)
     model.train()
     start, total = time.perf_counter(), 0.0
     stats = TrainStats()
-    for step, idx in enumerate(shuffled_batches(len(data), min(batch_size, len(data)), steps, generator), 1):
+    for idx in shuffled_batches(len(data), min(batch_size, len(data)), steps, generator):
         masks = data.targets[idx] if is_segmentation(task) else None
         images, masks = random_flip(data.images[idx], masks, generator)
         targets = masks if masks is not None else data.targets[idx]
@@ -77,8 +77,6 @@ def train_supervised(model: UniversalModel, task_name: str, data: Split, steps: 
         optimizer.step()
         total += loss.item()
         stats.images += len(idx)
-        if on_step:
-            on_step(step, steps)
     stats.steps, stats.seconds = steps, time.perf_counter() - start
     stats.loss = total / max(steps, 1)
     return stats
@@ -90,13 +88,12 @@ def steps_per_epoch(n: int, batch_size: int, minimum: int, cap: int = 0) -> int:
     return min(steps, cap) if cap else steps
 
 
-def train_local(model: UniversalModel, task_name: str, data: Split, method: MethodConfig, seed: int,
-                on_step: StepCallback | None = None) -> TrainStats:
+def train_local(model: UniversalModel, task_name: str, data: Split, method: MethodConfig, seed: int) -> TrainStats:
     """A site's stage: fine-tune the global encoder + its head on its private train split."""
     bs = batch_size_for(model.tasks[task_name].task, method)
     steps = method.local_epochs * steps_per_epoch(len(data), bs, method.min_steps_per_epoch, method.max_steps_per_epoch)
     optimizer = make_optimizer(model.parameters(), method.lr, method.weight_decay)
-    return train_supervised(model, task_name, data, steps, bs, optimizer, seed, on_step)
+    return train_supervised(model, task_name, data, steps, bs, optimizer, seed)
 
 
 @torch.no_grad()
@@ -113,7 +110,7 @@ def evaluate(model: UniversalModel, task_name: str, data: Split) -> dict[str, fl
 
 
 def finetune(model: UniversalModel, task_name: str, train: Split, val: Split, method: MethodConfig,
-             finetune_cfg: FinetuneConfig, seed: int, on_epoch: StepCallback | None = None) -> dict:
+             finetune_cfg: FinetuneConfig, seed: int) -> dict:
     """Fine-tune encoder + head with early stopping on the validation primary metric; keep the best epoch.
 
     Every per-task fine-tune (every arm) runs this one function with the same optimiser and schedule.
@@ -131,8 +128,6 @@ def finetune(model: UniversalModel, task_name: str, train: Split, val: Split, me
         stats = train_supervised(model, task_name, train, steps, bs, optimizer, seed * 1000 + epoch)
         score = evaluate(model, task_name, val)[key]
         history.append({"epoch": epoch, "loss": stats.loss, f"val_{key}": score})
-        if on_epoch:
-            on_epoch(epoch, finetune_cfg.max_epochs)
         if score > best_score:
             best_score, best_state, best_epoch, waited = score, copy.deepcopy(model.state_dict()), epoch, 0
         else:
@@ -205,7 +200,7 @@ def pretrain_mim(encoder: nn.Module, decoder: DecoderHead, pool: dict[str, torch
 def weighted_average(states: list[dict[str, torch.Tensor]], weights: list[float]) -> dict[str, torch.Tensor]:
     """Sample-weighted average of state dicts with the same keys (floating tensors only)."""
     total = float(sum(weights))
-    return {k: sum(s[k].float() * (w / total) for s, w in zip(states, weights, strict=False)).to(states[0][k].dtype) for k in states[0]}
+    return {k: sum(s[k].float() * (w / total) for s, w in zip(states, weights, strict=True)).to(states[0][k].dtype) for k in states[0]}
 
 
 @torch.no_grad()

@@ -27,11 +27,12 @@ class UniversalDistillation(FedAvg):
     """Each stage: send G_{s-1}'s encoder + head k to site k; distil the returned site models on the pool."""
 
     def __init__(self, config: FederationConfig, roster: dict[int, str], pool: dict[str, torch.Tensor], seed: int,
-                 mim_decoder: DecoderHead | None = None, on_step=None):
+                 mim_decoder: DecoderHead | None = None):
         super().__init__(fraction_train=1.0, fraction_evaluate=0.0, min_available_nodes=len(roster),
                          weighted_by_key="num-examples")
         self.config, self.roster, self.pool, self.seed = config, roster, pool, seed
-        self.mim_decoder, self.on_step = mim_decoder, on_step
+        self.mim_decoder = mim_decoder
+        self.on_step = None  # progress callback of the distillation, set per stage by the server flow
         self.previous: dict[str, torch.Tensor] = {}
         self.report: dict = {}
 

@@ -44,7 +44,7 @@ class ViTEncoder(nn.Module):
         _, hidden = self.vit(x)
         size = x.shape[-1]
         out = []
-        for level, (tap, proj) in enumerate(zip(self.taps, self.project, strict=False)):
+        for level, (tap, proj) in enumerate(zip(self.taps, self.project, strict=True)):
             tokens = hidden[tap]
             grid = tokens.transpose(1, 2).reshape(tokens.shape[0], -1, self.grid, self.grid)
             out.append(proj(F.interpolate(grid, size=size // 2 ** (level + 1), mode="bilinear", align_corners=False)))
