@@ -9,7 +9,7 @@ import torch
 
 from meduniverse.checkpoints import Checkpoints
 from meduniverse.errors import StageError
-from meduniverse.evaluation import ARMS
+from meduniverse.evaluation import METHOD_ARMS as ARMS
 from meduniverse.federation import client_app as client_module
 from meduniverse.federation.client_app import make_client_app
 from meduniverse.federation.messages import ARRAYS, CONFIG, METRICS

@@ -17,7 +17,8 @@ class Checkpoints:
         self.progress_path = self.dir / "progress.json"
 
     def progress(self) -> dict:
-        return read_json(self.progress_path) if self.progress_path.is_file() else {"stages": {}, "evaluation": {}}
+        progress = read_json(self.progress_path) if self.progress_path.is_file() else {}
+        return {"stages": {}, "arms": {}, "evaluation": {}, **progress}
 
     def last_stage(self) -> int | None:
         stages = [int(s) for s in self.progress()["stages"]]
@@ -36,6 +37,16 @@ class Checkpoints:
 
     def load_stage(self, stage: int, part: str = "model") -> dict[str, torch.Tensor]:
         return read_tensors(self.weights_path(stage, part))
+
+    def last_arm_stage(self, arm: str) -> int:
+        """Last completed stage of a comparison arm (0: none; its stage 0 is the shared MIM encoder)."""
+        return max((int(s) for s in self.progress()["arms"].get(arm, {})), default=0)
+
+    def save_arm_stage(self, arm: str, stage: int, state: dict[str, torch.Tensor], record: dict) -> None:
+        write_tensors(self.weights_path(stage, arm), state)
+        progress = self.progress()
+        progress["arms"].setdefault(arm, {})[str(stage)] = record
+        write_json(self.progress_path, progress)
 
     def stage_record(self, stage: int) -> dict:
         return self.progress()["stages"][str(stage)]

@@ -1,4 +1,4 @@
-"""Command line: ``meduniverse demo | run | sites | predict``."""
+"""Command line: ``meduniverse demo | run | experiment | sites | predict``."""
 
 from importlib import resources
 from pathlib import Path
@@ -62,6 +62,30 @@ def run_command(config: Path = typer.Argument(..., help="Federation TOML file"),
         run_config(load_config(config, overrides), out_dir, seed, progress)
     except MeduniverseError as exc:
         fail(exc)
+
+
+@app.command()
+def experiment(config: Path = typer.Argument(..., help="Federation TOML file"),
+               seeds: int = typer.Option(3, help="Number of seeds (0, 1, ... N-1 added to the config's seed)"),
+               out_dir: Path = typer.Option(..., "--out", help="Experiment directory (re-use it to resume)"),
+               overrides: list[str] = typer.Option([], "--set", help="Override a setting, e.g. --set method.stages=2"),
+               report: bool = typer.Option(True, help="Write DIR/report.html"),
+               progress: bool = typer.Option(True, help="Show progress bars")) -> None:
+    """Every arm (method, FedAvg/FedProx/FedBN, local, centralised, probes) for N seeds, with CIs, tests and a report."""
+    from meduniverse.experiment import run_experiment
+
+    if seeds < 1:
+        fail(ValueError(f"--seeds must be at least 1, got {seeds}"))
+    try:
+        cfg = load_config(config, overrides)
+        results = run_experiment(cfg, out_dir, [cfg.seed + k for k in range(seeds)], progress, report)
+    except MeduniverseError as exc:
+        fail(exc)
+    print_table(format_table(results), f"{cfg.name}: test metric per task, mean of {seeds} seed(s)")
+    for name, test in results["tests"].items():
+        out.print(f"{name}: wins {test['wins']}, losses {test['losses']} of {test['n_pairs']} pairs, "
+                  f"mean difference {test['mean_difference']:+.4f}, Wilcoxon p = {test['wilcoxon_p']:.3g}")
+    out.print(f"results: {out_dir / 'results.json'}" + (f"   report: {out_dir / 'report.html'}" if report else ""))
 
 
 @app.command()

@@ -9,6 +9,7 @@ from meduniverse.errors import ConfigError
 from meduniverse.tasks import TASK_TYPES, is_segmentation
 from meduniverse.transforms import InputSpec
 
+FEDERATED_COMPETITORS = ("fedavg", "fedprox", "fedbn")
 VARIANTS = ("distil_only", "average_then_distil")
 SCHEDULES = ("mixed", "round_robin")
 
@@ -102,6 +103,16 @@ class RuntimeConfig:
 
 
 @dataclass(frozen=True)
+class CompetitorsConfig:
+    """The comparison arms of `meduniverse experiment`, with the same stages and local epochs as the method."""
+
+    federated: tuple[str, ...] = ("fedavg", "fedprox", "fedbn")
+    proximal_mu: float = 0.01
+    probes: tuple[str, ...] = ("baseline", "universal", "fedavg")
+    centralized: bool = True
+
+
+@dataclass(frozen=True)
 class FederationConfig:
     name: str
     sites: tuple[SiteConfig, ...]
@@ -111,6 +122,7 @@ class FederationConfig:
     method: MethodConfig = MethodConfig()
     finetune: FinetuneConfig = FinetuneConfig()
     runtime: RuntimeConfig = RuntimeConfig()
+    competitors: CompetitorsConfig = CompetitorsConfig()
     seed: int = 0
     source: str = ""
 
@@ -191,7 +203,7 @@ def _build(cls: type, table: Any, where: str, base: Path) -> Any:
 def parse_config(raw: dict[str, Any], source: str, base: Path) -> FederationConfig:
     """Build and check a FederationConfig from a parsed TOML document."""
     raw = dict(raw)
-    allowed = {"name", "data_root", "seed", "sites", "pool", "input", "model", "method", "finetune", "runtime"}
+    allowed = {"name", "data_root", "seed", "sites", "pool", "input", "model", "method", "finetune", "runtime", "competitors"}
     unknown = set(raw) - allowed
     if unknown:
         raise ConfigError(f"{source}: unknown top-level key(s) {sorted(unknown)} (allowed: {sorted(allowed)})")
@@ -214,6 +226,7 @@ def parse_config(raw: dict[str, Any], source: str, base: Path) -> FederationConf
         method=_build(MethodConfig, raw.get("method", {}), f"{source}: method", base),
         finetune=_build(FinetuneConfig, raw.get("finetune", {}), f"{source}: finetune", base),
         runtime=_build(RuntimeConfig, raw.get("runtime", {}), f"{source}: runtime", base),
+        competitors=_build(CompetitorsConfig, raw.get("competitors", {}), f"{source}: competitors", base),
         seed=_coerce(raw.get("seed", 0), "int", f"{source}: seed", base),
         source=source,
     )
@@ -250,6 +263,13 @@ def check_config(config: FederationConfig) -> None:
         raise ConfigError(f"{src}: method.variant '{m.variant}' unknown (allowed: {', '.join(VARIANTS)})")
     if m.distill_schedule not in SCHEDULES:
         raise ConfigError(f"{src}: method.distill_schedule '{m.distill_schedule}' unknown (allowed: {', '.join(SCHEDULES)})")
+    c = config.competitors
+    for arm in c.federated:
+        if arm not in FEDERATED_COMPETITORS:
+            raise ConfigError(f"{src}: competitors.federated '{arm}' unknown (allowed: {', '.join(FEDERATED_COMPETITORS)})")
+    for encoder in c.probes:
+        if encoder not in ("baseline", "universal", *c.federated):
+            raise ConfigError(f"{src}: competitors.probes '{encoder}' is not baseline, universal or a federated competitor")
     if m.stages < 1:
         raise ConfigError(f"{src}: method.stages must be at least 1")
     if config.model.encoder not in ("cnn", "vit"):

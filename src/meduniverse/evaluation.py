@@ -13,18 +13,51 @@ from meduniverse.tasks import primary_metric, secondary_metric
 
 @dataclass(frozen=True)
 class Arm:
-    """An evaluation arm: which weights the sites get, and whether they fine-tune them first."""
+    """An evaluation arm: which weights the sites get, and whether they fine-tune or probe them first."""
 
     name: str
-    weights: str  # 'baseline' (stage 0 encoder, fresh head) or 'universal' (last stage: encoder + head)
-    finetune: bool
+    weights: str  # 'baseline' (stage-0 encoder, fresh head), 'universal' or a federated competitor (last stage)
+    finetune: bool = False
+    probe: bool = False  # the encoder of `weights` frozen, a fresh head trained with the fine-tune schedule
 
 
-ARMS = (
-    Arm("baseline", "baseline", True),
-    Arm("universal", "universal", False),
-    Arm("universal_finetuned", "universal", True),
+METHOD_ARMS = (
+    Arm("baseline", "baseline", finetune=True),
+    Arm("universal", "universal"),
+    Arm("universal_finetuned", "universal", finetune=True),
 )
+
+DESCRIPTIONS = {
+    "baseline": "MIM encoder (stage 0), fine-tuned per task with early stopping",
+    "local": "each site alone from the MIM encoder, fine-tuned with the same early-stopped schedule "
+             "(the same computation as baseline: with equal budgets the two arms coincide)",
+    "universal": "the universal model as is: one encoder, one head per task",
+    "universal_finetuned": "the universal encoder + head, fine-tuned per task with early stopping",
+    "fedavg": "Flower FedAvg of the encoder, heads local, as is",
+    "fedprox": "Flower FedProx of the encoder, heads local, as is",
+    "fedbn": "FedAvg of the encoder except its normalisation layers (site-local), heads local, as is",
+    "centralized": "all sites' data pooled, multi-task training from the MIM encoder (the ceiling privacy forbids), as is",
+}
+ARM_ORDER = ["baseline", "local", "universal", "universal_finetuned", "fedavg", "fedprox", "fedbn", "centralized"]
+
+
+def arms_for(config: FederationConfig, competitors: bool) -> tuple[Arm, ...]:
+    """The arms the sites evaluate: the method's, plus the comparison arms of an experiment."""
+    if not competitors:
+        return METHOD_ARMS
+    return (*METHOD_ARMS, *(Arm(c, c) for c in config.competitors.federated),
+            *(Arm(f"{e}_probe", e, probe=True) for e in config.competitors.probes))
+
+
+def describe_arm(name: str) -> str:
+    if name.endswith("_probe"):
+        return f"{name[:-6]} encoder frozen, a fresh head per task trained with the fine-tune schedule (linear-probe style)"
+    return DESCRIPTIONS.get(name, name)
+
+
+def arm_order(names) -> list[str]:
+    rank = {n: i for i, n in enumerate(ARM_ORDER)}
+    return sorted(set(names), key=lambda n: (rank.get(n, len(rank)), n))
 
 
 def git_commit() -> str:
@@ -59,12 +92,13 @@ def results_document(config: FederationConfig, evaluation: dict[str, dict[str, d
     for site in config.sites:
         key, second = primary_metric(site.task), secondary_metric(site.task)
         arms = {}
-        for arm in ARMS:
-            runs = [evaluation[str(seed)][arm.name][site.name] for seed in seeds
-                    if site.name in evaluation.get(str(seed), {}).get(arm.name, {})]
+        names = arm_order(a for per_seed in evaluation.values() for a in per_seed)
+        for arm in names:
+            runs = [evaluation[str(seed)][arm][site.name] for seed in seeds
+                    if site.name in evaluation.get(str(seed), {}).get(arm, {})]
             if not runs:
                 continue
-            arms[arm.name] = {
+            arms[arm] = {
                 **summary([r[f"test-{key}"] for r in runs]),
                 second: summary([r[f"test-{second}"] for r in runs]),
                 "val": summary([r[f"val-{key}"] for r in runs]),
@@ -75,7 +109,7 @@ def results_document(config: FederationConfig, evaluation: dict[str, dict[str, d
 
 def format_table(results: dict) -> list[list[str]]:
     """Rows of the per-task table: site, task, metric, then each arm's mean."""
-    arms = [a.name for a in ARMS]
+    arms = arm_order(a for entry in results["tasks"].values() for a in entry["arms"])
     rows = [["site", "task", "metric", *arms]]
     for site, entry in results["tasks"].items():
         cells = [f"{entry['arms'][a]['mean']:.3f}" if a in entry["arms"] else "-" for a in arms]

@@ -8,7 +8,7 @@ from flwr.simulation import run_simulation
 
 from meduniverse.checkpoints import Checkpoints
 from meduniverse.config import FederationConfig
-from meduniverse.evaluation import ARMS, git_commit, results_document
+from meduniverse.evaluation import arms_for, git_commit, results_document
 from meduniverse.federation.client_app import make_client_app
 from meduniverse.federation.server_app import make_server_app
 from meduniverse.errors import ConfigError
@@ -34,10 +34,10 @@ def attach_log_file(path: Path) -> logging.Handler:
     return handler
 
 
-def simulate(config: FederationConfig, run_dir: Path, seed: int, progress: RunProgress) -> None:
+def simulate(config: FederationConfig, run_dir: Path, seed: int, progress: RunProgress, competitors: bool = False) -> None:
     """Run the ServerApp and one ClientApp per site in Flower's Simulation Engine (one CPU, one thread per site)."""
     errors: list[BaseException] = []
-    server = make_server_app(config, run_dir, seed, progress, errors)
+    server = make_server_app(config, run_dir, seed, progress, errors, competitors)
     client = make_client_app(lambda context: config)
     backend = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
                "init_args": {"num_cpus": config.runtime.parallel_sites, "include_dashboard": False}}
@@ -46,9 +46,10 @@ def simulate(config: FederationConfig, run_dir: Path, seed: int, progress: RunPr
         raise errors[0]
 
 
-def evaluation_done(ckpt: Checkpoints, config: FederationConfig) -> bool:
+def evaluation_done(ckpt: Checkpoints, config: FederationConfig, competitors: bool = False) -> bool:
     last = ckpt.last_stage()
-    return last is not None and last >= config.method.stages and all(a.name in ckpt.evaluation(config.method.stages) for a in ARMS)
+    done = ckpt.evaluation(config.method.stages)
+    return last is not None and last >= config.method.stages and all(a.name in done for a in arms_for(config, competitors))
 
 
 def check_same_run(run_dir: Path, config: FederationConfig) -> None:
@@ -67,8 +68,12 @@ def check_same_run(run_dir: Path, config: FederationConfig) -> None:
                           f"use a new --out directory")
 
 
-def run(config: FederationConfig, run_dir: Path, seed: int | None = None, show_progress: bool = True) -> dict:
-    """Run (or resume) the whole method and write run_dir/{results.json, model/, log.txt, checkpoints/}."""
+def run(config: FederationConfig, run_dir: Path, seed: int | None = None, show_progress: bool = True,
+        competitors: bool = False) -> dict:
+    """Run (or resume) the whole method and write run_dir/{results.json, model/, log.txt, checkpoints/}.
+
+    With `competitors`, the comparison arms run and are evaluated in the same federation (see run_federation).
+    """
     run_dir = Path(run_dir)
     seed = config.seed if seed is None else seed
     handler = attach_log_file(run_dir / "log.txt")
@@ -79,9 +84,9 @@ def run(config: FederationConfig, run_dir: Path, seed: int | None = None, show_p
         check_same_run(run_dir, config)
         write_json(run_dir / "config.json", config.to_dict())
         ckpt = Checkpoints(run_dir)
-        if not evaluation_done(ckpt, config):
+        if not evaluation_done(ckpt, config, competitors):
             with RunProgress(show_progress) as progress:
-                simulate(config, run_dir, seed, progress)
+                simulate(config, run_dir, seed, progress, competitors)
         model = build_model(config)
         model.load_state_dict(ckpt.load_stage(config.method.stages))
         save_model(model, config, run_dir / "model", {"stage": config.method.stages, "seed": seed})

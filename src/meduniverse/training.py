@@ -59,9 +59,13 @@ def make_optimizer(params, lr: float, weight_decay: float) -> torch.optim.Optimi
     return torch.optim.AdamW([p for p in params if p.requires_grad], lr=lr, weight_decay=weight_decay)
 
 
+Penalty = Callable[[], torch.Tensor]
+
+
 def train_supervised(model: UniversalModel, task_name: str, data: Split, steps: int, batch_size: int,
-                     optimizer: torch.optim.Optimizer, seed: int) -> TrainStats:
-    """Train encoder + one head on labelled data for a number of steps (random flips as augmentation)."""
+                     optimizer: torch.optim.Optimizer, seed: int, penalty: Penalty | None = None) -> TrainStats:
+    """Train encoder + one head on labelled data for a number of steps (random flips as augmentation),
+    adding `penalty()` to each step's loss if given (FedProx's proximal term)."""
     task = model.tasks[task_name].task
     generator = torch.Generator().manual_seed(seed)
     model.train()
@@ -72,6 +76,8 @@ def train_supervised(model: UniversalModel, task_name: str, data: Split, steps: 
         images, masks = random_flip(data.images[idx], masks, generator)
         targets = masks if masks is not None else data.targets[idx]
         loss = task_loss(model(normalize(images), task_name), targets, task)
+        if penalty is not None:
+            loss = loss + penalty()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -88,12 +94,54 @@ def steps_per_epoch(n: int, batch_size: int, minimum: int, cap: int = 0) -> int:
     return min(steps, cap) if cap else steps
 
 
-def train_local(model: UniversalModel, task_name: str, data: Split, method: MethodConfig, seed: int) -> TrainStats:
+def local_steps(task: str, n: int, method: MethodConfig) -> int:
+    """Steps of one stage's local training on n examples: local_epochs passes."""
+    bs = batch_size_for(task, method)
+    return method.local_epochs * steps_per_epoch(n, bs, method.min_steps_per_epoch, method.max_steps_per_epoch)
+
+
+def train_local(model: UniversalModel, task_name: str, data: Split, method: MethodConfig, seed: int,
+                penalty: Penalty | None = None) -> TrainStats:
     """A site's stage: fine-tune the global encoder + its head on its private train split."""
-    bs = batch_size_for(model.tasks[task_name].task, method)
-    steps = method.local_epochs * steps_per_epoch(len(data), bs, method.min_steps_per_epoch, method.max_steps_per_epoch)
+    task = model.tasks[task_name].task
     optimizer = make_optimizer(model.parameters(), method.lr, method.weight_decay)
-    return train_supervised(model, task_name, data, steps, bs, optimizer, seed)
+    return train_supervised(model, task_name, data, local_steps(task, len(data), method), batch_size_for(task, method),
+                            optimizer, seed, penalty)
+
+
+def proximal_term(model: nn.Module, reference: dict[str, torch.Tensor], mu: float) -> Penalty:
+    """FedProx: mu/2 * ||w - w_global||^2 over the parameters named in `reference`."""
+    pairs = [(p, reference[name].detach().clone()) for name, p in model.named_parameters() if name in reference]
+    return lambda: (mu / 2) * sum((p - ref).pow(2).sum() for p, ref in pairs)
+
+
+def train_multitask(model: UniversalModel, data: dict[str, Split], method: MethodConfig, seed: int,
+                    on_step: StepCallback | None = None) -> TrainStats:
+    """Centralised training on pooled data: every task gets its stages x local-training steps, interleaved at random."""
+    generator = torch.Generator().manual_seed(seed)
+    tasks = {name: model.tasks[name].task for name in data}
+    budget = {name: method.stages * local_steps(tasks[name], len(split), method) for name, split in data.items()}
+    order = [name for name, steps in budget.items() for _ in range(steps)]
+    order = [order[i] for i in torch.randperm(len(order), generator=generator).tolist()]
+    batches = {name: shuffled_batches(len(split), min(batch_size_for(tasks[name], method), len(split)), budget[name], generator)
+               for name, split in data.items()}
+    optimizer = make_optimizer(model.parameters(), method.lr, method.weight_decay)
+    model.train()
+    stats, start, total = TrainStats(steps=len(order)), time.perf_counter(), 0.0
+    for step, name in enumerate(order, 1):
+        idx, split = next(batches[name]), data[name]
+        masks = split.targets[idx] if is_segmentation(tasks[name]) else None
+        images, masks = random_flip(split.images[idx], masks, generator)
+        loss = task_loss(model(normalize(images), name), masks if masks is not None else split.targets[idx], tasks[name])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += loss.item()
+        stats.images += len(idx)
+        if on_step:
+            on_step(step, len(order))
+    stats.seconds, stats.loss = time.perf_counter() - start, total / max(len(order), 1)
+    return stats
 
 
 @torch.no_grad()
@@ -110,10 +158,11 @@ def evaluate(model: UniversalModel, task_name: str, data: Split) -> dict[str, fl
 
 
 def finetune(model: UniversalModel, task_name: str, train: Split, val: Split, method: MethodConfig,
-             finetune_cfg: FinetuneConfig, seed: int) -> dict:
-    """Fine-tune encoder + head with early stopping on the validation primary metric; keep the best epoch.
+             finetune_cfg: FinetuneConfig, seed: int, frozen_encoder: bool = False) -> dict:
+    """Fine-tune encoder + head (or, with frozen_encoder, the head alone: a probe) with early stopping on the
+    validation primary metric; keep the best epoch.
 
-    Every per-task fine-tune (every arm) runs this one function with the same optimiser and schedule.
+    Every per-task fine-tune and probe (every arm) runs this one function with the same optimiser and schedule.
     An 'epoch' is one pass over the train split, capped at finetune_cfg.max_steps_per_epoch steps
     (validation then runs at least that often on large sites).
     """
@@ -121,6 +170,7 @@ def finetune(model: UniversalModel, task_name: str, train: Split, val: Split, me
     key = primary_metric(task)
     bs = batch_size_for(task, method)
     steps = steps_per_epoch(len(train), bs, method.min_steps_per_epoch, finetune_cfg.max_steps_per_epoch)
+    model.encoder.requires_grad_(not frozen_encoder)
     optimizer = make_optimizer(model.parameters(), finetune_cfg.lr, method.weight_decay)
     best_score, best_state, best_epoch, waited = -math.inf, copy.deepcopy(model.state_dict()), 0, 0
     history = []
@@ -135,6 +185,7 @@ def finetune(model: UniversalModel, task_name: str, train: Split, val: Split, me
             if waited >= finetune_cfg.patience:
                 break
     model.load_state_dict(best_state)
+    model.encoder.requires_grad_(True)
     return {"best_epoch": best_epoch, "epochs": len(history), f"val_{key}": best_score, "history": history}
 
 

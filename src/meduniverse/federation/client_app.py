@@ -15,7 +15,7 @@ from meduniverse.federation.messages import ARRAYS, CONFIG, from_arrays, reply
 from meduniverse.models.universal import TaskInfo, build_model
 from meduniverse.sites import SiteData, load_site
 from meduniverse.tasks import primary_metric
-from meduniverse.training import evaluate, finetune, train_local
+from meduniverse.training import evaluate, finetune, proximal_term, train_local
 
 ConfigSource = Callable[[Context], FederationConfig]
 
@@ -51,27 +51,37 @@ def handle_query(msg: Message, config: FederationConfig, data: SiteData) -> Mess
 
 
 def handle_train(msg: Message, config: FederationConfig, data: SiteData) -> Message:
-    """Stage s at a site: fine-tune the global encoder + own head on private data; send the weights back."""
+    """Stage s at a site: fine-tune the received encoder + own head on private data; send the weights back.
+
+    Scores on the validation split before training (the previous stage's model, for the stage curves) and on
+    validation and test after it (the stage's teacher); FedProx adds its proximal term to the loss.
+    """
     settings = msg.content[CONFIG]
     seed = int(settings["seed"])
-    model = site_model(config, data, from_arrays(msg.content[ARRAYS]), seed)
-    stats = train_local(model, data.name, data.splits["train"], config.method, seed)
+    received = from_arrays(msg.content[ARRAYS])
+    model = site_model(config, data, received, seed)
     key = primary_metric(data.task)
-    val = evaluate(model, data.name, data.splits["val"])[key]
+    before = evaluate(model, data.name, data.splits["val"])[key]
+    mu = float(settings.get("proximal-mu", 0.0))
+    penalty = proximal_term(model, {k: v for k, v in received.items() if k.startswith("encoder.")}, mu) if mu > 0 else None
+    stats = train_local(model, data.name, data.splits["train"], config.method, seed, penalty)
     metrics = {"num-examples": len(data.splits["train"]), "train-loss": stats.loss, "train-seconds": stats.seconds,
-               "train-images-per-second": stats.images_per_second, f"val-{key}": val}
+               "train-images-per-second": stats.images_per_second, f"received-val-{key}": before,
+               f"val-{key}": evaluate(model, data.name, data.splits["val"])[key],
+               f"test-{key}": evaluate(model, data.name, data.splits["test"])[key]}
     return reply(msg, metrics, state=model.state_dict())
 
 
 def handle_evaluate(msg: Message, config: FederationConfig, data: SiteData) -> Message:
-    """Evaluate an arm at the site: optionally fine-tune (early stopping on val), then score val and test."""
+    """Evaluate an arm at the site: optionally fine-tune or probe (early stopping on val), then score val and test."""
     settings = msg.content[CONFIG]
     seed = int(settings["seed"])
     model = site_model(config, data, from_arrays(msg.content[ARRAYS]), seed)
     start = time.perf_counter()
     metrics: dict[str, float | int] = {"num-examples": len(data.splits["train"])}
-    if bool(settings["finetune"]):
-        log = finetune(model, data.name, data.splits["train"], data.splits["val"], config.method, config.finetune, seed)
+    if bool(settings["finetune"]) or bool(settings.get("probe", False)):
+        log = finetune(model, data.name, data.splits["train"], data.splits["val"], config.method, config.finetune, seed,
+                       frozen_encoder=bool(settings.get("probe", False)))
         metrics.update({"best-epoch": log["best_epoch"], "epochs": log["epochs"]})
     for split in ("val", "test"):
         for name, value in evaluate(model, data.name, data.splits[split]).items():

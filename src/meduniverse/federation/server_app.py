@@ -14,11 +14,11 @@ import torch
 from meduniverse.checkpoints import Checkpoints
 from meduniverse.config import FederationConfig
 from meduniverse.errors import StageError
-from meduniverse.evaluation import ARMS, Arm
+from meduniverse.evaluation import Arm, arms_for
 from meduniverse.federation.messages import CONFIG, METRICS, from_arrays, request, to_arrays
-from meduniverse.federation.strategy import UniversalDistillation, brief
+from meduniverse.federation.strategy import SiteHeads, UniversalDistillation, brief, competitor_strategy
 from meduniverse.models.heads import DecoderHead
-from meduniverse.models.universal import build_model, part_of
+from meduniverse.models.universal import build_model, site_state
 from meduniverse.progress import RunProgress, log
 from meduniverse.sites import load_pool
 from meduniverse.training import pretrain_mim
@@ -81,33 +81,45 @@ def stage_zero(config: FederationConfig, pool: dict[str, torch.Tensor], seed: in
                      "pool": {g: len(x) for g, x in pool.items()}})
 
 
-def run_stage(grid: Grid, strategy: UniversalDistillation, stage: int, state: dict[str, torch.Tensor],
+def message_bytes(msg: Message) -> int:
+    """Bytes of the weights a message carries."""
+    return sum(len(array.data) for record in msg.content.array_records.values() for array in record.values())
+
+
+def run_stage(grid: Grid, strategy: UniversalDistillation | SiteHeads, stage: int, state: dict[str, torch.Tensor],
               config: FederationConfig, progress: RunProgress) -> dict[str, torch.Tensor]:
+    """One stage of an arm: local training at every site, then the strategy's aggregation; costs go into its report."""
     started = time.perf_counter()
     messages = list(strategy.configure_train(stage, to_arrays(state), ConfigRecord(), grid))
-    replies = exchange_with_progress(grid, messages, f"stage {stage}: local training at {len(messages)} sites", config, progress)
+    roster = strategy.roster
+    to_sites = {roster[m.metadata.dst_node_id]: message_bytes(m) for m in messages}
+    replies = exchange_with_progress(grid, messages, f"{strategy.arm} stage {stage}: local training at {len(messages)} sites",
+                                     config, progress)
+    from_sites = {roster[m.metadata.src_node_id]: message_bytes(m) for m in replies if not m.has_error()}
     local_seconds = time.perf_counter() - started
-    strategy.on_step = progress.phase(f"stage {stage}: distillation on the pool")
+    strategy.on_step = progress.phase(f"{strategy.arm} stage {stage}: server aggregation")
     arrays, _ = strategy.aggregate_train(stage, replies)
     strategy.report.update({"local_seconds": local_seconds, "seconds": time.perf_counter() - started,
-                            "bytes_sent_per_site": {s: sum(int(v.numel() * v.element_size()) for v in part_of(state, s).values())
-                                                    for s in strategy.roster.values()}})
+                            "bytes_to_sites": to_sites, "bytes_from_sites": from_sites})
     return from_arrays(arrays)
 
 
 def arm_weights(arm: Arm, ckpt: Checkpoints, last: int) -> Callable[[str], dict[str, torch.Tensor]]:
-    """What a site gets for an arm: the stage-0 encoder (its head starts fresh) or the last stage's encoder + its head."""
+    """What a site gets for an arm: the stage-0 encoder (fresh head), or an arm's last-stage model for that site
+    (only its encoder for a probe)."""
     if arm.weights == "baseline":
         encoder = {k: v for k, v in ckpt.load_stage(0).items() if k.startswith("encoder.")}
         return lambda site: encoder
-    state = ckpt.load_stage(last)
-    return lambda site: part_of(state, site)
+    state = ckpt.load_stage(last, "model" if arm.weights == "universal" else arm.weights)
+    if arm.probe:
+        return lambda site: {k: v for k, v in site_state(state, site).items() if k.startswith("encoder.")}
+    return lambda site: site_state(state, site)
 
 
 def evaluate_arm(grid: Grid, roster: dict[int, str], arm: Arm, ckpt: Checkpoints, last: int, seed: int,
                  config: FederationConfig, progress: RunProgress) -> dict[str, dict]:
     """Every site evaluates one arm on its own test split and returns scalar metrics."""
-    settings = {"arm": arm.name, "finetune": arm.finetune, "seed": seed}
+    settings = {"arm": arm.name, "finetune": arm.finetune, "probe": arm.probe, "seed": seed}
     weights_for = arm_weights(arm, ckpt, last)
     messages = [request(MessageType.EVALUATE, n, settings, weights_for(s)) for n, s in roster.items()]
     replies = exchange_with_progress(grid, messages, f"evaluation: {arm.name}", config, progress)
@@ -123,8 +135,24 @@ def evaluate_arm(grid: Grid, roster: dict[int, str], arm: Arm, ckpt: Checkpoints
     return out
 
 
-def run_federation(grid: Grid, config: FederationConfig, run_dir: Path, seed: int, progress: RunProgress) -> None:
-    """The whole server flow; each completed stage and arm is checkpointed in run_dir."""
+def run_competitor(grid: Grid, arm: str, roster: dict[int, str], ckpt: Checkpoints, seed: int,
+                   config: FederationConfig, progress: RunProgress) -> None:
+    """A comparison arm's stages from the shared MIM model (stage 0), each checkpointed as stage_XXX_ARM."""
+    strategy = competitor_strategy(arm, config, roster, seed)
+    last = ckpt.last_arm_stage(arm)
+    state = ckpt.load_stage(last, "model" if last == 0 else arm)
+    for stage in range(last + 1, config.method.stages + 1):
+        state = run_stage(grid, strategy, stage, state, config, progress)
+        ckpt.save_arm_stage(arm, stage, state, strategy.report)
+
+
+def run_federation(grid: Grid, config: FederationConfig, run_dir: Path, seed: int, progress: RunProgress,
+                   competitors: bool = False) -> None:
+    """The whole server flow; each completed stage and arm is checkpointed in run_dir.
+
+    With `competitors`, the comparison arms (FedAvg, FedProx, FedBN) run the same stages from the same
+    stage-0 encoder, and their arms and the probes are evaluated too.
+    """
     torch.set_num_threads(config.runtime.server_threads)
     ckpt = Checkpoints(run_dir)
     roster = handshake(grid, config)
@@ -147,7 +175,9 @@ def run_federation(grid: Grid, config: FederationConfig, run_dir: Path, seed: in
         parts = {"model": state, **({"mim_decoder": decoder.state_dict()} if decoder else {})}
         ckpt.save_stage(stage, parts, strategy.report)
     last = config.method.stages
-    for arm in ARMS:
+    for arm in config.competitors.federated if competitors else ():
+        run_competitor(grid, arm, roster, ckpt, seed, config, progress)
+    for arm in arms_for(config, competitors):
         if arm.name not in ckpt.evaluation(last):
             started = time.perf_counter()
             per_site = evaluate_arm(grid, roster, arm, ckpt, last, seed, config, progress)
@@ -155,14 +185,14 @@ def run_federation(grid: Grid, config: FederationConfig, run_dir: Path, seed: in
 
 
 def make_server_app(config: FederationConfig, run_dir: Path, seed: int, progress: RunProgress,
-                    errors: list[BaseException]) -> ServerApp:
+                    errors: list[BaseException], competitors: bool = False) -> ServerApp:
     """A ServerApp for the Simulation Engine; exceptions are kept in `errors` for the caller to re-raise."""
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         try:
-            run_federation(grid, config, run_dir, seed, progress)
+            run_federation(grid, config, run_dir, seed, progress, competitors)
         except BaseException as exc:  # noqa: BLE001 - handed to the caller, which re-raises it
             errors.append(exc)
             log.error("run failed: %s", exc)

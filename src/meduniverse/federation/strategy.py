@@ -1,18 +1,19 @@
-"""The server strategy: FedAvg's node handling, with aggregation replaced by distillation into the universal model."""
+"""Server strategies: ours (FedAvg's node handling, aggregation replaced by distillation into the universal
+model) and the comparison arms on Flower's own FedAvg and FedProx, with each site's head kept for that site."""
 
 from collections.abc import Iterable
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy import FedAvg, FedProx
 import torch
 
 from meduniverse.aggregation import SiteUpdate, server_step, update_problem
 from meduniverse.config import FederationConfig
 from meduniverse.errors import StageError
-from meduniverse.federation.messages import ARRAYS, METRICS, from_arrays, request, to_arrays
+from meduniverse.federation.messages import ARRAYS, CONFIG, METRICS, from_arrays, request, to_arrays
 from meduniverse.models.heads import DecoderHead
-from meduniverse.models.universal import part_of
+from meduniverse.models.universal import build_model, local_key, norm_keys, part_of, site_state
 from meduniverse.progress import log
 
 
@@ -23,8 +24,44 @@ def brief(reason: str, limit: int = 300) -> str:
     return (lines[-1] if lines else text)[:limit]
 
 
+def stage_seed(seed: int, stage: int) -> int:
+    return seed * 1000 + stage
+
+
+def accept_updates(stage: int, replies: Iterable[Message], roster: dict[int, str], previous: dict[str, torch.Tensor],
+                   minimum: int, report: dict) -> list[tuple[SiteUpdate, Message]]:
+    """Site models that may be aggregated; errors, missing replies and poisoned weights are logged and dropped."""
+    accepted, dropped, rejected = [], dict(roster), {}
+    for msg in replies:
+        site = roster.get(msg.metadata.src_node_id)
+        if site is None:
+            continue
+        dropped.pop(msg.metadata.src_node_id, None)
+        if msg.has_error():
+            rejected[site] = f"failed: {brief(msg.error.reason)}"
+            continue
+        update = SiteUpdate(site, from_arrays(msg.content[ARRAYS]), int(msg.content[METRICS]["num-examples"]))
+        problem = update_problem(update, site_state(previous, site))
+        if problem:
+            rejected[site] = f"update rejected: {problem}"
+            continue
+        accepted.append((update, msg))
+        report.setdefault("sites", {})[site] = dict(msg.content[METRICS])
+    for site in dropped.values():
+        rejected[site] = "no reply (dropped out)"
+    for site, why in rejected.items():
+        log.warning("stage %d: site '%s' %s", stage, site, why)
+    report["rejected"] = rejected
+    minimum = minimum or len(roster)
+    if len(accepted) < minimum:
+        raise StageError(f"stage {stage}: only {len(accepted)} of {len(roster)} sites usable (minimum {minimum}): {rejected}")
+    return accepted
+
+
 class UniversalDistillation(FedAvg):
     """Each stage: send G_{s-1}'s encoder + head k to site k; distil the returned site models on the pool."""
+
+    arm = "universal"
 
     def __init__(self, config: FederationConfig, roster: dict[int, str], pool: dict[str, torch.Tensor], seed: int,
                  mim_decoder: DecoderHead | None = None):
@@ -38,43 +75,74 @@ class UniversalDistillation(FedAvg):
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
         self.previous = from_arrays(arrays)
-        settings = {**config, "stage": server_round, "seed": self.seed * 1000 + server_round}
+        settings = {**config, "arm": self.arm, "stage": server_round, "seed": stage_seed(self.seed, server_round)}
         return [request(MessageType.TRAIN, node, settings, part_of(self.previous, site)) for node, site in self.roster.items()]
-
-    def accepted_updates(self, server_round: int, replies: Iterable[Message]) -> list[SiteUpdate]:
-        """Site models that may be distilled; errors, missing replies and poisoned weights are logged and dropped."""
-        updates, dropped, rejected = [], dict(self.roster), {}
-        for msg in replies:
-            site = self.roster.get(msg.metadata.src_node_id)
-            if site is None:
-                continue
-            dropped.pop(msg.metadata.src_node_id, None)
-            if msg.has_error():
-                rejected[site] = f"failed: {brief(msg.error.reason)}"
-                continue
-            update = SiteUpdate(site, from_arrays(msg.content[ARRAYS]), int(msg.content[METRICS]["num-examples"]))
-            problem = update_problem(update, self.previous)
-            if problem:
-                rejected[site] = f"update rejected: {problem}"
-                continue
-            updates.append(update)
-            self.report.setdefault("sites", {})[site] = dict(msg.content[METRICS])
-        for site in dropped.values():
-            rejected[site] = "no reply (dropped out)"
-        for site, why in rejected.items():
-            log.warning("stage %d: site '%s' %s", server_round, site, why)
-        self.report["rejected"] = rejected
-        minimum = self.config.runtime.min_sites or len(self.roster)
-        if len(updates) < minimum:
-            raise StageError(f"stage {server_round}: only {len(updates)} of {len(self.roster)} sites usable "
-                             f"(minimum {minimum}): {rejected}")
-        return updates
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         self.report = {}
-        updates = self.accepted_updates(server_round, replies)
-        state, stats = server_step(self.previous, updates, self.config, self.pool, self.seed * 1000 + server_round,
+        accepted = accept_updates(server_round, replies, self.roster, self.previous, self.config.runtime.min_sites, self.report)
+        updates = [u for u, _ in accepted]
+        state, stats = server_step(self.previous, updates, self.config, self.pool, stage_seed(self.seed, server_round),
                                    self.mim_decoder, self.on_step)
         self.report["distill"] = {"seconds": stats.seconds, "images_per_second": stats.images_per_second,
                                   "loss": stats.loss, "steps": stats.steps}
         return to_arrays(state), MetricRecord({"sites": len(updates), "distill-loss": stats.loss})
+
+
+class SiteHeads:
+    """Mixin for Flower's FedAvg/FedProx: the shared encoder is aggregated by the Flower strategy; each site's head
+    (and, with keep_norms, its normalisation layers: FedBN) is only ever sent back to that site.
+
+    The server-side state is a full universal model plus `local.SITE.KEY` copies of site-local shared keys.
+    """
+
+    def __init__(self, arm: str, config: FederationConfig, roster: dict[int, str], seed: int, keep_norms: bool = False,
+                 **strategy_args):
+        super().__init__(fraction_train=1.0, fraction_evaluate=0.0, min_available_nodes=len(roster),
+                         weighted_by_key="num-examples", **strategy_args)
+        self.arm, self.config, self.roster, self.seed = arm, config, roster, seed
+        self.site_local = norm_keys(build_model(config)) if keep_norms else set()
+        self.on_step = None
+        self.previous: dict[str, torch.Tensor] = {}
+        self.report: dict = {}
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+        self.previous = from_arrays(arrays)
+        settings = ConfigRecord({**config, "arm": self.arm, "stage": server_round, "seed": stage_seed(self.seed, server_round)})
+        sampled = super().configure_train(server_round, ArrayRecord(), settings, grid)  # Flower's sampling and config
+        return [request(MessageType.TRAIN, msg.metadata.dst_node_id, dict(msg.content[CONFIG]),
+                        site_state(self.previous, self.roster[msg.metadata.dst_node_id])) for msg in sampled]
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        self.report = {}
+        accepted = accept_updates(server_round, replies, self.roster, self.previous, self.config.runtime.min_sites, self.report)
+        state = dict(self.previous)
+        for update, msg in accepted:
+            shared = {}
+            for key, value in update.state.items():
+                if key.startswith("heads."):
+                    state[key] = value
+                elif key in self.site_local:
+                    state[local_key(update.site, key)] = value
+                else:
+                    shared[key] = value
+            # What Flower's aggregation sees: the shared weights and the weighting key (metric names differ by task)
+            msg.content[ARRAYS] = to_arrays(shared)
+            msg.content[METRICS] = MetricRecord({"num-examples": update.num_examples})
+        arrays, metrics = super().aggregate_train(server_round, [msg for _, msg in accepted])
+        state.update(from_arrays(arrays))
+        return to_arrays(state), metrics
+
+
+class FedAvgSiteHeads(SiteHeads, FedAvg):
+    """FedAvg of the encoder, heads local."""
+
+
+class FedProxSiteHeads(SiteHeads, FedProx):
+    """FedProx (proximal term at the sites) of the encoder, heads local."""
+
+
+def competitor_strategy(arm: str, config: FederationConfig, roster: dict[int, str], seed: int) -> SiteHeads:
+    if arm == "fedprox":
+        return FedProxSiteHeads(arm, config, roster, seed, proximal_mu=config.competitors.proximal_mu)
+    return FedAvgSiteHeads(arm, config, roster, seed, keep_norms=arm == "fedbn")

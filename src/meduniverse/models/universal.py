@@ -67,3 +67,24 @@ def build_model(config: FederationConfig, tasks: list[TaskInfo] | None = None, s
 def part_of(state: dict[str, torch.Tensor], task: str) -> dict[str, torch.Tensor]:
     """The encoder's weights and one head's: what a site model consists of."""
     return {k: v for k, v in state.items() if k.startswith("encoder.") or k.startswith(f"heads.{task}.")}
+
+
+NORM_LAYERS = (nn.GroupNorm, nn.LayerNorm, nn.modules.batchnorm._BatchNorm)
+LOCAL_PREFIX = "local."
+
+
+def norm_keys(model: UniversalModel) -> set[str]:
+    """State keys of the encoder's normalisation layers (what FedBN keeps at each site)."""
+    return {f"encoder.{name}.{p}" for name, module in model.encoder.named_modules() if isinstance(module, NORM_LAYERS)
+            for p, _ in module.named_parameters(recurse=False)}
+
+
+def local_key(site: str, key: str) -> str:
+    """Where a server-side state keeps a site's own copy of a shared key (FedBN's norm layers)."""
+    return f"{LOCAL_PREFIX}{site}.{key}"
+
+
+def site_state(state: dict[str, torch.Tensor], site: str) -> dict[str, torch.Tensor]:
+    """A site's model from a server-side state: encoder + its head, with the site's own local copies on top."""
+    prefix = f"{LOCAL_PREFIX}{site}."
+    return {**part_of(state, site), **{k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}}

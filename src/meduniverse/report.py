@@ -1,0 +1,313 @@
+"""One self-contained HTML page of a run's results (tables, embedded PNG figures, tests), figures also as PNG files."""
+
+import base64
+import html
+import io
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from matplotlib.colors import ListedColormap
+
+from meduniverse.checkpoints import Checkpoints
+from meduniverse.config import FederationConfig
+from meduniverse.errors import MeduniverseError
+from meduniverse.files import atomic_write
+from meduniverse.models.universal import UniversalModel, build_model
+from meduniverse.sites import pool_images_raw
+from meduniverse.training import predict_probs
+from meduniverse.transforms import images_to_spec, normalize
+
+ARM_ORDER = ("baseline", "universal", "universal_finetuned", "local", "fedavg", "fedprox", "fedbn", "centralized",
+             "baseline_probe", "universal_probe", "fedavg_probe")
+MAX_PER_SOURCE = 60
+OVERLAYS_PER_SITE = 3
+OVERLAY = ListedColormap(["#00c8ff"])  # predicted foreground, one flat colour
+CSS = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#222;padding:0 1em}
+table{border-collapse:collapse;margin:.5em 0 1.5em;font-size:.9em;display:block;overflow-x:auto}
+th,td{border:1px solid #ccc;padding:.25em .6em;text-align:left;white-space:nowrap}th{background:#f2f2f2}
+img{max-width:100%;height:auto}.na{color:#888;font-style:italic}dt{font-weight:bold}dd{margin:0 0 .3em 1em}"""
+
+
+def _num(value: Any) -> float:
+    """A float, NaN for None or anything that is not a number."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _fmt(value: Any, spec: str = ".3f") -> str:
+    """A number formatted, or an en dash when missing or NaN."""
+    x = _num(value)
+    return "–" if math.isnan(x) else format(x, spec)
+
+
+def _mean_ci(entry: dict) -> str:
+    """'0.912 [0.901, 0.925]', or the mean alone without a confidence interval."""
+    ci = entry.get("ci95") or [None, None]
+    if any(math.isnan(_num(c)) for c in ci):
+        return _fmt(entry.get("mean"))
+    return f"{_fmt(entry.get('mean'))} [{_fmt(ci[0])}, {_fmt(ci[1])}]"
+
+
+def _ordered(names: Any) -> list[str]:
+    """Arm names in the usual order, unknown ones after."""
+    names = list(names)
+    return [a for a in ARM_ORDER if a in names] + [a for a in names if a not in ARM_ORDER]
+
+
+def _table(header: list[str], rows: list[list[Any]], bold: set[tuple[int, int]] = frozenset()) -> str:
+    """An HTML table, every cell escaped, cells (row, column) in `bold` in bold."""
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "".join("<tr>" + "".join(
+        f"<td>{'<b>' if (i, j) in bold else ''}{html.escape(str(c))}{'</b>' if (i, j) in bold else ''}</td>"
+        for j, c in enumerate(row)) + "</tr>" for i, row in enumerate(rows))
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _na(what: str, why: str = "") -> str:
+    """A grey line saying that something is not available (and why)."""
+    return f'<p class="na">{html.escape(what)}: not available{html.escape(f" ({why})" if why else "")}.</p>'
+
+
+def _write(path: Path, data: bytes) -> None:
+    """Write a file atomically, readable by all (it is meant to be published)."""
+    atomic_write(path, lambda tmp: (tmp.write_bytes(data), tmp.chmod(0o644)))
+
+
+def _figure(fig: plt.Figure, name: str, out_dir: Path) -> str:
+    """Save a figure as figures/NAME.png and return it as an <img> with a data: URI."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    data = buf.getvalue()
+    _write(out_dir / "figures" / f"{name}.png", data)
+    return f'<img alt="{html.escape(name)}" src="data:image/png;base64,{base64.b64encode(data).decode()}">'
+
+
+def _grid(n: int, width: float = 4.0, height: float = 3.2) -> tuple[plt.Figure, list[plt.Axes]]:
+    """A figure with n subplots, at most four a row."""
+    cols = min(4, max(n, 1))
+    rows = math.ceil(max(n, 1) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
+    flat = list(axes.ravel())
+    for ax in flat[n:]:
+        ax.axis("off")
+    return fig, flat[:n]
+
+
+def _header(results: dict, config: FederationConfig | None) -> str:
+    """Title and what the run was: configuration, commit, seeds, machine, command."""
+    name = results.get("name") or (config.name if config else "run")
+    machine = results.get("machine") or {}
+    machine_text = ", ".join(f"{k}={v}" for k, v in machine.items()) if isinstance(machine, dict) else str(machine)
+    items = {"config": name, "commit": results.get("commit", "unknown"),
+             "seeds": ", ".join(str(s) for s in results.get("seeds", [])), "machine": machine_text or "unknown",
+             "command": results.get("command", "unknown")}
+    dl = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(str(v))}</dd>" for k, v in items.items())
+    return f"<h1>meduniverse report: {html.escape(str(name))}</h1><dl>{dl}</dl>"
+
+
+def _results(results: dict, out_dir: Path) -> str:
+    """Per task, every arm's mean [95% CI] (best in bold), and a bar chart per task."""
+    tasks = results.get("tasks") or {}
+    if not tasks:
+        return "<h2>Test results per task</h2>" + _na("per-task results")
+    arms = _ordered(dict.fromkeys(a for t in tasks.values() for a in t.get("arms", {})))
+    rows, bold = [], set()
+    for i, (site, t) in enumerate(tasks.items()):
+        entries = t.get("arms", {})
+        means = {a: _num(e.get("mean")) for a, e in entries.items() if not math.isnan(_num(e.get("mean")))}
+        best = max(means, key=means.get) if means else None
+        rows.append([site, t.get("task", ""), t.get("metric", "")] + [_mean_ci(entries[a]) if a in entries else "–" for a in arms])
+        bold |= {(i, 3 + arms.index(best))} if best else set()
+    fig, axes = _grid(len(tasks))
+    for ax, (site, t) in zip(axes, tasks.items(), strict=True):
+        names = _ordered(t.get("arms", {}))
+        means = np.array([_num(t["arms"][a].get("mean")) for a in names])
+        cis = [t["arms"][a].get("ci95") or [None, None] for a in names]
+        err = np.array([[m - _num(c[0]), _num(c[1]) - m] for m, c in zip(means, cis, strict=True)]).T.reshape(2, -1)
+        ax.bar(range(len(names)), np.nan_to_num(means), yerr=np.clip(np.nan_to_num(err), 0, None), capsize=3, color="#4c72b0")
+        ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
+        ax.set_title(site, fontsize=9)
+        ax.set_ylabel(t.get("metric", ""))
+    return ("<h2>Test results per task</h2><p>Mean and 95% CI of the primary test metric over seeds; best arm in bold.</p>"
+            + _table(["task", "type", "metric"] + arms, rows, bold) + _figure(fig, "test_metric_by_arm", out_dir))
+
+
+def _curves(curves: dict, out_dir: Path, name: str, title: str, ylabel: str) -> str:
+    """One subplot per task, one line per arm: the mean against the stage."""
+    if not curves:
+        return f"<h2>{html.escape(title)}</h2>" + _na(title)
+    fig, axes = _grid(len(curves))
+    for ax, (site, by_arm) in zip(axes, curves.items(), strict=True):
+        for arm in _ordered(by_arm):
+            mean = [_num(v) for v in by_arm[arm].get("mean", [])]
+            ax.plot(by_arm[arm].get("stages", range(1, len(mean) + 1)), mean, marker="o", label=arm)
+        ax.set_title(site, fontsize=9)
+        ax.set_xlabel("stage")
+        ax.set_ylabel(ylabel)
+        ax.legend(fontsize=7)
+    return f"<h2>{html.escape(title)}</h2>" + _figure(fig, name, out_dir)
+
+
+def _load_models(out_dir: Path, results: dict, config: FederationConfig) -> tuple[UniversalModel, UniversalModel]:
+    """The baseline (stage 0 encoder) and the universal model (last stage) of the first seed."""
+    run_dir = out_dir / f"seed_{(results.get('seeds') or [config.seed])[0]}"
+    ckpt = Checkpoints(run_dir if run_dir.is_dir() else out_dir)  # `meduniverse run` keeps one seed in out_dir itself
+    for stage in (0, config.method.stages):
+        if not ckpt.weights_path(stage).is_file():
+            raise FileNotFoundError(f"no checkpoint {ckpt.weights_path(stage)}")
+    baseline, universal = build_model(config), build_model(config)
+    for model, stage, needed in ((baseline, 0, "encoder."), (universal, config.method.stages, "")):
+        missing = [k for k in model.load_state_dict(ckpt.load_stage(stage), strict=False).missing_keys if k.startswith(needed)]
+        if missing:
+            raise LookupError(f"the stage {stage} checkpoint lacks {missing[0]} and {len(missing) - 1} more weights")
+    return baseline.eval(), universal.eval()
+
+
+def _pool_by_site(config: FederationConfig) -> dict[str, tuple[str, torch.Tensor]]:
+    """Per pool source: (site name, up to MAX_PER_SOURCE of its uint8 images at the site's input spec)."""
+    sites = {s.source: s for s in config.sites}
+    out = {}
+    for source, images in pool_images_raw(config).items():
+        if not len(images):
+            continue
+        site = sites.get(source)  # None for an extra pool file: named after it, at the classification spec
+        pick = np.sort(np.random.default_rng(0).permutation(len(images))[:MAX_PER_SOURCE])
+        spec = config.input_spec(site.task if site else "binary")
+        out[source] = (site.name if site else Path(source).stem, images_to_spec(images[pick], spec))
+    if not out:
+        raise LookupError("the server pool is empty")
+    return out
+
+
+@torch.no_grad()
+def _features(model: UniversalModel, images: torch.Tensor) -> np.ndarray:
+    """Global average pool of the encoder's deepest feature map."""
+    return torch.cat([model.encoder(normalize(x))[-1].mean((2, 3)) for x in images.split(64)]).numpy()
+
+
+def _pca2(x: np.ndarray) -> np.ndarray:
+    """The first two principal components (SVD of the centred features)."""
+    centred = x - x.mean(0)
+    _, _, vt = np.linalg.svd(centred, full_matrices=False)
+    coords = centred @ vt[:2].T
+    return np.pad(coords, ((0, 0), (0, 2 - coords.shape[1])))
+
+
+def _embedding(models: tuple[UniversalModel, UniversalModel], pool: dict, out_dir: Path) -> str:
+    """PCA of the pool's encoder features, coloured by site: baseline encoder beside the universal one."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    labels = np.concatenate([[label] * len(imgs) for label, imgs in pool.values()])
+    for ax, model, title in zip(axes, models, ("baseline encoder (stage 0)", "universal encoder"), strict=True):
+        coords = _pca2(np.concatenate([_features(model, imgs) for _, imgs in pool.values()]))
+        for i, label in enumerate(dict.fromkeys(labels)):
+            ax.scatter(*coords[labels == label].T, s=10, color=plt.cm.tab10(i % 10), label=label)
+        ax.set_title(title)
+        ax.set_xlabel("PC 1")
+        ax.set_ylabel("PC 2")
+    axes[1].legend(fontsize=7, loc="best")
+    return _figure(fig, "embedding_pca", out_dir)
+
+
+def _overlays(universal: UniversalModel, pool: dict, config: FederationConfig, out_dir: Path) -> str:
+    """A few public images of each segmentation site with the universal model's predicted foreground."""
+    seg = [(s.name, pool[s.source][1][:OVERLAYS_PER_SITE]) for s in config.sites if s.task == "segmentation" and s.source in pool]
+    if not seg:
+        return _na("segmentation overlays", "no segmentation site lends images to the public pool")
+    fig, axes = plt.subplots(len(seg), OVERLAYS_PER_SITE, figsize=(3 * OVERLAYS_PER_SITE, 3 * len(seg)), squeeze=False)
+    for row, (name, images) in zip(axes, seg, strict=True):
+        masks = predict_probs(universal, name, images).argmax(1).numpy() > 0
+        for ax, img, mask in zip(row, images.numpy(), masks, strict=False):
+            ax.imshow(img.transpose(1, 2, 0) if img.shape[0] == 3 else img[0], cmap="gray")
+            ax.imshow(np.ma.masked_where(~mask, mask), cmap=OVERLAY, alpha=0.5, vmin=0, vmax=1)
+            ax.set_title(name, fontsize=8)
+        for ax in row:
+            ax.axis("off")
+    return _figure(fig, "segmentation_overlays", out_dir)
+
+
+def _cost(cost: dict, out_dir: Path) -> str:
+    """Seconds and megabytes moved per arm: a table and a bar chart."""
+    if not cost:
+        return _na("timing and bytes")
+    rows, arms = [], _ordered(cost)
+    for arm in arms:
+        stages = (cost[arm].get("stages") or {}).values()
+        to = sum(sum((s.get("bytes_to_sites") or {}).values()) for s in stages) / 1e6
+        back = sum(sum((s.get("bytes_from_sites") or {}).values()) for s in stages) / 1e6
+        rows.append([arm, _fmt(cost[arm].get("seconds"), ".1f"), len(stages), f"{to:.2f}", f"{back:.2f}"])
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.8))
+    left.bar(arms, [np.nan_to_num(_num(cost[a].get("seconds"))) for a in arms], color="#55a868")
+    left.set_ylabel("seconds")
+    right.bar(arms, [float(r[3]) + float(r[4]) for r in rows], color="#c44e52")
+    right.set_ylabel("MB to + from sites")
+    for ax in (left, right):
+        plt.setp(ax.get_xticklabels(), rotation=45, ha="right", fontsize=8)
+    return (_table(["arm", "seconds", "stages", "MB to sites", "MB from sites"], rows)
+            + _figure(fig, "cost_by_arm", out_dir))
+
+
+def _tests(results: dict) -> str:
+    """The paired tests over all tasks, then per task."""
+    tests = results.get("tests") or {}
+    rows = [[name, t.get("n_pairs", "–"), t.get("wins", "–"), t.get("losses", "–"), _fmt(t.get("mean_difference"), ".3g"),
+             _fmt(t.get("wilcoxon_p"), ".3g")] for name, t in tests.items()]
+    per_task = [[site, name, t.get("n", "–"), _fmt(t.get("mean_difference"), ".3g"), _fmt(t.get("ttest_p"), ".3g")]
+                for site, block in (results.get("per_task_tests") or {}).items() for name, t in block.items()]
+    out = _table(["comparison", "n_pairs", "wins", "losses", "mean_difference", "wilcoxon_p"], rows) if rows else _na("tests")
+    out += "<h3>Per task</h3>"
+    return out + (_table(["task", "comparison", "n", "mean_difference", "ttest_p"], per_task) if per_task else _na("per-task tests"))
+
+
+def _ablation(results: dict) -> str:
+    """The ablation rows as a table, whatever their columns."""
+    rows = (results.get("ablation") or {}).get("rows") or []
+    if not rows:
+        return _na("ablation")
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    return _table(keys, [[_fmt(v) if isinstance(v, float) or v is None else v for v in map(r.get, keys)] for r in rows])
+
+
+def _adapt(adapt: Any, out_dir: Path) -> str:
+    """Adaptation curves when shaped like `curves` ({SITE: {ARM: {"stages", "mean"}}}), else the raw values."""
+    shaped = isinstance(adapt, dict) and all(isinstance(a, dict) and all(isinstance(c, dict) and "mean" in c
+                                                                         for c in a.values()) for a in adapt.values())
+    if shaped:
+        return _curves(adapt, out_dir, "adapt_curves", "Adaptation", "metric")
+    return f"<h2>Adaptation</h2><pre>{html.escape(json.dumps(adapt, indent=1, default=str))}</pre>"
+
+
+def build_report(out_dir: Path, results: dict, config: FederationConfig | None = None) -> Path:
+    """Write out_dir/report.html (self-contained) and out_dir/figures/*.png; return the page's path."""
+    out_dir = Path(out_dir)
+    parts = [_header(results, config), _results(results, out_dir),
+             _curves(results.get("curves") or {}, out_dir, "validation_curves", "Validation metric by stage", "validation metric")]
+    try:
+        if config is None:
+            raise LookupError("no configuration given")
+        models, pool = _load_models(out_dir, results, config), _pool_by_site(config)
+        embedding, overlays = _embedding(models, pool, out_dir), _overlays(models[1], pool, config, out_dir)
+    except (LookupError, OSError, RuntimeError, MeduniverseError) as exc:
+        embedding, overlays = _na("embedding", str(exc)), _na("segmentation overlays", str(exc))
+    parts += ["<h2>Encoder features of the public pool (PCA)</h2>", embedding,
+              "<h2>Segmentation examples (universal model, public pool images)</h2>", overlays,
+              "<h2>Timing and bytes</h2>", _cost(results.get("cost") or {}, out_dir),
+              "<h2>Statistical tests</h2>", _tests(results), "<h2>Ablation</h2>", _ablation(results)]
+    if results.get("adapt"):
+        parts.append(_adapt(results["adapt"], out_dir))
+    title = html.escape(str(results.get("name") or (config.name if config else "run")))
+    page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>meduniverse report: {title}</title>'
+            f"<style>{CSS}</style></head><body>\n" + "\n".join(parts) + "\n</body></html>\n")
+    path = out_dir / "report.html"
+    _write(path, page.encode("utf-8"))
+    return path
