@@ -57,27 +57,105 @@ def throughput_table(doc: dict) -> list[str]:
     return lines
 
 
+COMPETITORS = ("local", "fedavg", "fedprox", "fedbn")
+
+
+def cell(arm: dict | None) -> str:
+    return f"{arm['mean']:.3f} [{arm['ci95'][0]:.3f}, {arm['ci95'][1]:.3f}]" if arm else "-"
+
+
+def p_value(test: dict | None) -> str:
+    return "-" if not test or test.get("ttest_p") is None else f"{test['ttest_p']:.3g}"
+
+
+def headline_table(doc: dict) -> list[str]:
+    """Per task: baseline, universal, universal_finetuned, best competitor, centralised, paired p-values."""
+    lines = ["| site | metric | baseline | universal | universal_finetuned | best competitor | centralized | "
+             "p (universal vs baseline) | p (universal_finetuned vs baseline) |", "|---|---|---|---|---|---|---|---|---|"]
+    for site, t in doc["tasks"].items():
+        arms, tests = t["arms"], doc["per_task_tests"].get(site, {})
+        best = max((a for a in COMPETITORS if a in arms), key=lambda a: arms[a]["mean"])
+        lines.append(f"| {site} | {t['metric']} | {cell(arms.get('baseline'))} | {cell(arms.get('universal'))} | "
+                     f"{cell(arms.get('universal_finetuned'))} | {best}: {cell(arms[best])} | {cell(arms.get('centralized'))} | "
+                     f"{p_value(tests.get('universal_vs_baseline'))} | {p_value(tests.get('universal_finetuned_vs_baseline'))} |")
+    names = [a for a in ("baseline", "universal", "universal_finetuned", *COMPETITORS, "centralized")
+             if all(a in t["arms"] for t in doc["tasks"].values())]
+    lines += ["", "Mean over the tasks: " + ", ".join(f"{a} {mean_of(doc, a):.3f}" for a in names) + "."]
+    return lines
+
+
+def tests_table(doc: dict) -> list[str]:
+    lines = ["| comparison | pairs (task, seed) | wins | losses | mean difference | Wilcoxon p |", "|---|---|---|---|---|---|"]
+    for name, t in doc["tests"].items():
+        lines.append(f"| {name} | {t['n_pairs']} | {t['wins']} | {t['losses']} | {t['mean_difference']:+.4f} | {t['wilcoxon_p']:.3g} |")
+    return lines
+
+
+def probe_table(doc: dict) -> list[str]:
+    probes = [a for a in next(iter(doc["tasks"].values()))["arms"] if a.endswith("_probe")]
+    lines = ["| site | " + " | ".join(probes) + " |", "|---|" + "---|" * len(probes)]
+    for site, t in doc["tasks"].items():
+        lines.append(f"| {site} | " + " | ".join(cell(t["arms"][a]) for a in probes) + " |")
+    lines.append("| **mean** | " + " | ".join(f"{mean_of(doc, a):.3f}" for a in probes) + " |")
+    return lines
+
+
+def fidelity_table(doc: dict) -> list[str]:
+    lines = ["| site | last-stage site teacher | universal - teacher | universal - baseline | universal - universal_finetuned | universal - centralized |",
+             "|---|---|---|---|---|---|"]
+    for site, t in doc["tasks"].items():
+        f = t["fidelity"]
+        lines.append(f"| {site} | {f['teacher_test']:.3f} | {f['universal_minus_teacher']:+.3f} | {f['universal_minus_baseline']:+.3f} | "
+                     f"{f['universal_minus_universal_finetuned']:+.3f} | {f.get('universal_minus_centralized', float('nan')):+.3f} |")
+    return lines
+
+
+def adapt_table(doc: dict) -> list[str]:
+    lines = []
+    for site, entry in doc.get("adapt_results", {}).items():
+        arms = entry["arms"]
+        fractions = sorted({a.split("@")[1] for a in arms}, key=float)
+        lines += [f"Unseen site `{site}` (test {entry['metric']}, {len(entry['seeds'])} seeds, mean [95% CI]):", "",
+                  "| labels | " + " | ".join(f"{e}_{m}" for e in ("baseline", "universal") for m in ("probe", "finetune")) + " |",
+                  "|---|---|---|---|---|"]
+        for f in fractions:
+            lines.append(f"| {float(f):.0%} | " + " | ".join(cell(arms[f"{e}_{m}@{f}"]) for e in ("baseline", "universal")
+                                                            for m in ("probe", "finetune")) + " |")
+    return lines
+
+
 def section() -> str:
+    lines = []
+    exp = load("shared8.json")
+    if exp is not None:
+        lines += [f"`configs/shared8.toml`, {len(exp['seeds'])} seeds {exp['seeds']}, test split of each site (AUC for "
+                  f"classification, Dice for segmentation), mean [95% bootstrap CI over seeds]. From `bench/results/shared8.json`: "
+                  f"`{exp['command']}` at commit `{exp['commit'][:12]}`, {exp['experiment_seconds'] / 60:.0f} minutes on "
+                  f"{exp['machine']['cpus']} CPU cores. p: paired t-test over seeds for that task.", "", *headline_table(exp),
+                  "", "Paired tests over every (task, seed) pair (SciPy's Wilcoxon signed-rank):", "", *tests_table(exp),
+                  "", "Frozen encoders (each task's head trained alone, same schedule):", "", *probe_table(exp),
+                  "", "The universal model as is, against the site's own last-stage model (distillation fidelity) and "
+                  "the other arms (differences of means):", "", *fidelity_table(exp)]
+        if exp.get("adapt_results"):
+            lines += ["", *adapt_table(exp)]
     main = load("end_to_end.json")
-    if main is None:
-        return "No benchmark has been run yet: `python bench/end_to_end.py`."
-    variant = main["config"]["method"]["variant"]
-    lines = [f"`configs/shared8.toml`, one seed ({main['seeds'][0]}), variant `{variant}`, test split of each site "
-             f"(AUC for classification, Dice for segmentation). From `bench/results/end_to_end.json`: "
-             f"`{main['command']}` at commit `{main['commit'][:12]}`, {main['total_seconds'] / 60:.1f} minutes on "
-             f"{main['machine']['cpus']} CPU cores.", "", *task_table(main)]
-    others = sorted(RESULTS.glob("variant_*.json"))
-    if others:
-        docs = {variant: main}
-        docs.update({d["config"]["method"]["variant"]: d for d in (json.loads(p.read_text()) for p in others)})
-        files = ", ".join(f"`bench/results/{p.name}`" for p in others)
-        lines += ["", f"Variants, mean over the eight tasks, same seed (the default is the better one on the validation "
-                  f"columns; from `bench/results/end_to_end.json` and {files}):", "", *variant_table(docs)]
+    if main is not None:
+        variant = main["config"]["method"]["variant"]
+        lines += ["", f"Issue 2's single-seed run (`configs/shared8.toml`, seed {main['seeds'][0]}, variant `{variant}`; "
+                  f"`bench/results/end_to_end.json`: `{main['command']}` at commit `{main['commit'][:12]}`, "
+                  f"{main['total_seconds'] / 60:.1f} minutes):", "", *task_table(main)]
+        others = sorted(RESULTS.glob("variant_*.json"))
+        if others:
+            docs = {variant: main}
+            docs.update({d["config"]["method"]["variant"]: d for d in (json.loads(p.read_text()) for p in others)})
+            files = ", ".join(f"`bench/results/{p.name}`" for p in others)
+            lines += ["", f"Ablation of the variants, mean over the eight tasks, same seed (chosen on the validation "
+                      f"columns; from `bench/results/end_to_end.json` and {files}):", "", *variant_table(docs)]
     speed = load("throughput.json")
     if speed is not None:
         lines += ["", f"Encoder + head throughput, images/s, fp32, forward + backward + AdamW (inference in brackets); "
                   f"`bench/results/throughput.json` (`{speed['command']}`):", "", *throughput_table(speed)]
-    return "\n".join(lines)
+    return "\n".join(lines) if lines else "No benchmark has been run yet: `python bench/end_to_end.py`."
 
 
 def main() -> None:

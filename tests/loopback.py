@@ -25,7 +25,8 @@ class LoopbackGrid(Grid):
             for i in range(num_nodes)
         }
         self.outbox: dict[str, Message] = {}
-        self.replies: list[Message] = []  # every message that left a ClientApp
+        self.requests: list[Message] = []  # every message sent to a ClientApp, in order
+        self.replies: list[Message] = []  # every message that left a ClientApp, in the same order
         self._run = None
 
     def set_run(self, run) -> None:
@@ -47,6 +48,7 @@ class LoopbackGrid(Grid):
             msg_id = str(uuid4())
             msg.metadata.__dict__["_message_id"] = msg_id
             msg.metadata.__dict__["_src_node_id"] = 1
+            self.requests.append(msg)
             try:
                 reply = self.client_app(msg, self.contexts[msg.metadata.dst_node_id])
             except Exception as exc:  # noqa: BLE001 - Flower turns ClientApp exceptions into error replies too

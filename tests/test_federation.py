@@ -9,12 +9,12 @@ import torch
 
 from meduniverse.checkpoints import Checkpoints
 from meduniverse.errors import StageError
-from meduniverse.evaluation import METHOD_ARMS as ARMS
+from meduniverse.evaluation import METHOD_ARMS, arms_for
 from meduniverse.federation import client_app as client_module
 from meduniverse.federation.client_app import make_client_app
 from meduniverse.federation.messages import ARRAYS, CONFIG, METRICS
 from meduniverse.federation.server_app import run_federation
-from meduniverse.models.universal import build_model, part_of
+from meduniverse.models.universal import build_model, local_key, norm_keys, part_of
 from meduniverse.progress import RunProgress
 from meduniverse.sites import private_raw
 
@@ -23,9 +23,9 @@ from loopback import LoopbackGrid
 MESSAGE_TYPES = {"query", "train", "evaluate"}
 
 
-def federate(config, run_dir, seed=0):
+def federate(config, run_dir, seed=0, competitors=False):
     grid = LoopbackGrid(make_client_app(lambda context: config), len(config.sites))
-    run_federation(grid, config, run_dir, seed, RunProgress(enabled=False))
+    run_federation(grid, config, run_dir, seed, RunProgress(enabled=False), competitors)
     return grid
 
 
@@ -43,8 +43,11 @@ def private_fingerprints(config) -> set[str]:
 @pytest.mark.privacy
 def test_nothing_but_weights_and_scalars_leaves_a_site(shared8_config, tmp_path):
     config = replace(shared8_config, method=replace(shared8_config.method, stages=2))
-    grid = federate(config, tmp_path / "run")
+    grid = federate(config, tmp_path / "run", competitors=True)
     assert {r.metadata.message_type for r in grid.replies} == MESSAGE_TYPES  # every message type was checked
+    arms = {(q.metadata.message_type, q.content[CONFIG]["arm"]) for q in grid.requests if "arm" in q.content[CONFIG]}
+    assert {a for t, a in arms if t == "train"} == {"universal", *config.competitors.federated}  # every arm's training
+    assert {a for t, a in arms if t == "evaluate"} == {a.name for a in arms_for(config, True)}  # and every evaluation
     shapes = {k: v.shape for k, v in build_model(config).state_dict().items()}
     fingerprints = private_fingerprints(config)
     sites = {s.name: s for s in config.sites}
@@ -75,7 +78,7 @@ def test_stages_are_checkpointed_and_every_arm_is_evaluated(demo_config, tmp_pat
     record = ckpt.stage_record(1)
     assert set(record["sites"]) == {s.name for s in demo_config.sites} and record["rejected"] == {}
     evaluation = ckpt.evaluation(1)
-    assert set(evaluation) == {a.name for a in ARMS}
+    assert set(evaluation) == {a.name for a in METHOD_ARMS}
     for arm in evaluation.values():
         for site in demo_config.sites:
             key = "test-dice" if site.task == "segmentation" else "test-auc"
@@ -92,10 +95,10 @@ def test_a_failing_site_stops_the_stage_and_a_rerun_resumes_from_the_last_checkp
     real_train = client_module.train_local
     victim = config.sites[1].name
 
-    def failing(model, name, data, method, seed):
+    def failing(model, name, data, method, seed, *args):
         if name == victim and seed % 1000 == 2:
             raise RuntimeError("disk on fire")
-        return real_train(model, name, data, method, seed)
+        return real_train(model, name, data, method, seed, *args)
 
     monkeypatch.setattr(client_module, "train_local", failing)
     with pytest.raises(StageError, match=f"stage 2.*{victim}.*disk on fire"):
@@ -132,3 +135,43 @@ def test_poisoned_update_is_rejected_and_logged(demo_config, tmp_path, monkeypat
     assert victim in caplog.text and "rejected" in caplog.text
     state = Checkpoints(tmp_path / "run").load_stage(1)
     assert all(torch.isfinite(v).all() for v in state.values())
+
+
+def train_exchanges(grid, arm):
+    """(site, request state, reply state, num-examples) of every training message of one arm."""
+    out = []
+    for request, reply in zip(grid.requests, grid.replies, strict=True):
+        if request.metadata.message_type == "train" and request.content[CONFIG]["arm"] == arm:
+            state = reply.content[ARRAYS].to_torch_state_dict()
+            site = next(k.split(".")[1] for k in state if k.startswith("heads."))
+            out.append((site, request, state, int(reply.content[METRICS]["num-examples"])))
+    return out
+
+
+def test_competitors_average_the_encoder_and_keep_heads_and_norms_at_their_site(demo_config, tmp_path):
+    grid = federate(demo_config, tmp_path / "run", competitors=True)
+    ckpt = Checkpoints(tmp_path / "run")
+    assert set(ckpt.evaluation(1)) == {a.name for a in arms_for(demo_config, True)}
+    stage0 = ckpt.load_stage(0)
+    norms = norm_keys(build_model(demo_config))
+    conv = "encoder.stem.conv.weight"
+    for arm in ("fedavg", "fedprox", "fedbn"):
+        state, sent = ckpt.load_stage(1, arm), train_exchanges(grid, arm)
+        assert len(sent) == len(demo_config.sites)
+        weights = torch.tensor([n for *_, n in sent], dtype=torch.float64)
+        average = sum(w / weights.sum() * s[conv].double() for w, (_, _, s, _) in zip(weights, sent, strict=True))
+        assert torch.allclose(state[conv].double(), average, atol=1e-6)  # Flower's weighted average of the encoders
+        for site, _, reply, _ in sent:
+            head = {k: v for k, v in reply.items() if k.startswith("heads.")}
+            assert all(torch.equal(state[k], v) for k, v in head.items())  # each head stays its site's own
+        norm = next(iter(norms))
+        if arm == "fedbn":
+            assert torch.equal(state[norm], stage0[norm])  # normalisation layers are never averaged...
+            for site, _, reply, _ in sent:
+                assert torch.equal(state[local_key(site, norm)], reply[norm])  # ...but kept per site
+        else:
+            assert not torch.equal(state[norm], stage0[norm])
+    mu = {float(r.content[CONFIG]["proximal-mu"]) for _, r, _, _ in train_exchanges(grid, "fedprox")}
+    assert mu == {demo_config.competitors.proximal_mu}
+    fedavg, fedprox = ckpt.load_stage(1, "fedavg"), ckpt.load_stage(1, "fedprox")
+    assert not torch.equal(fedavg[conv], fedprox[conv])  # the proximal term changed the local training

@@ -95,3 +95,67 @@ def test_sites_command_lists_every_shared8_site(shared_data):
                  "skin_lesion_ph2", "fetal_head_us", "nuclei_histo"]:
         assert name in result.output
     assert "covid_xray" not in result.output and "disjoint" in result.output
+
+
+@pytest.fixture(scope="module")
+def demo_experiment(tmp_path_factory):
+    """Two seeds of every arm on the synthetic federation without one site (left out for `adapt`)."""
+    out = tmp_path_factory.mktemp("experiment") / "exp"
+    args = ["experiment", str(demo_config_path()), "--seeds", "2", "--out", str(out), "--no-progress",
+            "--leave-out", "synthetic_cell_type"]
+    for item in TINY:
+        args += ["--set", item]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    return out, result.output
+
+
+@pytest.mark.slow
+def test_experiment_reports_every_arm_with_cis_tests_curves_and_costs(demo_experiment):
+    out, output = demo_experiment
+    results = json.loads((out / "results.json").read_text())
+    arms = {"baseline", "local", "universal", "universal_finetuned", "fedavg", "fedprox", "fedbn", "centralized",
+            "baseline_probe", "universal_probe", "fedavg_probe"}
+    assert set(results["arms"]) == arms and results["seeds"] == [0, 1]
+    assert "synthetic_cell_type" not in results["tasks"] and len(results["tasks"]) == 4
+    for entry in results["tasks"].values():
+        assert set(entry["arms"]) == arms
+        for arm in entry["arms"].values():
+            low, high = arm["ci95"]
+            assert len(arm["per_seed"]) == 2 and low <= arm["mean"] <= high
+        assert set(entry["fidelity"]) >= {"teacher_test", "universal_minus_teacher"}
+    n_pairs = 2 * len(results["tasks"])
+    for ours in ("universal", "universal_finetuned"):
+        for other in ("baseline", "fedavg", "local"):
+            test = results["tests"][f"{ours}_vs_{other}"]
+            assert test["n_pairs"] == n_pairs and test["wins"] + test["losses"] <= n_pairs and 0 < test["wilcoxon_p"] <= 1
+    for site, curves in results["curves"].items():
+        assert set(curves) == {"universal", "fedavg", "fedprox", "fedbn"}
+        assert all(len(c["mean"]) == 1 for c in curves.values())
+    stage = results["cost"]["fedavg"]["stages"]["1"]
+    assert set(stage["bytes_to_sites"]) == set(results["tasks"]) and min(stage["bytes_from_sites"].values()) > 1000
+    assert results["arms"]["baseline"]["budget"]["finetune"] == results["arms"]["universal_finetuned"]["budget"]["finetune"]
+    assert (out / "report.html").is_file() and "Wilcoxon p" in output
+
+
+@pytest.mark.slow
+def test_adapt_to_the_left_out_site_and_to_a_file(demo_experiment, tmp_path, shared_data):
+    out, _ = demo_experiment
+    args = ["adapt", str(out / "seed_0"), "--config", str(demo_config_path()), "--leave-out", "synthetic_cell_type",
+            "--fractions", "0.1,1.0", "--seeds", "2", "--out", str(tmp_path / "loso"), "--no-progress"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    results = json.loads((tmp_path / "loso" / "results.json").read_text())
+    arms = results["tasks"]["synthetic_cell_type"]["arms"]
+    assert set(arms) == {f"{e}_{m}@{f}" for e in ("baseline", "universal") for m in ("probe", "finetune") for f in ("0.1", "1")}
+    assert all(len(a["per_seed"]) == 2 for a in arms.values())
+    assert set(results["tests"]) == {f"universal_{m}_vs_baseline_{m}@{f}" for m in ("probe", "finetune") for f in ("0.1", "1")}
+    took_part = runner.invoke(app, ["adapt", str(out / "seed_0"), "--config", str(demo_config_path()), "--leave-out",
+                                    "synthetic_xray_nodule", "--out", str(tmp_path / "no")])
+    assert took_part.exit_code == 1 and "took part" in took_part.output
+    neither = runner.invoke(app, ["adapt", str(out / "seed_0"), "--out", str(tmp_path / "no")])
+    assert neither.exit_code == 1 and "either --data" in neither.output
+    missing = runner.invoke(app, ["adapt", str(tmp_path), "--data", str(shared_data / "covid_xray.npz"), "--task",
+                                  "multiclass", "--out", str(tmp_path / "no")])
+    assert missing.exit_code == 1 and "not found" in missing.output
+    assert not (tmp_path / "no").exists()

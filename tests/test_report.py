@@ -17,7 +17,7 @@ from meduniverse.report import build_report
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 CLASSIFICATION, SEGMENTATION = "synthetic_xray_nodule", "synthetic_vessel_seg"
 SECTIONS = ["Test results per task", "Validation metric by stage", "Encoder features of the public pool (PCA)",
-            "Segmentation examples", "Timing and bytes", "Statistical tests", "Ablation", "Adaptation"]
+            "Segmentation examples", "Timing and bytes", "Statistical tests", "Distillation fidelity", "Ablation", "Adaptation"]
 BROWSERS = ["chromium", "chromium-browser", "google-chrome", "chrome"]
 
 
@@ -42,7 +42,7 @@ def synthetic_results() -> dict:
     return {
         "name": "demo <script>alert(1)</script>", "commit": "abc123", "seeds": [0, 1], "command": "meduniverse run a.toml --set x=\"a&b\"",
         "machine": {"platform": "Linux", "cpus": 2},
-        "tasks": tasks,
+        "tasks": {**tasks, CLASSIFICATION: {**tasks[CLASSIFICATION], "fidelity": {"teacher_test": 0.93, "universal_minus_teacher": -0.0314}}},
         "arms": {"baseline": {"description": "MIM encoder", "budget": {}}},
         "tests": {"universal_vs_baseline": {"wilcoxon_p": 0.0123456, "n_pairs": 4, "wins": 2, "losses": 2, "mean_difference": 0.0004567}},
         "per_task_tests": {CLASSIFICATION: {"universal_vs_baseline": {"ttest_p": None, "mean_difference": 0.1, "n": 2}}},
@@ -92,7 +92,7 @@ def test_report_has_every_section(tmp_path, demo_config):
     assert "demo &lt;script&gt;alert(1)&lt;/script&gt;" in page and "&quot;a&amp;b&quot;" in page
     assert "average&lt;then&gt;distil" in page
     assert "<b>0.910 [0.890, 0.930]</b>" in page and "<b>0.720 [0.700, 0.740]</b>" in page
-    assert "0.0123" in page and "0.000457" in page and "abc123" in page
+    assert "0.0123" in page and "0.000457" in page and "abc123" in page and "-0.031" in page
 
 
 def test_report_without_config_or_checkpoints(tmp_path, demo_config):

@@ -1,4 +1,4 @@
-"""Command line: ``meduniverse demo | run | experiment | sites | predict``."""
+"""Command line: ``meduniverse demo | run | experiment | adapt | sites | predict``."""
 
 from importlib import resources
 from pathlib import Path
@@ -7,8 +7,8 @@ from rich.console import Console
 from rich.table import Table
 import typer
 
-from meduniverse.config import FederationConfig, load_config
-from meduniverse.errors import MeduniverseError
+from meduniverse.config import FederationConfig, leave_out as without_site, load_config
+from meduniverse.errors import ConfigError, MeduniverseError
 from meduniverse.evaluation import format_table
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="One universal medical imaging model from many hospitals' private data.")
@@ -56,10 +56,12 @@ def run_command(config: Path = typer.Argument(..., help="Federation TOML file"),
                 out_dir: Path = typer.Option(..., "--out", help="Run directory (re-use it to resume)"),
                 seed: int = typer.Option(None, help="Seed (default: the config's)"),
                 overrides: list[str] = typer.Option([], "--set", help="Override a setting, e.g. --set method.stages=2"),
+                leave_out: str = typer.Option(None, "--leave-out", help="Run without this site (for 'adapt --leave-out')"),
                 progress: bool = typer.Option(True, help="Show progress bars")) -> None:
     """MIM baseline, S stages of local training + server distillation, evaluation of every task."""
     try:
-        run_config(load_config(config, overrides), out_dir, seed, progress)
+        cfg = load_config(config, overrides)
+        run_config(without_site(cfg, leave_out) if leave_out else cfg, out_dir, seed, progress)
     except MeduniverseError as exc:
         fail(exc)
 
@@ -70,6 +72,7 @@ def experiment(config: Path = typer.Argument(..., help="Federation TOML file"),
                out_dir: Path = typer.Option(..., "--out", help="Experiment directory (re-use it to resume)"),
                overrides: list[str] = typer.Option([], "--set", help="Override a setting, e.g. --set method.stages=2"),
                report: bool = typer.Option(True, help="Write DIR/report.html"),
+               leave_out: str = typer.Option(None, "--leave-out", help="Run without this site"),
                progress: bool = typer.Option(True, help="Show progress bars")) -> None:
     """Every arm (method, FedAvg/FedProx/FedBN, local, centralised, probes) for N seeds, with CIs, tests and a report."""
     from meduniverse.experiment import run_experiment
@@ -78,6 +81,7 @@ def experiment(config: Path = typer.Argument(..., help="Federation TOML file"),
         fail(ValueError(f"--seeds must be at least 1, got {seeds}"))
     try:
         cfg = load_config(config, overrides)
+        cfg = without_site(cfg, leave_out) if leave_out else cfg
         results = run_experiment(cfg, out_dir, [cfg.seed + k for k in range(seeds)], progress, report)
     except MeduniverseError as exc:
         fail(exc)
@@ -86,6 +90,47 @@ def experiment(config: Path = typer.Argument(..., help="Federation TOML file"),
         out.print(f"{name}: wins {test['wins']}, losses {test['losses']} of {test['n_pairs']} pairs, "
                   f"mean difference {test['mean_difference']:+.4f}, Wilcoxon p = {test['wilcoxon_p']:.3g}")
     out.print(f"results: {out_dir / 'results.json'}" + (f"   report: {out_dir / 'report.html'}" if report else ""))
+
+
+@app.command()
+def adapt(run_dir: Path = typer.Argument(..., help="A run directory (or its model/ folder) of 'meduniverse run'"),
+          data: Path = typer.Option(None, help="The unseen site's labelled .npz file"),
+          task: str = typer.Option(None, help="Its task type (with --data)"),
+          classes: str = typer.Option("", help="Its class names, comma-separated (with --data; default: inferred)"),
+          config: Path = typer.Option(None, help="With --leave-out: the federation TOML naming that site"),
+          leave_out: str = typer.Option(None, "--leave-out", help="Adapt to this site of --config, left out of the run"),
+          fractions: str = typer.Option("0.01,0.1,1.0", help="Fractions of the site's training labels"),
+          seeds: int = typer.Option(3, help="Seeds per fraction"),
+          out_dir: Path = typer.Option(..., "--out", help="Output directory (re-use it to resume)"),
+          progress: bool = typer.Option(True, help="Show progress bars")) -> None:
+    """Probe and fine-tune the run's universal and baseline encoders on a site that never took part."""
+    from meduniverse.adapt import NewSite, run_adapt, site_from_file
+    from meduniverse.sites import read_raw
+
+    try:
+        if (data is None) == (leave_out is None):
+            raise ConfigError("give either --data FILE --task TYPE, or --config CONFIG --leave-out SITE")
+        if leave_out is not None:
+            if config is None:
+                raise ConfigError("--leave-out needs --config, the federation TOML that names the site")
+            cfg = load_config(config)
+            site = cfg.site(leave_out)
+            new_site = NewSite(site.name, site.task, site.classes, read_raw(site, cfg.seed))
+        else:
+            if task is None:
+                raise ConfigError("--data needs --task")
+            new_site = site_from_file(data, task, tuple(c.strip() for c in classes.split(",") if c.strip()))
+        try:
+            levels = [float(f) for f in fractions.split(",")]
+        except ValueError:
+            raise ConfigError(f"--fractions must be comma-separated numbers, got '{fractions}'") from None
+        results = run_adapt(run_dir, new_site, levels, list(range(seeds)), out_dir, progress)
+    except MeduniverseError as exc:
+        fail(exc)
+    print_table(format_table(results), f"adapt to {new_site.name}: test {results['tasks'][new_site.name]['metric']}, mean of {seeds} seed(s)")
+    for name, test in results["tests"].items():
+        out.print(f"{name}: mean difference {test['mean_difference']:+.4f} (wins {test['wins']}, losses {test['losses']})")
+    out.print(f"results: {out_dir / 'results.json'}")
 
 
 @app.command()

@@ -1,6 +1,6 @@
 """The federation's configuration: a TOML file naming the sites, the server pool, the model and the method."""
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 import tomllib
 from typing import Any, get_type_hints
@@ -311,3 +311,13 @@ def load_config(path: Path | str, overrides: list[str] | None = None) -> Federat
         raise ConfigError(f"{path}: not valid TOML ({exc})") from exc
     return parse_config(apply_overrides(raw, overrides or []), str(path), path.parent.resolve())
 
+
+
+def leave_out(config: FederationConfig, name: str) -> FederationConfig:
+    """The federation without one site (nor its images in the pool): for leave-one-site-out generalisation."""
+    site = config.site(name)
+    rest = tuple(s for s in config.sites if s is not site)
+    if not rest:
+        raise ConfigError(f"{config.source}: leaving out '{name}' leaves no site")
+    pool = replace(config.pool, sites=tuple(s for s in config.pool.sites if s != name))
+    return replace(config, name=f"{config.name}-without-{name}", sites=rest, pool=pool)

@@ -8,6 +8,7 @@ import subprocess
 import numpy as np
 
 from meduniverse.config import FederationConfig
+from meduniverse.statistics import bootstrap_ci
 from meduniverse.tasks import primary_metric, secondary_metric
 
 
@@ -82,9 +83,16 @@ def summary(values: list[float]) -> dict:
     return {"per_seed": values, "mean": float(np.mean(values)) if values else float("nan")}
 
 
+def arm_summary(runs: list[dict], key: str, second: str) -> dict:
+    """One arm on one task over seeds: test primary metric (per seed, mean, 95% bootstrap CI), secondary, val."""
+    test = [r[f"test-{key}"] for r in runs]
+    return {**summary(test), "ci95": bootstrap_ci(test), second: summary([r[f"test-{second}"] for r in runs]),
+            "val": summary([r[f"val-{key}"] for r in runs])}
+
+
 def results_document(config: FederationConfig, evaluation: dict[str, dict[str, dict]], seeds: list[int], extra: dict,
                      commit: str) -> dict:
-    """{"tasks": {SITE: {"task", "metric", "arms": {ARM: {"per_seed", "mean", SECONDARY: {...}, "val": {...}}}}}, ...}.
+    """{"tasks": {SITE: {"task", "metric", "arms": {ARM: {"per_seed", "mean", "ci95", SECONDARY: {...}, "val": {...}}}}}, ...}.
 
     `evaluation[seed_key][arm][site]` holds the metrics a site returned for that arm.
     """
@@ -96,13 +104,8 @@ def results_document(config: FederationConfig, evaluation: dict[str, dict[str, d
         for arm in names:
             runs = [evaluation[str(seed)][arm][site.name] for seed in seeds
                     if site.name in evaluation.get(str(seed), {}).get(arm, {})]
-            if not runs:
-                continue
-            arms[arm] = {
-                **summary([r[f"test-{key}"] for r in runs]),
-                second: summary([r[f"test-{second}"] for r in runs]),
-                "val": summary([r[f"val-{key}"] for r in runs]),
-            }
+            if runs:
+                arms[arm] = arm_summary(runs, key, second)
         tasks[site.name] = {"task": site.task, "metric": key, "secondary_metric": second, "arms": arms}
     return {"tasks": tasks, "config": config.to_dict(), "commit": commit, "seeds": seeds, **extra}
 

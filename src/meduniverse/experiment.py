@@ -20,7 +20,7 @@ from meduniverse.models.universal import build_model
 from meduniverse.pipeline import run
 from meduniverse.progress import RunProgress, log
 from meduniverse.sites import load_site
-from meduniverse.statistics import bootstrap_ci, paired_test, per_task_test
+from meduniverse.statistics import paired_test, per_task_test
 from meduniverse.tasks import primary_metric
 from meduniverse.training import evaluate, train_multitask
 
@@ -157,9 +157,6 @@ def experiment_results(config: FederationConfig, out_dir: Path, seeds: list[int]
     ckpts = [Checkpoints(out_dir / f"seed_{s}") for s in seeds]
     evaluation = {str(s): seed_evaluation(c, S) for s, c in zip(seeds, ckpts, strict=True)}
     results = results_document(config, evaluation, seeds, {}, commit)
-    for entry in results["tasks"].values():
-        for arm in entry["arms"].values():
-            arm["ci95"] = bootstrap_ci(arm["per_seed"])
     fidelity(config, ckpts, results["tasks"])
     tests, per_task = statistics(results["tasks"])
     names = arm_order(a for e in results["tasks"].values() for a in e["arms"])

@@ -30,6 +30,13 @@ def save_model(model: UniversalModel, config: FederationConfig, directory: Path,
     write_json(directory / "card.json", card)
 
 
+def model_from_card(card: dict, tasks: list[TaskInfo]) -> UniversalModel:
+    """A freshly initialised model with the card's encoder and the given heads."""
+    model_cfg = ModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in card["model"].items()})
+    first = next(iter(card["inputs"].values()))
+    return UniversalModel(build_encoder(model_cfg, first["channels"], first["size"]), tasks)
+
+
 def load_model(directory: Path) -> tuple[UniversalModel, dict]:
     """Load a saved universal model and its card."""
     directory = Path(directory)
@@ -40,10 +47,7 @@ def load_model(directory: Path) -> tuple[UniversalModel, dict]:
     card = read_json(card_path)
     if card.get("format") != "meduniverse-universal-model":
         raise DataError(f"{card_path}: not a meduniverse model card")
-    model_cfg = ModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in card["model"].items()})
-    first = next(iter(card["inputs"].values()))
-    tasks = [TaskInfo(t["name"], t["type"], tuple(t["classes"])) for t in card["tasks"]]
-    model = UniversalModel(build_encoder(model_cfg, first["channels"], first["size"]), tasks)
+    model = model_from_card(card, [TaskInfo(t["name"], t["type"], tuple(t["classes"])) for t in card["tasks"]])
     model.load_state_dict(read_tensors(weights_path))
     model.eval()
     return model, card

@@ -19,14 +19,13 @@ from matplotlib.colors import ListedColormap
 from meduniverse.checkpoints import Checkpoints
 from meduniverse.config import FederationConfig
 from meduniverse.errors import MeduniverseError
+from meduniverse.evaluation import arm_order
 from meduniverse.files import atomic_write
 from meduniverse.models.universal import UniversalModel, build_model
 from meduniverse.sites import pool_images_raw
 from meduniverse.training import predict_probs
 from meduniverse.transforms import images_to_spec, normalize
 
-ARM_ORDER = ("baseline", "universal", "universal_finetuned", "local", "fedavg", "fedprox", "fedbn", "centralized",
-             "baseline_probe", "universal_probe", "fedavg_probe")
 MAX_PER_SOURCE = 60
 OVERLAYS_PER_SITE = 3
 OVERLAY = ListedColormap(["#00c8ff"])  # predicted foreground, one flat colour
@@ -56,12 +55,6 @@ def _mean_ci(entry: dict) -> str:
     if any(math.isnan(_num(c)) for c in ci):
         return _fmt(entry.get("mean"))
     return f"{_fmt(entry.get('mean'))} [{_fmt(ci[0])}, {_fmt(ci[1])}]"
-
-
-def _ordered(names: Any) -> list[str]:
-    """Arm names in the usual order, unknown ones after."""
-    names = list(names)
-    return [a for a in ARM_ORDER if a in names] + [a for a in names if a not in ARM_ORDER]
 
 
 def _table(header: list[str], rows: list[list[Any]], bold: set[tuple[int, int]] = frozenset()) -> str:
@@ -121,7 +114,7 @@ def _results(results: dict, out_dir: Path) -> str:
     tasks = results.get("tasks") or {}
     if not tasks:
         return "<h2>Test results per task</h2>" + _na("per-task results")
-    arms = _ordered(dict.fromkeys(a for t in tasks.values() for a in t.get("arms", {})))
+    arms = arm_order(dict.fromkeys(a for t in tasks.values() for a in t.get("arms", {})))
     rows, bold = [], set()
     for i, (site, t) in enumerate(tasks.items()):
         entries = t.get("arms", {})
@@ -131,7 +124,7 @@ def _results(results: dict, out_dir: Path) -> str:
         bold |= {(i, 3 + arms.index(best))} if best else set()
     fig, axes = _grid(len(tasks))
     for ax, (site, t) in zip(axes, tasks.items(), strict=True):
-        names = _ordered(t.get("arms", {}))
+        names = arm_order(t.get("arms", {}))
         means = np.array([_num(t["arms"][a].get("mean")) for a in names])
         cis = [t["arms"][a].get("ci95") or [None, None] for a in names]
         err = np.array([[m - _num(c[0]), _num(c[1]) - m] for m, c in zip(means, cis, strict=True)]).T.reshape(2, -1)
@@ -149,7 +142,7 @@ def _curves(curves: dict, out_dir: Path, name: str, title: str, ylabel: str) -> 
         return f"<h2>{html.escape(title)}</h2>" + _na(title)
     fig, axes = _grid(len(curves))
     for ax, (site, by_arm) in zip(axes, curves.items(), strict=True):
-        for arm in _ordered(by_arm):
+        for arm in arm_order(by_arm):
             mean = [_num(v) for v in by_arm[arm].get("mean", [])]
             ax.plot(by_arm[arm].get("stages", range(1, len(mean) + 1)), mean, marker="o", label=arm)
         ax.set_title(site, fontsize=9)
@@ -240,7 +233,7 @@ def _cost(cost: dict, out_dir: Path) -> str:
     """Seconds and megabytes moved per arm: a table and a bar chart."""
     if not cost:
         return _na("timing and bytes")
-    rows, arms = [], _ordered(cost)
+    rows, arms = [], arm_order(cost)
     for arm in arms:
         stages = (cost[arm].get("stages") or {}).values()
         to = sum(sum((s.get("bytes_to_sites") or {}).values()) for s in stages) / 1e6
@@ -267,6 +260,16 @@ def _tests(results: dict) -> str:
     out = _table(["comparison", "n_pairs", "wins", "losses", "mean_difference", "wilcoxon_p"], rows) if rows else _na("tests")
     out += "<h3>Per task</h3>"
     return out + (_table(["task", "comparison", "n", "mean_difference", "ttest_p"], per_task) if per_task else _na("per-task tests"))
+
+
+def _fidelity(results: dict) -> str:
+    """Per task, the universal model as is against its site's last-stage model and the other arms."""
+    rows = {site: t["fidelity"] for site, t in results.get("tasks", {}).items() if t.get("fidelity")}
+    if not rows:
+        return _na("distillation fidelity")
+    keys = list(dict.fromkeys(k for f in rows.values() for k in f))
+    return _table(["task", *keys], [[site, *(_fmt(f.get(k), "+.3f" if "minus" in k else ".3f") for k in keys)]
+                                    for site, f in rows.items()])
 
 
 def _ablation(results: dict) -> str:
@@ -302,7 +305,8 @@ def build_report(out_dir: Path, results: dict, config: FederationConfig | None =
     parts += ["<h2>Encoder features of the public pool (PCA)</h2>", embedding,
               "<h2>Segmentation examples (universal model, public pool images)</h2>", overlays,
               "<h2>Timing and bytes</h2>", _cost(results.get("cost") or {}, out_dir),
-              "<h2>Statistical tests</h2>", _tests(results), "<h2>Ablation</h2>", _ablation(results)]
+              "<h2>Statistical tests</h2>", _tests(results),
+              "<h2>Distillation fidelity</h2>", _fidelity(results), "<h2>Ablation</h2>", _ablation(results)]
     if results.get("adapt"):
         parts.append(_adapt(results["adapt"], out_dir))
     title = html.escape(str(results.get("name") or (config.name if config else "run")))

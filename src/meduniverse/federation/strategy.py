@@ -3,7 +3,7 @@ model) and the comparison arms on Flower's own FedAvg and FedProx, with each sit
 
 from collections.abc import Iterable
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, FedProx
 import torch
@@ -116,7 +116,7 @@ class SiteHeads:
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         self.report = {}
         accepted = accept_updates(server_round, replies, self.roster, self.previous, self.config.runtime.min_sites, self.report)
-        state = dict(self.previous)
+        state, shared_replies = dict(self.previous), []
         for update, msg in accepted:
             shared = {}
             for key, value in update.state.items():
@@ -127,9 +127,9 @@ class SiteHeads:
                 else:
                     shared[key] = value
             # What Flower's aggregation sees: the shared weights and the weighting key (metric names differ by task)
-            msg.content[ARRAYS] = to_arrays(shared)
-            msg.content[METRICS] = MetricRecord({"num-examples": update.num_examples})
-        arrays, metrics = super().aggregate_train(server_round, [msg for _, msg in accepted])
+            content = RecordDict({ARRAYS: to_arrays(shared), METRICS: MetricRecord({"num-examples": update.num_examples})})
+            shared_replies.append(Message(metadata=msg.metadata, content=content))
+        arrays, metrics = super().aggregate_train(server_round, shared_replies)
         state.update(from_arrays(arrays))
         return to_arrays(state), metrics
 

@@ -1,0 +1,64 @@
+"""Collect the shared8 experiment into bench/results: shared8.json (with the variant ablation and the unseen-site
+curves), adapt_covid.json and the report's figures; rebuild the report. The numbers come from the runs only.
+
+    meduniverse experiment configs/shared8.toml --seeds 3 --out runs/shared8
+    meduniverse adapt runs/shared8/seed_0 --data ../shared/data/covid_xray.npz --task multiclass \\
+        --classes COVID-19,"no finding",pneumonia --seeds 3 --out runs/adapt_covid
+    python bench/shared8.py runs/shared8 --adapt runs/adapt_covid
+"""
+
+import argparse
+import json
+from pathlib import Path
+import shutil
+
+from meduniverse.config import load_config
+from meduniverse.files import write_json
+from meduniverse.report import build_report
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+
+
+def mean(doc: dict, arm: str, split: str) -> float:
+    values = [t["arms"][arm]["val"]["mean"] if split == "val" else t["arms"][arm]["mean"] for t in doc["tasks"].values()]
+    return sum(values) / len(values)
+
+
+def ablation_rows() -> list[dict]:
+    """The variant runs of the method (one seed each, same config otherwise), mean over the eight tasks."""
+    rows = []
+    for path in [RESULTS / "end_to_end.json", *sorted(RESULTS.glob("variant_*.json"))]:
+        doc = json.loads(path.read_text())
+        rows.append({"variant": doc["config"]["method"]["variant"], "file": f"bench/results/{path.name}",
+                     "seeds": doc["seeds"], "commit": doc["commit"],
+                     **{f"{split}_{arm}": mean(doc, arm, split) for split in ("val", "test")
+                        for arm in ("baseline", "universal", "universal_finetuned")}})
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("experiment", type=Path)
+    parser.add_argument("--adapt", type=Path, action="append", default=[])
+    parser.add_argument("--config", type=Path, default=ROOT / "configs" / "shared8.toml")
+    args = parser.parse_args()
+    results = json.loads((args.experiment / "results.json").read_text())
+    results["ablation"] = {"rows": ablation_rows()}
+    for adapt_dir in args.adapt:
+        adapt = json.loads((adapt_dir / "results.json").read_text())
+        results.setdefault("adapt", {}).update(adapt["adapt"])
+        results.setdefault("adapt_results", {}).update({site: {"arms": t["arms"], "metric": t["metric"], "tests": adapt["tests"],
+                                                               "seeds": adapt["seeds"], "commit": adapt["commit"]}
+                                                        for site, t in adapt["tasks"].items()})
+    write_json(RESULTS / "shared8.json", results)
+    build_report(args.experiment, results, load_config(args.config))
+    figures = RESULTS / "shared8_figures"
+    figures.mkdir(parents=True, exist_ok=True)
+    for png in (args.experiment / "figures").glob("*.png"):
+        shutil.copy2(png, figures / png.name)
+    print(f"{RESULTS / 'shared8.json'}, {figures}, report: {args.experiment / 'report.html'}")
+
+
+if __name__ == "__main__":
+    main()
