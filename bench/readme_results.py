@@ -130,8 +130,8 @@ def section() -> str:
     if exp is not None:
         lines += [f"`configs/shared8.toml`, {len(exp['seeds'])} seeds {exp['seeds']}, test split of each site (AUC for "
                   f"classification, Dice for segmentation), mean [95% bootstrap CI over seeds]. From `bench/results/shared8.json`: "
-                  f"`{exp['command']}` at commit `{exp['commit'][:12]}`, {exp['experiment_seconds'] / 60:.0f} minutes on "
-                  f"{exp['machine']['cpus']} CPU cores. p: paired t-test over seeds for that task.", "", *headline_table(exp),
+                  f"`{exp['command']}` at commit `{exp['commit'][:12]}`; each seed took "
+                  + ", ".join(f"{v / 60:.0f}" for v in exp["seed_seconds"].values()) + f" minutes on {exp['machine']['cpus']} CPU cores. p: paired t-test over seeds for that task.", "", *headline_table(exp),
                   "", "Paired tests over every (task, seed) pair (SciPy's Wilcoxon signed-rank):", "", *tests_table(exp),
                   "", "Frozen encoders (each task's head trained alone, same schedule):", "", *probe_table(exp),
                   "", "The universal model as is, against the site's own last-stage model (distillation fidelity) and "

@@ -135,6 +135,7 @@ def test_experiment_reports_every_arm_with_cis_tests_curves_and_costs(demo_exper
     stage = results["cost"]["fedavg"]["stages"]["1"]
     assert set(stage["bytes_to_sites"]) == set(results["tasks"]) and min(stage["bytes_from_sites"].values()) > 1000
     assert results["arms"]["baseline"]["budget"]["finetune"] == results["arms"]["universal_finetuned"]["budget"]["finetune"]
+    assert set(results["seed_seconds"]) == {"0", "1"} and min(results["seed_seconds"].values()) > 0
     assert (out / "report.html").is_file() and "Wilcoxon p" in output
 
 

@@ -1,4 +1,4 @@
-"""Command line: ``meduniverse demo | run | experiment | adapt | sites | predict``."""
+"""Command line: ``meduniverse demo | run | experiment | adapt | sites | predict | deploy ...``."""
 
 from importlib import resources
 from pathlib import Path
@@ -7,12 +7,14 @@ from rich.console import Console
 from rich.table import Table
 import typer
 
+from meduniverse.deploy import app as deploy_app
 from meduniverse.config import FederationConfig, leave_out as without_site, load_config
 from meduniverse.errors import ConfigError, MeduniverseError
 from meduniverse.evaluation import format_table
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="One universal medical imaging model from many hospitals' private data.")
 out = Console()
+app.add_typer(deploy_app, name="deploy")
 
 
 def fail(exc: Exception) -> None:

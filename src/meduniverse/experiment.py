@@ -151,6 +151,14 @@ def budgets(config: FederationConfig) -> dict:
     return out
 
 
+def seed_seconds(ckpt: Checkpoints) -> float:
+    """Seconds of work of one seed, from its checkpoint records (so also right for a resumed run): every stage
+    of every arm and every evaluation (without the engine's start-up)."""
+    progress = ckpt.progress()
+    stages = [r for r in progress["stages"].values()] + [r for arm in progress["arms"].values() for r in arm.values()]
+    return sum(r["seconds"] for r in stages) + sum(ckpt.evaluation_seconds().values())
+
+
 def experiment_results(config: FederationConfig, out_dir: Path, seeds: list[int], commit: str, seconds: float) -> dict:
     """Assemble DIR/results.json from the seed directories."""
     S = config.method.stages
@@ -166,6 +174,7 @@ def experiment_results(config: FederationConfig, out_dir: Path, seeds: list[int]
         "arms": {a: {"description": describe_arm(a), "budget": plan.get(a, {})} for a in names},
         "tests": tests, "per_task_tests": per_task, "curves": curves(config, ckpts), "cost": costs(config, ckpts),
         "experiment_seconds": seconds,
+        "seed_seconds": {str(s): seed_seconds(c) for s, c in zip(seeds, ckpts, strict=True)},
     })
     return results
 

@@ -16,7 +16,7 @@ from meduniverse.config import FederationConfig
 from meduniverse.errors import StageError
 from meduniverse.evaluation import Arm, arms_for
 from meduniverse.federation.messages import CONFIG, METRICS, from_arrays, request, to_arrays
-from meduniverse.federation.strategy import SiteHeads, UniversalDistillation, brief, competitor_strategy
+from meduniverse.federation.strategy import SiteHeads, UniversalDistillation, brief, competitor_strategy, stage_seed
 from meduniverse.models.heads import DecoderHead
 from meduniverse.models.universal import build_model, site_state
 from meduniverse.progress import RunProgress, log
@@ -25,11 +25,22 @@ from meduniverse.training import pretrain_mim
 
 
 def exchange(grid: Grid, messages: list[Message], timeout: float, on_reply: Callable[[Message], None] | None = None) -> list[Message]:
-    """Grid.send_and_receive, reporting each reply as it arrives (for progress and per-site logs)."""
-    pending = set(grid.push_messages(messages))
+    """Grid.send_and_receive, reporting each reply as it arrives (for progress and per-site logs).
+
+    An error the SuperLink sends on behalf of a node that went away (NODE_UNAVAILABLE: its sender is the
+    SuperLink) is turned into that node's own error reply, so that callers can name the site.
+    """
+    ids = list(grid.push_messages(messages))
+    if len(ids) != len(messages) or not all(ids):
+        raise StageError(f"the SuperLink took {sum(map(bool, ids))} of {len(messages)} messages (see its log)")
+    sent = dict(zip(ids, messages, strict=True))
+    pending = set(sent)
     deadline, replies = time.time() + timeout, []
     while pending and time.time() < deadline:
         for msg in grid.pull_messages(pending):
+            original = sent.get(msg.metadata.reply_to_message_id)
+            if msg.has_error() and original is not None and msg.metadata.src_node_id != original.metadata.dst_node_id:
+                msg = Message(msg.error, reply_to=original)
             replies.append(msg)
             pending.discard(msg.metadata.reply_to_message_id)
             if on_reply:
@@ -67,7 +78,8 @@ def handshake(grid: Grid, config: FederationConfig) -> dict[int, str]:
     missing = {s.name for s in config.sites} - set(roster.values())
     if missing or len(set(roster.values())) != len(roster):
         raise StageError(f"handshake: sites missing {sorted(missing)} or answering twice: {sorted(roster.values())}")
-    return roster
+    order = [s.name for s in config.sites]  # the configuration's order, not the order the nodes answered in
+    return dict(sorted(roster.items(), key=lambda item: order.index(item[1])))
 
 
 def stage_zero(config: FederationConfig, pool: dict[str, torch.Tensor], seed: int, ckpt: Checkpoints, progress: RunProgress) -> None:
@@ -95,10 +107,14 @@ def run_stage(grid: Grid, strategy: UniversalDistillation | SiteHeads, stage: in
     to_sites = {roster[m.metadata.dst_node_id]: message_bytes(m) for m in messages}
     replies = exchange_with_progress(grid, messages, f"{strategy.arm} stage {stage}: local training at {len(messages)} sites",
                                      config, progress)
+    nodes = list(roster)  # the server step takes the sites in roster order, not arrival order: same seed, same model
+    replies.sort(key=lambda m: nodes.index(m.metadata.src_node_id) if m.metadata.src_node_id in roster else len(nodes))
     from_sites = {roster[m.metadata.src_node_id]: message_bytes(m) for m in replies if not m.has_error()}
     local_seconds = time.perf_counter() - started
     strategy.on_step = progress.phase(f"{strategy.arm} stage {stage}: server aggregation")
-    arrays, _ = strategy.aggregate_train(stage, replies)
+    with torch.random.fork_rng(devices=[]):  # dropout in the distillation draws from the global generator: seeded,
+        torch.manual_seed(stage_seed(strategy.seed, stage))  # a resumed run (a new process) equals an uninterrupted one
+        arrays, _ = strategy.aggregate_train(stage, replies)
     strategy.report.update({"local_seconds": local_seconds, "seconds": time.perf_counter() - started,
                             "bytes_to_sites": to_sites, "bytes_from_sites": from_sites})
     return from_arrays(arrays)
@@ -123,15 +139,19 @@ def evaluate_arm(grid: Grid, roster: dict[int, str], arm: Arm, ckpt: Checkpoints
     weights_for = arm_weights(arm, ckpt, last)
     messages = [request(MessageType.EVALUATE, n, settings, weights_for(s)) for n, s in roster.items()]
     replies = exchange_with_progress(grid, messages, f"evaluation: {arm.name}", config, progress)
-    out = {}
+    out, failed = {}, {}
     for msg in replies:
         site = roster[msg.metadata.src_node_id]
         if msg.has_error():
-            raise StageError(f"evaluation '{arm.name}': site '{site}' failed: {brief(msg.error.reason)}")
+            failed[site] = f"failed: {brief(msg.error.reason)}"
+            continue
         out[site] = dict(msg.content[METRICS])
-    missing = set(roster.values()) - set(out)
-    if missing:
-        raise StageError(f"evaluation '{arm.name}': no reply from {sorted(missing)}")
+    for site in sorted(set(roster.values()) - set(out) - set(failed)):
+        failed[site] = "no reply (dropped out)"
+    if len(out) < (config.runtime.min_sites or len(roster)):  # runtime.min_sites (0: every site) must answer
+        raise StageError(f"evaluation '{arm.name}': " + "; ".join(f"site '{s}' {why}" for s, why in failed.items()))
+    for site, why in failed.items():
+        log.warning("evaluation '%s': site '%s' %s", arm.name, site, why)
     return out
 
 
@@ -147,15 +167,16 @@ def run_competitor(grid: Grid, arm: str, roster: dict[int, str], ckpt: Checkpoin
 
 
 def run_federation(grid: Grid, config: FederationConfig, run_dir: Path, seed: int, progress: RunProgress,
-                   competitors: bool = False) -> None:
+                   competitors: bool = False, roster: dict[int, str] | None = None) -> None:
     """The whole server flow; each completed stage and arm is checkpointed in run_dir.
 
     With `competitors`, the comparison arms (FedAvg, FedProx, FedBN) run the same stages from the same
-    stage-0 encoder, and their arms and the probes are evaluated too.
+    stage-0 encoder, and their arms and the probes are evaluated too. A `roster` from an earlier handshake
+    (the deployed server checks it before writing anything) skips the handshake.
     """
     torch.set_num_threads(config.runtime.server_threads)
     ckpt = Checkpoints(run_dir)
-    roster = handshake(grid, config)
+    roster = roster or handshake(grid, config)
     log.info("sites connected: %s", ", ".join(sorted(roster.values())))
     pool = load_pool(config)
     if ckpt.last_stage() is None:
