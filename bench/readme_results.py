@@ -81,6 +81,10 @@ def headline_table(doc: dict) -> list[str]:
     names = [a for a in ("baseline", "universal", "universal_finetuned", *COMPETITORS, "centralized")
              if all(a in t["arms"] for t in doc["tasks"].values())]
     lines += ["", "Mean over the tasks: " + ", ".join(f"{a} {mean_of(doc, a):.3f}" for a in names) + "."]
+    for ours in ("universal", "universal_finetuned"):
+        behind = [site for site, t in doc["tasks"].items() if t["arms"][ours]["mean"] < t["arms"]["baseline"]["mean"]]
+        lines.append(f"`{ours}` is behind the baseline on {len(behind)} of {len(doc['tasks'])} tasks"
+                     + (f": {', '.join(behind)}." if behind else "."))
     return lines
 
 

@@ -15,13 +15,15 @@ from conftest import ROOT, TINY
 runner = CliRunner(env={"COLUMNS": "200"})  # wide enough that rich does not fold site names
 
 
+def tiny(*args: str) -> list[str]:
+    """CLI arguments on the demo configuration with the TINY budgets."""
+    return [args[0], str(demo_config_path()), *args[1:], "--no-progress", *(x for item in TINY for x in ("--set", item))]
+
+
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo") / "run"
-    args = ["run", str(demo_config_path()), "--out", str(out), "--no-progress"]
-    for item in TINY:
-        args += ["--set", item]
-    result = runner.invoke(app, args)
+    result = runner.invoke(app, tiny("run", "--out", str(out)))
     assert result.exit_code == 0, result.output
     return out, result.output
 
@@ -49,10 +51,7 @@ def test_run_writes_results_in_the_shared_layout(demo_run):
 def test_rerun_resumes_without_training_again(demo_run):
     out, _ = demo_run
     before = (out / "checkpoints" / "progress.json").read_text()
-    args = ["run", str(demo_config_path()), "--out", str(out), "--no-progress"]
-    for item in TINY:
-        args += ["--set", item]
-    result = runner.invoke(app, args)
+    result = runner.invoke(app, tiny("run", "--out", str(out)))
     assert result.exit_code == 0, result.output
     assert (out / "checkpoints" / "progress.json").read_text() == before
 
@@ -60,10 +59,7 @@ def test_rerun_resumes_without_training_again(demo_run):
 @pytest.mark.slow
 def test_rerun_with_another_configuration_is_refused(demo_run):
     out, _ = demo_run
-    args = ["run", str(demo_config_path()), "--out", str(out), "--no-progress", "--set", "method.retention=0.9"]
-    for item in TINY:
-        args += ["--set", item]
-    result = runner.invoke(app, args)
+    result = runner.invoke(app, tiny("run", "--out", str(out), "--set", "method.retention=0.9"))
     assert result.exit_code == 1 and "different configuration" in result.output
 
 
@@ -101,11 +97,7 @@ def test_sites_command_lists_every_shared8_site(shared_data):
 def demo_experiment(tmp_path_factory):
     """Two seeds of every arm on the synthetic federation without one site (left out for `adapt`)."""
     out = tmp_path_factory.mktemp("experiment") / "exp"
-    args = ["experiment", str(demo_config_path()), "--seeds", "2", "--out", str(out), "--no-progress",
-            "--leave-out", "synthetic_cell_type"]
-    for item in TINY:
-        args += ["--set", item]
-    result = runner.invoke(app, args)
+    result = runner.invoke(app, tiny("experiment", "--seeds", "2", "--out", str(out), "--leave-out", "synthetic_cell_type"))
     assert result.exit_code == 0, result.output
     return out, result.output
 
