@@ -57,7 +57,7 @@ def throughput_table(doc: dict) -> list[str]:
     return lines
 
 
-COMPETITORS = ("local", "fedavg", "fedprox", "fedbn")
+COMPETITORS = ("fedavg", "fedprox", "fedbn")  # `local` is the baseline's own computation (see the arms table)
 
 
 def cell(arm: dict | None) -> str:
@@ -70,7 +70,7 @@ def p_value(test: dict | None) -> str:
 
 def headline_table(doc: dict) -> list[str]:
     """Per task: baseline, universal, universal_finetuned, best competitor, centralised, paired p-values."""
-    lines = ["| site | metric | baseline | universal | universal_finetuned | best competitor | centralized | "
+    lines = ["| site | metric | baseline (= local) | universal | universal_finetuned | best federated competitor | centralized | "
              "p (universal vs baseline) | p (universal_finetuned vs baseline) |", "|---|---|---|---|---|---|---|---|---|"]
     for site, t in doc["tasks"].items():
         arms, tests = t["arms"], doc["per_task_tests"].get(site, {})
@@ -134,7 +134,9 @@ def section() -> str:
     if exp is not None:
         lines += [f"`configs/shared8.toml`, {len(exp['seeds'])} seeds {exp['seeds']}, test split of each site (AUC for "
                   f"classification, Dice for segmentation), mean [95% bootstrap CI over seeds]. From `bench/results/shared8.json`: "
-                  f"`{exp['command']}` at commit `{exp['commit'][:12]}`; each seed took "
+                  f"`{exp['command']}` at commit `{exp['commit'][:12]}`"
+                  + (f" (seeds trained and evaluated at commit `{exp['computed_at_commit'][:12]}`)" if exp.get("computed_at_commit") else "")
+                  + "; each seed took "
                   + ", ".join(f"{v / 60:.0f}" for v in exp["seed_seconds"].values()) + f" minutes on {exp['machine']['cpus']} CPU cores. p: paired t-test over seeds for that task.", "", *headline_table(exp),
                   "", "Paired tests over every (task, seed) pair (SciPy's Wilcoxon signed-rank):", "", *tests_table(exp),
                   "", "Frozen encoders (each task's head trained alone, same schedule):", "", *probe_table(exp),

@@ -4,7 +4,7 @@ curves), adapt_covid.json and the report's figures; rebuild the report. The numb
     meduniverse experiment configs/shared8.toml --seeds 3 --out runs/shared8
     meduniverse adapt runs/shared8/seed_0 --data ../shared/data/covid_xray.npz --task multiclass \\
         --classes COVID-19,"no finding",pneumonia --seeds 3 --out runs/adapt_covid
-    python bench/shared8.py runs/shared8 --adapt runs/adapt_covid
+    python bench/shared8.py runs/shared8 --adapt runs/adapt_covid [--computed-at COMMIT]
 """
 
 import argparse
@@ -42,8 +42,12 @@ def main() -> None:
     parser.add_argument("experiment", type=Path)
     parser.add_argument("--adapt", type=Path, action="append", default=[])
     parser.add_argument("--config", type=Path, default=ROOT / "configs" / "shared8.toml")
+    parser.add_argument("--computed-at", help="commit that trained and evaluated the seeds, when the results were "
+                                              "assembled (resumed) later at another commit")
     args = parser.parse_args()
     results = json.loads((args.experiment / "results.json").read_text())
+    if args.computed_at:
+        results["computed_at_commit"] = args.computed_at
     results["ablation"] = {"rows": ablation_rows()}
     for adapt_dir in args.adapt:
         adapt = json.loads((adapt_dir / "results.json").read_text())
