@@ -90,7 +90,7 @@ def _grid(n: int, width: float = 4.0, height: float = 3.2) -> tuple[plt.Figure, 
     """A figure with n subplots, at most four a row."""
     cols = min(4, max(n, 1))
     rows = math.ceil(max(n, 1) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False, layout="constrained")
     flat = list(axes.ravel())
     for ax in flat[n:]:
         ax.axis("off")
@@ -136,8 +136,9 @@ def _results(results: dict, out_dir: Path) -> str:
             + _table(["task", "type", "metric"] + arms, rows, bold) + _figure(fig, "test_metric_by_arm", out_dir))
 
 
-def _curves(curves: dict, out_dir: Path, name: str, title: str, ylabel: str) -> str:
-    """One subplot per task, one line per arm: the mean against the stage."""
+def _curves(curves: dict, out_dir: Path, name: str, title: str, ylabel: str, xlabel: str = "stage",
+            log_x: bool = False) -> str:
+    """One subplot per task, one line per arm: the mean against the stage (or the label fraction)."""
     if not curves:
         return f"<h2>{html.escape(title)}</h2>" + _na(title)
     fig, axes = _grid(len(curves))
@@ -146,8 +147,10 @@ def _curves(curves: dict, out_dir: Path, name: str, title: str, ylabel: str) -> 
             mean = [_num(v) for v in by_arm[arm].get("mean", [])]
             ax.plot(by_arm[arm].get("stages", range(1, len(mean) + 1)), mean, marker="o", label=arm)
         ax.set_title(site, fontsize=9)
-        ax.set_xlabel("stage")
+        ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
+        if log_x:
+            ax.set_xscale("log")
         ax.legend(fontsize=7)
     return f"<h2>{html.escape(title)}</h2>" + _figure(fig, name, out_dir)
 
@@ -286,7 +289,8 @@ def _adapt(adapt: Any, out_dir: Path) -> str:
     shaped = isinstance(adapt, dict) and all(isinstance(a, dict) and all(isinstance(c, dict) and "mean" in c
                                                                          for c in a.values()) for a in adapt.values())
     if shaped:
-        return _curves(adapt, out_dir, "adapt_curves", "Adaptation", "metric")
+        return _curves(adapt, out_dir, "adapt_curves", "Adaptation to an unseen site", "test metric",
+                       "fraction of the site's training labels", log_x=True)
     return f"<h2>Adaptation</h2><pre>{html.escape(json.dumps(adapt, indent=1, default=str))}</pre>"
 
 
