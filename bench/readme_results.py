@@ -119,7 +119,9 @@ def adapt_table(doc: dict) -> list[str]:
     for site, entry in doc.get("adapt_results", {}).items():
         arms = entry["arms"]
         fractions = sorted({a.split("@")[1] for a in arms}, key=float)
-        lines += [f"Unseen site `{site}` (test {entry['metric']}, {len(entry['seeds'])} seeds, mean [95% CI]):", "",
+        lines += [f"Unseen site `{site}`, adapted from the encoders of the experiment's first seed (test {entry['metric']}, "
+                  f"{len(entry['seeds'])} seeds of label subsets and training, mean [95% CI]; `bench/results/adapt_{site.split('_')[0]}.json`, "
+                  f"commit `{entry['commit'][:12]}`):", "",
                   "| labels | " + " | ".join(f"{e}_{m}" for e in ("baseline", "universal") for m in ("probe", "finetune")) + " |",
                   "|---|---|---|---|---|"]
         for f in fractions:

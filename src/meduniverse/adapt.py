@@ -3,6 +3,7 @@ took part (domain generalisation), by linear probe and full fine-tune on a fract
 
 from dataclasses import dataclass
 from pathlib import Path
+import sys
 import time
 
 import numpy as np
@@ -138,7 +139,8 @@ def run_adapt(run_path: Path, site: NewSite, fractions: list[float], seeds: list
                 write_json(partial_path, runs)  # a crash keeps every finished fine-tune
             on_step(done, len(jobs))
     results = adapt_results(site, fractions, seeds, runs, commit)
-    results.update({"source_run": str(run_path), "machine": machine_info(), "seconds": time.perf_counter() - started})
+    results.update({"source_run": str(run_path), "command": " ".join(["meduniverse", *sys.argv[1:]]),
+                    "machine": machine_info(), "seconds": time.perf_counter() - started})
     write_json(out_dir / "results.json", results)
     log.info("adapt results written to %s", out_dir / "results.json")
     return results
