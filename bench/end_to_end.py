@@ -8,10 +8,10 @@ from pathlib import Path
 import sys
 import time
 
-from meduniverse.config import load_config
-from meduniverse.evaluation import machine_info
-from meduniverse.files import write_json
-from meduniverse.pipeline import run
+from meduniverse.core.config_file import load_config
+from meduniverse.core.provenance import machine_info
+from meduniverse.core.files import write_json
+from meduniverse.results.run import run
 
 ROOT = Path(__file__).resolve().parents[1]
 

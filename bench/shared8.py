@@ -12,9 +12,9 @@ import json
 from pathlib import Path
 import shutil
 
-from meduniverse.config import load_config
-from meduniverse.files import write_json
-from meduniverse.report import build_report
+from meduniverse.core.config_file import load_config
+from meduniverse.core.files import write_json
+from meduniverse.interfaces.report import build_report
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"

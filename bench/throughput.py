@@ -9,8 +9,8 @@ import time
 
 import torch
 
-from meduniverse.evaluation import git_commit, machine_info
-from meduniverse.files import write_json
+from meduniverse.core.provenance import git_commit, machine_info
+from meduniverse.core.files import write_json
 from meduniverse.models.encoder import CNNEncoder
 from meduniverse.models.heads import ClassificationHead, DecoderHead
 

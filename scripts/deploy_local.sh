@@ -24,7 +24,7 @@ while [ $# -gt 0 ]; do
     *) echo "unknown argument: $1 (see the top of $0)" >&2; exit 2 ;;
   esac
 done
-[ -n "$CONFIG" ] || CONFIG=$("$PY" -c 'from meduniverse.cli import demo_config_path; print(demo_config_path())')
+[ -n "$CONFIG" ] || CONFIG=$("$PY" -c 'from meduniverse.interfaces.cli import demo_config_path; print(demo_config_path())')
 [ -e "$OUT" ] && { echo "error: $OUT already exists; choose a new --out" >&2; exit 1; }
 OUT=$(mkdir -p "$OUT" && cd "$OUT" && pwd)
 mkdir -p "$OUT/logs"

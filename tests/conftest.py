@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from meduniverse.cli import demo_config_path
-from meduniverse.config import load_config
+from meduniverse.interfaces.cli import demo_config_path
+from meduniverse.core.config_file import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("MEDUNIVERSE_SHARED", ROOT.parent / "shared")) / "data"

@@ -14,7 +14,7 @@ from flwr.clientapp import ClientApp
 import torch
 
 from meduniverse.federation.client_app import make_client_app
-from meduniverse.federation.deployment import node_federation
+from meduniverse.deploy.apps import node_federation
 from meduniverse.federation.messages import ARRAYS, CONFIG, from_arrays, to_arrays
 
 NEVER = 1 << 30

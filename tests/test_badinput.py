@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from meduniverse.cli import app
+from meduniverse.interfaces.cli import app
 from meduniverse.data.npz import read_labelled_npz
-from meduniverse.errors import DataError
+from meduniverse.core.errors import DataError
 
 pytestmark = pytest.mark.badinput
 
@@ -133,8 +133,8 @@ def test_cli_sites_on_bad_data_names_file(tmp_path):
     ("[model]\nencoder='vit'\n[[sites]]\nname='a'\ntask='binary'\nclasses=['x','y']\npath='a.npz'\n", "one input size"),
 ])
 def test_bad_config_names_file_and_field(tmp_path, text, problem):
-    from meduniverse.config import load_config
-    from meduniverse.errors import ConfigError
+    from meduniverse.core.config_file import load_config
+    from meduniverse.core.errors import ConfigError
 
     path = tmp_path / "fed.toml"
     path.write_text(text)

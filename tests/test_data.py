@@ -6,11 +6,13 @@ import numpy as np
 import pytest
 import torch
 
+from meduniverse.core.config import InputSpec
+from meduniverse.core.errors import DataError, PrivacyError
 from meduniverse.data.medmnist import medmnist_file
 from meduniverse.data.npz import read_labelled_npz
-from meduniverse.errors import DataError, PrivacyError
-from meduniverse.sites import image_hashes, load_pool, load_site, pool_indices, read_raw_images, verify_disjoint
-from meduniverse.transforms import InputSpec, images_to_spec, masks_to_spec
+from meduniverse.data.transforms import images_to_spec, masks_to_spec
+from meduniverse.sites.pool import build_pool, verify_disjoint
+from meduniverse.sites.sources import image_hashes, load_site, pool_indices, read_raw_images, split_hashes
 
 
 def test_every_shared8_site_loads_at_its_input_spec(shared8_config):
@@ -30,7 +32,7 @@ def test_every_shared8_site_loads_at_its_input_spec(shared8_config):
 def test_pool_takes_its_fraction_and_never_a_copy_of_a_private_image(shared8_config):
     site = shared8_config.site("pneumonia_xray")  # has byte-identical images inside train and across splits
     images = read_raw_images(site)
-    lent = pool_indices(images, 0.2, 0)
+    lent = pool_indices(split_hashes(images), 0.2, 0)
     assert abs(len(lent) - 0.2 * len(images["train"])) <= 20
     private = np.setdiff1d(np.arange(len(images["train"])), lent)
     pool_hashes = set(image_hashes(images["train"][lent]))
@@ -41,18 +43,18 @@ def test_pool_takes_its_fraction_and_never_a_copy_of_a_private_image(shared8_con
 
 
 def test_verify_disjoint_passes_on_shared8_and_fails_loudly_on_overlap(shared8_config, shared_data, tmp_path):
-    assert verify_disjoint(shared8_config) > 0
+    assert verify_disjoint(shared8_config, build_pool(shared8_config)) > 0
     with np.load(shared_data / "breast_us.npz") as d:
         leaked = d["test_images"][:5]
     extra = tmp_path / "public.npz"
     np.savez(extra, images=leaked)
     bad = replace(shared8_config, pool=replace(shared8_config.pool, files=(extra,)))
     with pytest.raises(PrivacyError, match="breast_us.*test.*5 private image"):
-        verify_disjoint(bad)
+        verify_disjoint(bad, build_pool(bad))
 
 
 def test_pool_holds_every_group_within_limits(shared8_config):
-    pool = load_pool(shared8_config)
+    pool = build_pool(shared8_config).images
     assert set(pool) == {"classification", "segmentation"}
     assert pool["classification"].shape[1:] == (3, 32, 32) and len(pool["classification"]) <= 96
     assert pool["segmentation"].shape[1:] == (3, 128, 128) and len(pool["segmentation"]) <= 16

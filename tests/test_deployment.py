@@ -32,12 +32,19 @@ import pytest
 import tomli_w
 import torch
 
-from meduniverse import deploy
-from meduniverse.cli import demo_config_path
-from meduniverse.config import load_config
-from meduniverse.errors import ConfigError, DataError, StageError
-from meduniverse.federation.deployment import serve, server_config, site_config
-from meduniverse.files import read_json, read_tensors
+from meduniverse.core.config_file import load_config
+from meduniverse.core.errors import ConfigError, DataError, StageError
+from meduniverse.core.files import read_json, read_tensors
+from meduniverse.deploy.apps import serve
+from meduniverse.deploy.credentials import generate_credentials
+from meduniverse.deploy.environment import flower_env
+from meduniverse.deploy.flower import (list_nodes, register_sites, run_status, start_run, superlink_argv,
+                                       supernode_argv, wait_for_nodes, wait_for_run, write_app, write_connection)
+from meduniverse.deploy.network import check_superlink
+from meduniverse.deploy.prepare import prepare
+from meduniverse.deploy.processes import spawn, stop
+from meduniverse.federation.shared import federation_text, server_config, site_config
+from meduniverse.interfaces.cli import demo_config_path
 
 from conftest import ROOT, TINY
 from loopback import LoopbackGrid
@@ -62,7 +69,7 @@ def free_port() -> int:
 def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     """`meduniverse deploy ...` in its own process (a successful `node` or `superlink` would exec Flower)."""
     return subprocess.run([sys.executable, "-m", "meduniverse.deploy", *args], capture_output=True, text=True,
-                          timeout=timeout, env=deploy.flower_env(), check=False)
+                          timeout=timeout, env=flower_env(), check=False)
 
 
 def one_line(result: subprocess.CompletedProcess) -> str:
@@ -86,11 +93,11 @@ def workspace(tmp_path_factory) -> Workspace:
     raw["pool"]["sites"] = SITES
     (root / "federation-with-data.toml").write_text(tomli_w.dumps(raw))
     config = load_config(root / "federation-with-data.toml", SETTINGS)
-    credentials = deploy.generate_credentials(root / "credentials", [*SITES, "stranger"])
-    deployment = deploy.prepare(config, root / "deployment")
-    app = deploy.write_app(root / "app", clientapp="poison_app:client_app", include=["poison_app.py"])
+    credentials = generate_credentials(root / "credentials", [*SITES, "stranger"])
+    deployment = prepare(config, root / "deployment")
+    app = write_app(root / "app", clientapp="poison_app:client_app", include=["poison_app.py"])
     shutil.copy(ROOT / "tests" / "poison_app.py", app / "poison_app.py")
-    return Workspace(root, credentials, deployment, app, deploy.federation_text(deployment / "federation.toml"))
+    return Workspace(root, credentials, deployment, app, federation_text(deployment / "federation.toml"))
 
 
 @dataclass
@@ -113,21 +120,21 @@ class Cluster:
         return self.ws.root / "logs" / f"{name}.log"
 
     def start_superlink(self) -> None:
-        self.link = deploy.spawn([sys.executable, "-m", "meduniverse.deploy", "superlink", "--credentials",
+        self.link = spawn([sys.executable, "-m", "meduniverse.deploy", "superlink", "--credentials",
                                   str(self.ws.credentials / "server"), "--state", str(self.ws.root / "superlink.db"),
                                   "--port", str(self.port)], self.log("superlink"), self.ws.root / "superlink-home")
-        deploy.check_superlink(self.address, self.ws.credentials / "ca.crt", wait=120)
+        check_superlink(self.address, self.ws.credentials / "ca.crt", wait=120)
 
     def start_node(self, site: str, extra: str = "") -> None:
         data = self.ws.deployment / "sites" / f"{site}.npz"
         folder = self.ws.credentials / "sites" / site
         if extra:  # a test-only node config (poison) needs Flower's own command line
-            cmd = deploy.supernode_command(folder, site, data, self.address, free_port(), extra)
+            cmd = supernode_argv(folder, site, data, self.address, free_port(), extra)
         else:
             cmd = [sys.executable, "-m", "meduniverse.deploy", "node", "--site", site, "--data", str(data),
                    "--credentials", str(folder), "--superlink", self.address, "--port", str(free_port()),
                    "--flwr-home", str(self.ws.root / f"node-{site}")]
-        self.nodes[site] = deploy.spawn(cmd, self.log(site), self.ws.root / f"node-{site}")
+        self.nodes[site] = spawn(cmd, self.log(site), self.ws.root / f"node-{site}")
 
     def tail(self, name: str, lines: int = 15) -> str:
         path = self.log(name)
@@ -135,9 +142,9 @@ class Cluster:
 
     def stop_all(self) -> None:
         for process in self.nodes.values():
-            deploy.stop(process)
+            stop(process)
         if self.link is not None:
-            deploy.stop(self.link)
+            stop(self.link)
 
 
 @pytest.fixture(scope="module")
@@ -145,11 +152,11 @@ def cluster(workspace):
     c = Cluster(workspace)
     try:
         c.start_superlink()
-        deploy.write_connection(c.home, c.address, workspace.credentials / "ca.crt")
-        c.ids = deploy.register_sites(workspace.credentials, c.home, SITES)  # not "stranger"
+        write_connection(c.home, c.address, workspace.credentials / "ca.crt")
+        c.ids = register_sites(workspace.credentials, c.home, SITES)  # not "stranger"
         for site in SITES:
             c.start_node(site, POISON if site == C else "")
-        deploy.wait_for_nodes(c.home, c.ids, timeout=300)
+        wait_for_nodes(c.home, c.ids, timeout=300)
         yield c
     finally:
         c.stop_all()
@@ -160,7 +167,7 @@ def wait_until(predicate, cluster: Cluster, run_id: int, what: str, timeout: flo
     deadline, next_status = time.monotonic() + timeout, time.monotonic() + 20
     while not predicate():
         if time.monotonic() > next_status:
-            status = deploy.run_status(run_id, cluster.home)
+            status = run_status(run_id, cluster.home)
             if str(status.get("status", "")).startswith("finished"):
                 pytest.fail(f"run {run_id} {status['status']} before {what}: {status.get('status-details')}\n"
                             f"{cluster.tail('superlink')}")
@@ -189,19 +196,19 @@ def faulty_run(cluster, workspace) -> dict:
     """The deployed run with its three faults (see the module docstring)."""
     run_dir = workspace.root / "run"
     started = time.perf_counter()
-    first = deploy.start_run(workspace.text, run_dir, cluster.home, app=workspace.app)
+    first = start_run(workspace.text, run_dir, cluster.home, app=workspace.app)
     wait_until(lambda: stage_done(run_dir, 1), cluster, first, "stage 1 checkpoint")
     stage1 = (run_dir / "checkpoints" / "stage_001_model.safetensors").read_bytes()
-    deploy.stop(cluster.link, signal.SIGKILL)  # the server machine dies: SuperLink, SuperExec, ServerApp
+    stop(cluster.link, signal.SIGKILL)  # the server machine dies: SuperLink, SuperExec, ServerApp
     killed = time.perf_counter()
     cluster.start_superlink()  # the same state file: registered nodes are kept, and they reconnect
-    deploy.wait_for_nodes(cluster.home, cluster.ids, timeout=300)
-    second = deploy.start_run(workspace.text, run_dir, cluster.home, app=workspace.app)
+    wait_for_nodes(cluster.home, cluster.ids, timeout=300)
+    second = start_run(workspace.text, run_dir, cluster.home, app=workspace.app)
     wait_until(lambda: log_after(run_dir, "resuming after completed stage 1", "universal stage 2: local training"),
                cluster, second, "stage 2 of the resumed run")
-    deploy.stop(cluster.nodes[B], signal.SIGKILL)  # site B's machine dies during stage 2
+    stop(cluster.nodes[B], signal.SIGKILL)  # site B's machine dies during stage 2
     node_killed = time.perf_counter()
-    final = deploy.wait_for_run(second, cluster.home, timeout=TIMEOUT, poll=10)
+    final = wait_for_run(second, cluster.home, timeout=TIMEOUT, poll=10)
     finished = time.perf_counter()
     return {"run_dir": run_dir, "status": final, "stage1_before_kill": stage1, "first": first, "second": second,
             "seconds": {"to_server_kill": killed - started, "restart_to_node_kill": node_killed - killed,
@@ -308,7 +315,7 @@ def test_no_site_sees_another_sites_path_and_the_server_sees_none(workspace):
 
 @pytest.mark.parametrize("how", ["nan", "inf", "huge"])
 def test_each_kind_of_poisoned_update_is_refused(how):
-    from meduniverse.aggregation import SiteUpdate, update_problem
+    from meduniverse.method.server import SiteUpdate, update_problem
     from meduniverse.models.universal import build_model, part_of
 
     config = load_config(demo_config_path(), SETTINGS)
@@ -343,7 +350,7 @@ def test_unreachable_server_wrong_certificate_and_missing_data_are_clear_errors(
     assert result.returncode == 1 and f"cannot reach the SuperLink at {dead}" in one_line(result)
     result = cli(*node, "--data", str(tmp_path / "nope.npz"), "--superlink", cluster.address)
     assert result.returncode == 1 and f"site '{A}': data file {tmp_path / 'nope.npz'} not found" in one_line(result)
-    other = deploy.generate_credentials(tmp_path / "other-federation", [A])  # a CA the SuperLink's cert is not from
+    other = generate_credentials(tmp_path / "other-federation", [A])  # a CA the SuperLink's cert is not from
     result = cli(*node[:3], "--credentials", str(other / "sites" / A), *node[5:], "--data", str(data),
                  "--superlink", cluster.address)
     assert result.returncode == 1 and "does not vouch for" in one_line(result)
@@ -361,23 +368,23 @@ def test_unreachable_server_wrong_certificate_and_missing_data_are_clear_errors(
     assert result.returncode == 1 and "server pool file not found" in one_line(result) and "missing-" in one_line(result)
     assert not (tmp_path / "run").exists() and not (tmp_path / "home").exists()
     # the same mistake past the launcher: the ServerApp fails the run at once, naming the file, writing nothing
-    run_id = deploy.start_run(deploy.federation_text(broken, check_files=False), tmp_path / "run", cluster.home,
+    run_id = start_run(federation_text(broken, check_files=False), tmp_path / "run", cluster.home,
                               app=workspace.app)
-    status = deploy.wait_for_run(run_id, cluster.home, timeout=300, poll=5)
+    status = wait_for_run(run_id, cluster.home, timeout=300, poll=5)
     assert status["status"] == "finished:failed" and "server pool file not found" in status["status-details"]
     assert not (tmp_path / "run").exists()
 
 
 def test_an_unregistered_node_is_refused(workspace, cluster):
     folder = workspace.credentials / "sites" / "stranger"  # the federation's CA, but a key nobody registered
-    cmd = deploy.supernode_command(folder, A, workspace.deployment / "sites" / f"{A}.npz", cluster.address, free_port())
-    process = deploy.spawn(cmd, cluster.log("stranger"), workspace.root / "node-stranger")
+    cmd = supernode_argv(folder, A, workspace.deployment / "sites" / f"{A}.npz", cluster.address, free_port())
+    process = spawn(cmd, cluster.log("stranger"), workspace.root / "node-stranger")
     try:
         assert process.wait(timeout=120) != 0
     finally:
-        deploy.stop(process)
+        stop(process)
     assert "Failed to activate SuperNode" in cluster.log("stranger").read_text()
-    assert len(deploy.list_nodes(cluster.home)) == len(SITES)
+    assert len(list_nodes(cluster.home)) == len(SITES)
 
 
 def test_a_poisoned_update_is_rejected_and_the_global_model_is_unaffected(faulty_run, reference):

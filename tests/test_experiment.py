@@ -6,13 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from meduniverse.adapt import label_subset
-from meduniverse.config import leave_out
-from meduniverse.errors import ConfigError
+from meduniverse.core.config import leave_out
+from meduniverse.core.errors import ConfigError
+from meduniverse.method.centralized import train_multitask
+from meduniverse.method.site import evaluate, finetune, local_steps, proximal_term
 from meduniverse.models.universal import build_model
-from meduniverse.sites import load_site
-from meduniverse.statistics import bootstrap_ci, paired_test, per_task_test
-from meduniverse.training import evaluate, finetune, local_steps, proximal_term, train_multitask
+from meduniverse.results.adapt import label_subset
+from meduniverse.results.statistics import bootstrap_ci, paired_test, per_task_test
+from meduniverse.sites.sources import load_site
 
 
 def site_data(config, index):

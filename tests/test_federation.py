@@ -7,16 +7,17 @@ import numpy as np
 import pytest
 import torch
 
-from meduniverse.checkpoints import Checkpoints
-from meduniverse.errors import StageError
-from meduniverse.evaluation import METHOD_ARMS, arms_for
+from meduniverse.core.arms import METHOD_ARMS, computed_in_federation
+from meduniverse.core.checkpoints import Checkpoints
+from meduniverse.core.errors import StageError
+from meduniverse.core.progress import RunProgress
 from meduniverse.federation import client_app as client_module
 from meduniverse.federation.client_app import make_client_app
 from meduniverse.federation.messages import ARRAYS, CONFIG, METRICS
 from meduniverse.federation.server_app import run_federation
 from meduniverse.models.universal import build_model, local_key, norm_keys, part_of
-from meduniverse.progress import RunProgress
-from meduniverse.sites import private_raw
+from meduniverse.sites.pool import build_pool
+from meduniverse.sites.sources import private_raw
 
 from loopback import LoopbackGrid
 
@@ -25,7 +26,7 @@ MESSAGE_TYPES = {"query", "train", "evaluate"}
 
 def federate(config, run_dir, seed=0, competitors=False):
     grid = LoopbackGrid(make_client_app(lambda context: config), len(config.sites))
-    run_federation(grid, config, run_dir, seed, RunProgress(enabled=False), competitors)
+    run_federation(grid, config, run_dir, seed, build_pool(config), RunProgress(enabled=False), competitors)
     return grid
 
 
@@ -47,7 +48,7 @@ def test_nothing_but_weights_and_scalars_leaves_a_site(shared8_config, tmp_path)
     assert {r.metadata.message_type for r in grid.replies} == MESSAGE_TYPES  # every message type was checked
     arms = {(q.metadata.message_type, q.content[CONFIG]["arm"]) for q in grid.requests if "arm" in q.content[CONFIG]}
     assert {a for t, a in arms if t == "train"} == {"universal", *config.competitors.federated}  # every arm's training
-    assert {a for t, a in arms if t == "evaluate"} == {a.name for a in arms_for(config, True)}  # and every evaluation
+    assert {a for t, a in arms if t == "evaluate"} == {a.name for a in filter(computed_in_federation, config.arms(True))}
     shapes = {k: v.shape for k, v in build_model(config).state_dict().items()}
     fingerprints = private_fingerprints(config)
     sites = {s.name: s for s in config.sites}
@@ -78,7 +79,7 @@ def test_stages_are_checkpointed_and_every_arm_is_evaluated(demo_config, tmp_pat
     record = ckpt.stage_record(1)
     assert set(record["sites"]) == {s.name for s in demo_config.sites} and record["rejected"] == {}
     evaluation = ckpt.evaluation(1)
-    assert set(evaluation) == {a.name for a in METHOD_ARMS}
+    assert set(evaluation) == set(METHOD_ARMS)
     for arm in evaluation.values():
         for site in demo_config.sites:
             key = "test-dice" if site.task == "segmentation" else "test-auc"
@@ -151,7 +152,7 @@ def train_exchanges(grid, arm):
 def test_competitors_average_the_encoder_and_keep_heads_and_norms_at_their_site(demo_config, tmp_path):
     grid = federate(demo_config, tmp_path / "run", competitors=True)
     ckpt = Checkpoints(tmp_path / "run")
-    assert set(ckpt.evaluation(1)) == {a.name for a in arms_for(demo_config, True)}
+    assert set(ckpt.evaluation(1)) == {a.name for a in filter(computed_in_federation, demo_config.arms(True))}
     stage0 = ckpt.load_stage(0)
     norms = norm_keys(build_model(demo_config))
     conv = "encoder.stem.conv.weight"

@@ -6,15 +6,16 @@ import numpy as np
 import pytest
 import torch
 
-from meduniverse.aggregation import SiteUpdate, server_step, student_for, update_problem
-from meduniverse.losses import probabilities, soft_target_loss, task_loss
-from meduniverse.metrics import classification_metrics, segmentation_metrics
+from meduniverse.core.tasks import classification_metrics, segmentation_metrics, task_type
+from meduniverse.method.distill import pool_logits
+from meduniverse.method.losses import soft_target_loss
+from meduniverse.method.mim import pretrain_mim
+from meduniverse.method.server import SiteUpdate, server_step, student_for, update_problem, weighted_average
+from meduniverse.method.site import evaluate, finetune, train_local
 from meduniverse.models.heads import DecoderHead
 from meduniverse.models.universal import build_model, part_of
-from meduniverse.sites import load_pool, load_site
-from meduniverse.tasks import spec_group
-from meduniverse.training import (evaluate, finetune, pool_logits, pretrain_mim, train_local,
-                                  weighted_average)
+from meduniverse.sites.pool import build_pool
+from meduniverse.sites.sources import load_site
 
 TASKS = {"binary": 1, "multiclass": 3, "ordinal": 3, "multilabel": 3}
 
@@ -22,7 +23,7 @@ TASKS = {"binary": 1, "multiclass": 3, "ordinal": 3, "multilabel": 3}
 @pytest.mark.parametrize("task", sorted(TASKS))
 def test_probabilities_are_distributions(task):
     logits = torch.randn(5, TASKS[task])
-    p = probabilities(logits, task)
+    p = task_type(task).probabilities(logits)
     assert (p >= 0).all() and (p <= 1).all()
     if task != "multilabel":
         assert torch.allclose(p.sum(1), torch.ones(5), atol=1e-6)
@@ -42,20 +43,20 @@ def test_soft_target_loss_is_stationary_at_the_teacher(task):
 def test_task_losses_prefer_the_right_answer():
     labels = torch.tensor([0, 2, 1])
     right = torch.nn.functional.one_hot(labels, 3).float() * 10
-    assert task_loss(right, labels, "multiclass") < task_loss(-right, labels, "multiclass")
+    assert task_type("multiclass").loss(right, labels) < task_type("multiclass").loss(-right, labels)
     grades = torch.tensor([0, 2])
-    assert task_loss(torch.tensor([[-9.0, -9.0], [9.0, 9.0]]), grades, "ordinal") < 0.01
+    assert task_type("ordinal").loss(torch.tensor([[-9.0, -9.0], [9.0, 9.0]]), grades) < 0.01
     masks = torch.zeros(2, 8, 8, dtype=torch.long)
     masks[:, 2:6, 2:6] = 1
     good = torch.stack([1 - masks, masks], 1).float() * 10
-    assert task_loss(good, masks, "segmentation") < task_loss(-good, masks, "segmentation")
+    assert task_type("segmentation").loss(good, masks) < task_type("segmentation").loss(-good, masks)
 
 
 def test_metrics_follow_medmnist_conventions():
     labels = np.array([0, 1, 2, 1])
     probs = np.eye(3)[labels] * 0.8 + 0.05
-    assert classification_metrics(probs, labels, "multiclass") == {"auc": 1.0, "acc": 1.0}
-    flipped = classification_metrics(probs[:, ::-1][:, [0, 1, 2]], labels, "multiclass")
+    assert classification_metrics(probs, labels) == {"auc": 1.0, "acc": 1.0}
+    flipped = classification_metrics(probs[:, ::-1][:, [0, 1, 2]], labels)
     assert flipped["auc"] < 1.0
     masks = torch.zeros(2, 8, 8, dtype=torch.long)
     masks[:, :4] = 1
@@ -93,7 +94,7 @@ def test_finetune_keeps_the_best_validation_epoch(demo_config):
 
 
 def test_mim_pretraining_lowers_reconstruction_loss(demo_config):
-    pool = load_pool(demo_config)
+    pool = build_pool(demo_config).images
     model = build_model(demo_config, seed=0)
     decoder = DecoderHead(model.encoder.widths, 3)
     short = replace(demo_config.method, mim_epochs=1)
@@ -143,7 +144,7 @@ def test_update_problems_are_named(demo_config):
 
 
 def head_distance(config, model_state, reference_state, pool):
-    group_of = {s.name: spec_group(s.task) for s in config.sites}
+    group_of = {s.name: task_type(s.task).group for s in config.sites}
     a, b = build_model(config), build_model(config)
     a.load_state_dict(model_state)
     b.load_state_dict(reference_state)
@@ -156,7 +157,7 @@ def head_distance(config, model_state, reference_state, pool):
 def test_distillation_moves_heads_towards_their_teachers(demo_config, schedule):
     config = replace(demo_config, method=replace(demo_config.method, variant="distil_only", distill_epochs=25,
                                                  distill_schedule=schedule, retention=0.5))
-    pool = load_pool(config)
+    pool = build_pool(config).images
     previous = build_model(config, seed=0).state_dict()
     teachers = build_model(config, seed=1).state_dict()
     updates = [SiteUpdate(s.name, part_of(teachers, s.name), 10) for s in config.sites]
@@ -168,7 +169,7 @@ def test_distillation_moves_heads_towards_their_teachers(demo_config, schedule):
 
 
 def test_retention_keeps_a_head_without_teacher_near_its_previous_outputs(demo_config):
-    pool = load_pool(demo_config)
+    pool = build_pool(demo_config).images
     previous = build_model(demo_config, seed=0).state_dict()
     teachers = build_model(demo_config, seed=1).state_dict()
     kept = demo_config.sites[0].name  # no update from this site: only retention speaks for its head
@@ -195,7 +196,7 @@ def test_vit_encoder_gives_the_same_pyramid_as_the_cnn(demo_config):
 
 def test_variant_c_adds_the_mim_loss_and_trains_the_mim_decoder(demo_config):
     config = replace(demo_config, method=replace(demo_config.method, mim_weight=1.0, distill_epochs=2))
-    pool = load_pool(config)
+    pool = build_pool(config).images
     previous = build_model(config, seed=0).state_dict()
     updates = [SiteUpdate(s.name, part_of(previous, s.name), 10) for s in config.sites]
     decoder = DecoderHead(config.model.widths, 3)

@@ -7,8 +7,8 @@ from PIL import Image
 import pytest
 from typer.testing import CliRunner
 
-from meduniverse.cli import app, demo_config_path
-from meduniverse.sites import load_site
+from meduniverse.interfaces.cli import app, demo_config_path
+from meduniverse.sites.sources import load_site
 
 from conftest import ROOT, TINY
 

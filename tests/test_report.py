@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from meduniverse.checkpoints import Checkpoints
+from meduniverse.core.checkpoints import Checkpoints
 from meduniverse.models.universal import build_model
-from meduniverse.report import build_report
+from meduniverse.interfaces.report import build_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 CLASSIFICATION, SEGMENTATION = "synthetic_xray_nodule", "synthetic_vessel_seg"

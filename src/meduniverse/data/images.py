@@ -4,7 +4,7 @@ from pathlib import Path
 
 import numpy as np
 
-from meduniverse.errors import DataError
+from meduniverse.core.errors import DataError
 
 
 def _to_uint8(array: np.ndarray, path: Path) -> np.ndarray:

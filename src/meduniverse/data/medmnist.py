@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from meduniverse.errors import DataError
+from meduniverse.core.errors import DataError
 
 
 def medmnist_file(name: str, root: Path, size: int = 28) -> Path:

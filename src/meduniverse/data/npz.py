@@ -1,27 +1,13 @@
 """Read and validate MedMNIST-style ``.npz`` files: ``{split}_images`` plus ``{split}_labels`` or ``{split}_masks``."""
 
-from dataclasses import dataclass
 from pathlib import Path
 import zipfile
 
 import numpy as np
 
-from meduniverse.errors import DataError
-from meduniverse.tasks import is_segmentation
-
-SPLITS: tuple[str, ...] = ("train", "val", "test")
-
-
-@dataclass
-class RawSplit:
-    """One split as stored: images (N,H,W) or (N,H,W,C) and targets (labels or masks)."""
-
-    images: np.ndarray
-    targets: np.ndarray
-
-
-def target_key(task: str) -> str:
-    return "masks" if is_segmentation(task) else "labels"
+from meduniverse.core.errors import DataError
+from meduniverse.core.tasks import task_type
+from meduniverse.data.splits import SPLITS, RawSplit
 
 
 def open_npz(path: Path) -> np.lib.npyio.NpzFile:
@@ -60,66 +46,15 @@ def check_images(images: np.ndarray, where: str) -> np.ndarray:
     return np.round(images * 255).astype(np.uint8)
 
 
-def check_labels(labels: np.ndarray, task: str, num_classes: int, n: int, where: str) -> np.ndarray:
-    """Check a label array; return int64 (N,) for single-label tasks or (N,C) for multilabel."""
-    if np.issubdtype(labels.dtype, np.floating):
-        if np.isnan(labels).any():
-            raise DataError(f"{where}: labels contain NaN")
-        if not np.all(labels == np.round(labels)):
-            raise DataError(f"{where}: labels must be whole numbers, found fractional values")
-    elif not (np.issubdtype(labels.dtype, np.integer) or labels.dtype == np.bool_):
-        raise DataError(f"{where}: labels must be integers, got dtype {labels.dtype}")
-    if labels.shape[0] != n:
-        raise DataError(f"{where}: {labels.shape[0]} labels for {n} images")
-    labels = labels.astype(np.int64)
-    if task == "multilabel":
-        if labels.ndim != 2 or labels.shape[1] != num_classes:
-            raise DataError(f"{where}: multilabel labels must have shape (N,{num_classes}), got {labels.shape}")
-        if not np.isin(labels, (0, 1)).all():
-            raise DataError(f"{where}: multilabel labels must be 0 or 1")
-        return labels
-    if labels.ndim == 2 and labels.shape[1] == 1:
-        labels = labels[:, 0]
-    if labels.ndim != 1:
-        raise DataError(f"{where}: labels must have shape (N,) or (N,1), got {labels.shape}")
-    bad = (labels < 0) | (labels >= num_classes)
-    if bad.any():
-        raise DataError(
-            f"{where}: label {labels[bad][0]} out of range 0..{num_classes - 1} ({int(bad.sum())} such labels)"
-        )
-    return labels
-
-
-def check_masks(masks: np.ndarray, images: np.ndarray, num_classes: int, where: str) -> np.ndarray:
-    """Check a mask array against its images; return uint8 (N,H,W)."""
-    if masks.ndim == 4 and masks.shape[-1] == 1:
-        masks = masks[..., 0]
-    if masks.ndim != 3:
-        raise DataError(f"{where}: masks must have shape (N,H,W), got {masks.shape}")
-    if masks.shape != images.shape[:3]:
-        raise DataError(f"{where}: masks shape {masks.shape} does not match images {images.shape[:3]}")
-    if np.issubdtype(masks.dtype, np.floating):
-        if np.isnan(masks).any():
-            raise DataError(f"{where}: masks contain NaN")
-    elif not (np.issubdtype(masks.dtype, np.integer) or masks.dtype == np.bool_):
-        raise DataError(f"{where}: masks must be integers, got dtype {masks.dtype}")
-    values = np.unique(masks)
-    outside = values[(values < 0) | (values >= num_classes) | (values != np.round(values))]
-    if outside.size:
-        raise DataError(f"{where}: mask values {outside[:5].tolist()} outside the classes 0..{num_classes - 1}")
-    return masks.astype(np.uint8)
-
-
 def check_split(images: np.ndarray, targets: np.ndarray, task: str, num_classes: int, where: str) -> RawSplit:
+    """Images checked, then the targets by the task type's own check."""
     images = check_images(images, where)
-    if is_segmentation(task):
-        return RawSplit(images, check_masks(targets, images, num_classes, where))
-    return RawSplit(images, check_labels(targets, task, num_classes, images.shape[0], where))
+    return RawSplit(images, task_type(task).check_targets(targets, images, num_classes, where))
 
 
 def read_labelled_npz(path: Path, task: str, num_classes: int, splits: tuple[str, ...] = SPLITS) -> dict[str, RawSplit]:
     """Read and check every split of a labelled npz file."""
-    kind = target_key(task)
+    kind = task_type(task).target_key
     out = {}
     with open_npz(path) as npz:
         for split in splits:

@@ -4,7 +4,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from meduniverse.data.npz import SPLITS, RawSplit, check_split
+from meduniverse.data.npz import check_split
+from meduniverse.data.splits import SPLITS, RawSplit
 
 Generator = Callable[[np.random.Generator, int], tuple[np.ndarray, np.ndarray]]
 

@@ -1,6 +1,6 @@
 """The site side: a Flower ClientApp that trains and evaluates on the site's private data.
 
-Only model weights and scalar metrics leave it (see tests/test_privacy.py).
+Only model weights and scalar metrics leave it (tests/test_federation.py checks every message it sends).
 """
 
 from collections.abc import Callable
@@ -10,12 +10,12 @@ from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 import torch
 
-from meduniverse.config import FederationConfig, SiteConfig
+from meduniverse.core.config import FederationConfig, SiteConfig
+from meduniverse.core.tasks import task_type
 from meduniverse.federation.messages import ARRAYS, CONFIG, from_arrays, reply
-from meduniverse.models.universal import TaskInfo, build_model
-from meduniverse.sites import SiteData, load_site
-from meduniverse.tasks import primary_metric
-from meduniverse.training import evaluate, finetune, proximal_term, train_local
+from meduniverse.method.site import evaluate, evaluate_arm, proximal_term, train_local
+from meduniverse.models.universal import TaskInfo, build_model, encoder_part
+from meduniverse.sites.sources import SiteData, load_site
 
 ConfigSource = Callable[[Context], FederationConfig]
 
@@ -60,10 +60,10 @@ def handle_train(msg: Message, config: FederationConfig, data: SiteData) -> Mess
     seed = int(settings["seed"])
     received = from_arrays(msg.content[ARRAYS])
     model = site_model(config, data, received, seed)
-    key = primary_metric(data.task)
+    key = task_type(data.task).primary
     before = evaluate(model, data.name, data.splits["val"])[key]
     mu = float(settings.get("proximal-mu", 0.0))
-    penalty = proximal_term(model, {k: v for k, v in received.items() if k.startswith("encoder.")}, mu) if mu > 0 else None
+    penalty = proximal_term(model, encoder_part(received), mu) if mu > 0 else None
     stats = train_local(model, data.name, data.splits["train"], config.method, seed, penalty)
     metrics = {"num-examples": len(data.splits["train"]), "train-loss": stats.loss, "train-seconds": stats.seconds,
                "train-images-per-second": stats.images_per_second, f"received-val-{key}": before,
@@ -73,19 +73,12 @@ def handle_train(msg: Message, config: FederationConfig, data: SiteData) -> Mess
 
 
 def handle_evaluate(msg: Message, config: FederationConfig, data: SiteData) -> Message:
-    """Evaluate an arm at the site: optionally fine-tune or probe (early stopping on val), then score val and test."""
+    """Evaluate an arm at the site: fine-tune or probe first if its mode says so, then score val and test."""
     settings = msg.content[CONFIG]
     seed = int(settings["seed"])
     model = site_model(config, data, from_arrays(msg.content[ARRAYS]), seed)
     start = time.perf_counter()
-    metrics: dict[str, float | int] = {"num-examples": len(data.splits["train"])}
-    if bool(settings["finetune"]) or bool(settings.get("probe", False)):
-        log = finetune(model, data.name, data.splits["train"], data.splits["val"], config.method, config.finetune, seed,
-                       frozen_encoder=bool(settings.get("probe", False)))
-        metrics.update({"best-epoch": log["best_epoch"], "epochs": log["epochs"]})
-    for split in ("val", "test"):
-        for name, value in evaluate(model, data.name, data.splits[split]).items():
-            metrics[f"{split}-{name}"] = value
+    metrics = evaluate_arm(model, data.name, data.splits, str(settings["mode"]), config.method, config.finetune, seed)
     metrics["seconds"] = time.perf_counter() - start
     return reply(msg, metrics)
 

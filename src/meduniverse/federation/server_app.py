@@ -1,9 +1,11 @@
-"""The server side: a Flower ServerApp running stage 0 (MIM), stages 1..S and the evaluation arms.
+"""The server side: a Flower ServerApp running stage 0 (MIM), stages 1..S of every federated model and the
+evaluation arms.
 
 Every stage is checkpointed; a restarted run resumes after the last completed stage.
 """
 
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 import time
 
@@ -11,17 +13,20 @@ from flwr.app import ConfigRecord, Context, Message, MessageType
 from flwr.serverapp import Grid, ServerApp
 import torch
 
-from meduniverse.checkpoints import Checkpoints
-from meduniverse.config import FederationConfig
-from meduniverse.errors import StageError
-from meduniverse.evaluation import Arm, arms_for
+from meduniverse.core.arms import FEDERATED, MODELS, PROBE, Arm, computed_in_federation
+from meduniverse.core.checkpoints import Checkpoints
+from meduniverse.core.config import FederationConfig
+from meduniverse.core.errors import StageError
+from meduniverse.core.progress import RunProgress, log
+from meduniverse.core.seeds import derive_seed
+from meduniverse.federation.competitors import SiteHeads, competitor_strategy
 from meduniverse.federation.messages import CONFIG, METRICS, from_arrays, request, to_arrays
-from meduniverse.federation.strategy import SiteHeads, UniversalDistillation, brief, competitor_strategy, stage_seed
+from meduniverse.federation.strategy import UniversalDistillation, brief
+from meduniverse.method.mim import pretrain_mim
+from meduniverse.method.server import server_step
 from meduniverse.models.heads import DecoderHead
-from meduniverse.models.universal import build_model, site_state
-from meduniverse.progress import RunProgress, log
-from meduniverse.sites import load_pool
-from meduniverse.training import pretrain_mim
+from meduniverse.models.universal import build_model, encoder_part, site_state
+from meduniverse.sites.pool import Pool
 
 
 def exchange(grid: Grid, messages: list[Message], timeout: float, on_reply: Callable[[Message], None] | None = None) -> list[Message]:
@@ -82,7 +87,8 @@ def handshake(grid: Grid, config: FederationConfig) -> dict[int, str]:
     return dict(sorted(roster.items(), key=lambda item: order.index(item[1])))
 
 
-def stage_zero(config: FederationConfig, pool: dict[str, torch.Tensor], seed: int, ckpt: Checkpoints, progress: RunProgress) -> None:
+def stage_zero(config: FederationConfig, pool: dict[str, torch.Tensor], seed: int, ckpt: Checkpoints,
+               progress: RunProgress) -> None:
     """MIM-pretrain the encoder on the pool: the baseline encoder, and G_0."""
     model = build_model(config, seed=seed)
     spec = config.inputs[0][1]
@@ -99,8 +105,11 @@ def message_bytes(msg: Message) -> int:
 
 
 def run_stage(grid: Grid, strategy: UniversalDistillation | SiteHeads, stage: int, state: dict[str, torch.Tensor],
-              config: FederationConfig, progress: RunProgress) -> dict[str, torch.Tensor]:
-    """One stage of an arm: local training at every site, then the strategy's aggregation; costs go into its report."""
+              seed: int, config: FederationConfig, progress: RunProgress) -> tuple[dict[str, torch.Tensor], dict]:
+    """One stage of a federated model: local training at every site, then the strategy's aggregation.
+
+    Returns the new state and the stage's record: the strategy's report plus seconds and bytes each way.
+    """
     started = time.perf_counter()
     messages = list(strategy.configure_train(stage, to_arrays(state), ConfigRecord(), grid))
     roster = strategy.roster
@@ -111,31 +120,30 @@ def run_stage(grid: Grid, strategy: UniversalDistillation | SiteHeads, stage: in
     replies.sort(key=lambda m: nodes.index(m.metadata.src_node_id) if m.metadata.src_node_id in roster else len(nodes))
     from_sites = {roster[m.metadata.src_node_id]: message_bytes(m) for m in replies if not m.has_error()}
     local_seconds = time.perf_counter() - started
-    strategy.on_step = progress.phase(f"{strategy.arm} stage {stage}: server aggregation")
     with torch.random.fork_rng(devices=[]):  # dropout in the distillation draws from the global generator: seeded,
-        torch.manual_seed(stage_seed(strategy.seed, stage))  # a resumed run (a new process) equals an uninterrupted one
+        torch.manual_seed(derive_seed(seed, stage))  # a resumed run (a new process) equals an uninterrupted one
         arrays, _ = strategy.aggregate_train(stage, replies)
-    strategy.report.update({"local_seconds": local_seconds, "seconds": time.perf_counter() - started,
-                            "bytes_to_sites": to_sites, "bytes_from_sites": from_sites})
-    return from_arrays(arrays)
+    record = {**strategy.reports[stage], "local_seconds": local_seconds, "seconds": time.perf_counter() - started,
+              "bytes_to_sites": to_sites, "bytes_from_sites": from_sites}
+    return from_arrays(arrays), record
 
 
 def arm_weights(arm: Arm, ckpt: Checkpoints, last: int) -> Callable[[str], dict[str, torch.Tensor]]:
-    """What a site gets for an arm: the stage-0 encoder (fresh head), or an arm's last-stage model for that site
-    (only its encoder for a probe)."""
-    if arm.weights == "baseline":
-        encoder = {k: v for k, v in ckpt.load_stage(0).items() if k.startswith("encoder.")}
+    """What a site gets for an arm: the stage-0 encoder (fresh head), or its model's last-stage weights for that
+    site (only the encoder for a probe)."""
+    if MODELS[arm.model].training != FEDERATED:
+        encoder = encoder_part(ckpt.load_stage(0))
         return lambda site: encoder
-    state = ckpt.load_stage(last, "model" if arm.weights == "universal" else arm.weights)
-    if arm.probe:
-        return lambda site: {k: v for k, v in site_state(state, site).items() if k.startswith("encoder.")}
+    state = ckpt.load_stage(last, ckpt.part(arm.model))
+    if arm.mode == PROBE:
+        return lambda site: encoder_part(site_state(state, site))
     return lambda site: site_state(state, site)
 
 
 def evaluate_arm(grid: Grid, roster: dict[int, str], arm: Arm, ckpt: Checkpoints, last: int, seed: int,
                  config: FederationConfig, progress: RunProgress) -> dict[str, dict]:
     """Every site evaluates one arm on its own test split and returns scalar metrics."""
-    settings = {"arm": arm.name, "finetune": arm.finetune, "probe": arm.probe, "seed": seed}
+    settings = {"arm": arm.name, "mode": arm.mode, "seed": seed}
     weights_for = arm_weights(arm, ckpt, last)
     messages = [request(MessageType.EVALUATE, n, settings, weights_for(s)) for n, s in roster.items()]
     replies = exchange_with_progress(grid, messages, f"evaluation: {arm.name}", config, progress)
@@ -155,57 +163,67 @@ def evaluate_arm(grid: Grid, roster: dict[int, str], arm: Arm, ckpt: Checkpoints
     return out
 
 
-def run_competitor(grid: Grid, arm: str, roster: dict[int, str], ckpt: Checkpoints, seed: int,
-                   config: FederationConfig, progress: RunProgress) -> None:
-    """A comparison arm's stages from the shared MIM model (stage 0), each checkpointed as stage_XXX_ARM."""
-    strategy = competitor_strategy(arm, config, roster, seed)
-    last = ckpt.last_arm_stage(arm)
-    state = ckpt.load_stage(last, "model" if last == 0 else arm)
+def run_stages(grid: Grid, strategy: UniversalDistillation | SiteHeads, ckpt: Checkpoints, seed: int,
+               config: FederationConfig, progress: RunProgress,
+               extra_parts: Callable[[], dict[str, dict[str, torch.Tensor]]] = dict) -> None:
+    """A federated model's stages after its last completed one (stage 0: the shared MIM model), each checkpointed."""
+    part = ckpt.part(strategy.arm)
+    last = ckpt.last_stage(strategy.arm) or 0
+    state = ckpt.load_stage(last, part if last else ckpt.part("universal"))
+    if last:
+        log.info("%s: resuming after completed stage %d (%s)", strategy.arm, last, ckpt.dir)
     for stage in range(last + 1, config.method.stages + 1):
-        state = run_stage(grid, strategy, stage, state, config, progress)
-        ckpt.save_arm_stage(arm, stage, state, strategy.report)
+        state, record = run_stage(grid, strategy, stage, state, seed, config, progress)
+        ckpt.save_stage(stage, {part: state, **extra_parts()}, record, strategy.arm)
 
 
-def run_federation(grid: Grid, config: FederationConfig, run_dir: Path, seed: int, progress: RunProgress,
+def mim_decoder(config: FederationConfig, ckpt: Checkpoints) -> DecoderHead | None:
+    """With method.mim_weight > 0 (variant c), the stage-0 pixel decoder that the distillation trains along."""
+    if config.method.mim_weight <= 0:
+        return None
+    decoder = DecoderHead(config.model.widths, config.inputs[0][1].channels)
+    decoder.load_state_dict(ckpt.load_stage(0, "mim_decoder"))
+    return decoder
+
+
+def run_federation(grid: Grid, config: FederationConfig, run_dir: Path, seed: int, pool: Pool, progress: RunProgress,
                    competitors: bool = False, roster: dict[int, str] | None = None) -> None:
     """The whole server flow; each completed stage and arm is checkpointed in run_dir.
 
-    With `competitors`, the comparison arms (FedAvg, FedProx, FedBN) run the same stages from the same
-    stage-0 encoder, and their arms and the probes are evaluated too. A `roster` from an earlier handshake
-    (the deployed server checks it before writing anything) skips the handshake.
+    Args:
+        grid: Flower's grid (Simulation or Deployment Engine).
+        config: the federation.
+        run_dir: where checkpoints go (resumed from if present).
+        seed: the run's seed.
+        pool: the server's unlabelled pool, built once for the run.
+        progress: progress bars.
+        competitors: also train the federated competitors (the same stages from the same stage-0 encoder) and
+            evaluate every arm of an experiment (`meduniverse.core.arms`).
+        roster: node id -> site from an earlier handshake (the deployed server checks it before writing anything).
     """
     torch.set_num_threads(config.runtime.server_threads)
     ckpt = Checkpoints(run_dir)
     roster = roster or handshake(grid, config)
     log.info("sites connected: %s", ", ".join(sorted(roster.values())))
-    pool = load_pool(config)
     if ckpt.last_stage() is None:
-        stage_zero(config, pool, seed, ckpt, progress)
-    else:
-        log.info("resuming after completed stage %d (%s)", ckpt.last_stage(), ckpt.dir)
-    last = ckpt.last_stage()
-    decoder = None
-    if config.method.mim_weight > 0:
-        spec = config.inputs[0][1]
-        decoder = DecoderHead(config.model.widths, spec.channels)
-        decoder.load_state_dict(ckpt.load_stage(0, "mim_decoder"))
-    strategy = UniversalDistillation(config, roster, pool, seed, decoder)
-    state = ckpt.load_stage(last)
-    for stage in range(last + 1, config.method.stages + 1):
-        state = run_stage(grid, strategy, stage, state, config, progress)
-        parts = {"model": state, **({"mim_decoder": decoder.state_dict()} if decoder else {})}
-        ckpt.save_stage(stage, parts, strategy.report)
+        stage_zero(config, pool.images, seed, ckpt, progress)
+    decoder = mim_decoder(config, ckpt)
+    step = partial(server_step, config=config, pool=pool.images, mim_decoder=decoder)
+    strategy = UniversalDistillation(roster, lambda prev, updates, s, on_step: step(prev, updates, seed=s, on_step=on_step),
+                                     seed, config.runtime.min_sites, progress.phase)
+    run_stages(grid, strategy, ckpt, seed, config, progress,
+               lambda: {"mim_decoder": decoder.state_dict()} if decoder else {})
+    for model in config.competitors.federated if competitors else ():
+        run_stages(grid, competitor_strategy(model, roster, seed, config), ckpt, seed, config, progress)
     last = config.method.stages
-    for arm in config.competitors.federated if competitors else ():
-        run_competitor(grid, arm, roster, ckpt, seed, config, progress)
-    for arm in arms_for(config, competitors):
+    for arm in filter(computed_in_federation, config.arms(competitors)):
         if arm.name not in ckpt.evaluation(last):
             started = time.perf_counter()
             per_site = evaluate_arm(grid, roster, arm, ckpt, last, seed, config, progress)
             ckpt.save_evaluation(arm.name, last, per_site, time.perf_counter() - started)
 
 
-def make_server_app(config: FederationConfig, run_dir: Path, seed: int, progress: RunProgress,
+def make_server_app(config: FederationConfig, run_dir: Path, seed: int, pool: Pool, progress: RunProgress,
                     errors: list[BaseException], competitors: bool = False) -> ServerApp:
     """A ServerApp for the Simulation Engine; exceptions are kept in `errors` for the caller to re-raise."""
     app = ServerApp()
@@ -213,7 +231,7 @@ def make_server_app(config: FederationConfig, run_dir: Path, seed: int, progress
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         try:
-            run_federation(grid, config, run_dir, seed, progress, competitors)
+            run_federation(grid, config, run_dir, seed, pool, progress, competitors)
         except BaseException as exc:  # noqa: BLE001 - handed to the caller, which re-raises it
             errors.append(exc)
             log.error("run failed: %s", exc)

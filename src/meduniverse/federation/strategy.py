@@ -1,20 +1,24 @@
-"""Server strategies: ours (FedAvg's node handling, aggregation replaced by distillation into the universal
-model) and the comparison arms on Flower's own FedAvg and FedProx, with each site's head kept for that site."""
+"""Our server strategy: Flower's FedAvg node handling, with aggregation replaced by distillation of the site models
+into the universal model. The checks that every strategy applies to incoming replies live here too."""
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg, FedProx
+from flwr.serverapp.strategy import FedAvg
 import torch
 
-from meduniverse.aggregation import SiteUpdate, server_step, update_problem
-from meduniverse.config import FederationConfig
-from meduniverse.errors import StageError
-from meduniverse.federation.messages import ARRAYS, CONFIG, METRICS, from_arrays, request, to_arrays
-from meduniverse.models.heads import DecoderHead
-from meduniverse.models.universal import build_model, local_key, norm_keys, part_of, site_state
-from meduniverse.progress import log
+from meduniverse.core.errors import StageError
+from meduniverse.core.progress import log
+from meduniverse.core.seeds import derive_seed
+from meduniverse.federation.messages import ARRAYS, METRICS, from_arrays, request, to_arrays
+from meduniverse.method.loop import StepCallback, TrainStats
+from meduniverse.method.server import SiteUpdate, update_problem
+from meduniverse.models.universal import part_of, site_state
+
+ServerStep = Callable[[dict[str, torch.Tensor], list[SiteUpdate], int, StepCallback | None],
+                      tuple[dict[str, torch.Tensor], TrainStats]]
+Phase = Callable[[str], StepCallback]
 
 
 def brief(reason: str, limit: int = 300) -> str:
@@ -24,13 +28,18 @@ def brief(reason: str, limit: int = 300) -> str:
     return (lines[-1] if lines else text)[:limit]
 
 
-def stage_seed(seed: int, stage: int) -> int:
-    return seed * 1000 + stage
-
-
 def accept_updates(stage: int, replies: Iterable[Message], roster: dict[int, str], previous: dict[str, torch.Tensor],
                    minimum: int, report: dict) -> list[tuple[SiteUpdate, Message]]:
-    """Site models that may be aggregated; errors, missing replies and poisoned weights are logged and dropped."""
+    """Site models that may be aggregated; errors, missing replies and poisoned weights are logged and dropped.
+
+    Args:
+        stage: for the log and errors.
+        replies: the stage's replies, in roster order.
+        roster: node id -> site name.
+        previous: the state the sites were sent (each update is checked against its site's part).
+        minimum: fewest usable updates (0: every site); fewer raise StageError.
+        report: receives 'sites' (each accepted site's metrics) and 'rejected' (site -> why).
+    """
     accepted, dropped, rejected = [], dict(roster), {}
     for msg in replies:
         site = roster.get(msg.metadata.src_node_id)
@@ -59,90 +68,41 @@ def accept_updates(stage: int, replies: Iterable[Message], roster: dict[int, str
 
 
 class UniversalDistillation(FedAvg):
-    """Each stage: send G_{s-1}'s encoder + head k to site k; distil the returned site models on the pool."""
+    """Each stage: send G_{s-1}'s encoder + head k to site k; distil the returned site models on the pool.
+
+    Args:
+        roster: node id -> site name, in the configuration's order (the order updates are distilled in).
+        server_step: (G_{s-1}'s state, accepted updates, seed, progress callback) -> (G_s's state, stats).
+        seed: the run's seed; stage s sends and distils with `derive_seed(seed, s)`.
+        min_sites: fewest usable site models a stage accepts (0: every site).
+        phase: makes the progress callback of a stage's distillation from its description (None: no progress).
+
+    After each stage, `reports[stage]` holds what the stage did: each site's metrics, the rejected sites and
+    the distillation's loss, steps and seconds.
+    """
 
     arm = "universal"
 
-    def __init__(self, config: FederationConfig, roster: dict[int, str], pool: dict[str, torch.Tensor], seed: int,
-                 mim_decoder: DecoderHead | None = None):
+    def __init__(self, roster: dict[int, str], server_step: ServerStep, seed: int, min_sites: int = 0,
+                 phase: Phase | None = None):
         super().__init__(fraction_train=1.0, fraction_evaluate=0.0, min_available_nodes=len(roster),
                          weighted_by_key="num-examples")
-        self.config, self.roster, self.pool, self.seed = config, roster, pool, seed
-        self.mim_decoder = mim_decoder
-        self.on_step = None  # progress callback of the distillation, set per stage by the server flow
+        self.roster, self.server_step, self.seed, self.min_sites, self.phase = roster, server_step, seed, min_sites, phase
         self.previous: dict[str, torch.Tensor] = {}
-        self.report: dict = {}
+        self.reports: dict[int, dict] = {}
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
         self.previous = from_arrays(arrays)
-        settings = {**config, "arm": self.arm, "stage": server_round, "seed": stage_seed(self.seed, server_round)}
+        settings = {**config, "arm": self.arm, "stage": server_round, "seed": derive_seed(self.seed, server_round)}
         return [request(MessageType.TRAIN, node, settings, part_of(self.previous, site)) for node, site in self.roster.items()]
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        self.report = {}
-        accepted = accept_updates(server_round, replies, self.roster, self.previous, self.config.runtime.min_sites, self.report)
+        report: dict = {}
+        accepted = accept_updates(server_round, replies, self.roster, self.previous, self.min_sites, report)
         updates = [u for u, _ in accepted]
-        state, stats = server_step(self.previous, updates, self.config, self.pool, stage_seed(self.seed, server_round),
-                                   self.mim_decoder, self.on_step)
-        self.report["distill"] = {"seconds": stats.seconds, "images_per_second": stats.images_per_second,
-                                  "loss": stats.loss, "steps": stats.steps}
+        on_step = self.phase(f"{self.arm} stage {server_round}: server aggregation") if self.phase else None
+        state, stats = self.server_step(self.previous, updates, derive_seed(self.seed, server_round), on_step)
+        report["distill"] = {"seconds": stats.seconds, "images_per_second": stats.images_per_second,
+                             "loss": stats.loss, "steps": stats.steps}
+        self.reports[server_round] = report
         return to_arrays(state), MetricRecord({"sites": len(updates), "distill-loss": stats.loss})
-
-
-class SiteHeads:
-    """Mixin for Flower's FedAvg/FedProx: the shared encoder is aggregated by the Flower strategy; each site's head
-    (and, with keep_norms, its normalisation layers: FedBN) is only ever sent back to that site.
-
-    The server-side state is a full universal model plus `local.SITE.KEY` copies of site-local shared keys.
-    """
-
-    def __init__(self, arm: str, config: FederationConfig, roster: dict[int, str], seed: int, keep_norms: bool = False,
-                 **strategy_args):
-        super().__init__(fraction_train=1.0, fraction_evaluate=0.0, min_available_nodes=len(roster),
-                         weighted_by_key="num-examples", **strategy_args)
-        self.arm, self.config, self.roster, self.seed = arm, config, roster, seed
-        self.site_local = norm_keys(build_model(config)) if keep_norms else set()
-        self.on_step = None
-        self.previous: dict[str, torch.Tensor] = {}
-        self.report: dict = {}
-
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
-        self.previous = from_arrays(arrays)
-        settings = ConfigRecord({**config, "arm": self.arm, "stage": server_round, "seed": stage_seed(self.seed, server_round)})
-        sampled = super().configure_train(server_round, ArrayRecord(), settings, grid)  # Flower's sampling and config
-        return [request(MessageType.TRAIN, msg.metadata.dst_node_id, dict(msg.content[CONFIG]),
-                        site_state(self.previous, self.roster[msg.metadata.dst_node_id])) for msg in sampled]
-
-    def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        self.report = {}
-        accepted = accept_updates(server_round, replies, self.roster, self.previous, self.config.runtime.min_sites, self.report)
-        state, shared_replies = dict(self.previous), []
-        for update, msg in accepted:
-            shared = {}
-            for key, value in update.state.items():
-                if key.startswith("heads."):
-                    state[key] = value
-                elif key in self.site_local:
-                    state[local_key(update.site, key)] = value
-                else:
-                    shared[key] = value
-            # What Flower's aggregation sees: the shared weights and the weighting key (metric names differ by task)
-            content = RecordDict({ARRAYS: to_arrays(shared), METRICS: MetricRecord({"num-examples": update.num_examples})})
-            shared_replies.append(Message(metadata=msg.metadata, content=content))
-        arrays, metrics = super().aggregate_train(server_round, shared_replies)
-        state.update(from_arrays(arrays))
-        return to_arrays(state), metrics
-
-
-class FedAvgSiteHeads(SiteHeads, FedAvg):
-    """FedAvg of the encoder, heads local."""
-
-
-class FedProxSiteHeads(SiteHeads, FedProx):
-    """FedProx (proximal term at the sites) of the encoder, heads local."""
-
-
-def competitor_strategy(arm: str, config: FederationConfig, roster: dict[int, str], seed: int) -> SiteHeads:
-    if arm == "fedprox":
-        return FedProxSiteHeads(arm, config, roster, seed, proximal_mu=config.competitors.proximal_mu)
-    return FedAvgSiteHeads(arm, config, roster, seed, keep_norms=arm == "fedbn")

@@ -5,10 +5,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from meduniverse.config import FederationConfig, ModelConfig
+from meduniverse.core.config import FederationConfig, ModelConfig
 from meduniverse.models.encoder import CNNEncoder, ViTEncoder
 from meduniverse.models.heads import ClassificationHead, DecoderHead
-from meduniverse.tasks import is_segmentation, num_outputs
+from meduniverse.core.tasks import task_type
 
 
 @dataclass(frozen=True)
@@ -21,7 +21,7 @@ class TaskInfo:
 
     @property
     def num_outputs(self) -> int:
-        return num_outputs(self.task, len(self.classes))
+        return task_type(self.task).outputs(len(self.classes))
 
 
 class UniversalModel(nn.Module):
@@ -33,8 +33,8 @@ class UniversalModel(nn.Module):
         self.tasks = {t.name: t for t in tasks}
         widths = encoder.widths
         self.heads = nn.ModuleDict(
-            {t.name: DecoderHead(widths, t.num_outputs) if is_segmentation(t.task) else ClassificationHead(widths, t.num_outputs)
-             for t in tasks}
+            {t.name: DecoderHead(widths, t.num_outputs) if task_type(t.task).segmentation
+             else ClassificationHead(widths, t.num_outputs) for t in tasks}
         )
 
     def forward(self, x: torch.Tensor, task: str) -> torch.Tensor:
@@ -64,9 +64,22 @@ def build_model(config: FederationConfig, tasks: list[TaskInfo] | None = None, s
     return UniversalModel(build_encoder(config.model, spec.channels, spec.size), tasks or site_tasks(config))
 
 
+ENCODER_PREFIX = "encoder."
+
+
+def encoder_part(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The encoder's weights of a model's state."""
+    return {k: v for k, v in state.items() if k.startswith(ENCODER_PREFIX)}
+
+
+def head_part(state: dict[str, torch.Tensor], task: str) -> dict[str, torch.Tensor]:
+    """One head's weights of a model's state."""
+    return {k: v for k, v in state.items() if k.startswith(f"heads.{task}.")}
+
+
 def part_of(state: dict[str, torch.Tensor], task: str) -> dict[str, torch.Tensor]:
     """The encoder's weights and one head's: what a site model consists of."""
-    return {k: v for k, v in state.items() if k.startswith("encoder.") or k.startswith(f"heads.{task}.")}
+    return {**encoder_part(state), **head_part(state, task)}
 
 
 NORM_LAYERS = (nn.GroupNorm, nn.LayerNorm, nn.modules.batchnorm._BatchNorm)
@@ -75,7 +88,7 @@ LOCAL_PREFIX = "local."
 
 def norm_keys(model: UniversalModel) -> set[str]:
     """State keys of the encoder's normalisation layers (what FedBN keeps at each site)."""
-    return {f"encoder.{name}.{p}" for name, module in model.encoder.named_modules() if isinstance(module, NORM_LAYERS)
+    return {f"{ENCODER_PREFIX}{name}.{p}" for name, module in model.encoder.named_modules() if isinstance(module, NORM_LAYERS)
             for p, _ in module.named_parameters(recurse=False)}
 
 

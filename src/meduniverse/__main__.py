@@ -1,0 +1,5 @@
+"""`python -m meduniverse`: the same commands as `meduniverse`."""
+
+from meduniverse.interfaces.cli import app
+
+app()

@@ -1,0 +1,179 @@
+"""The federation's configuration: the sites, the server pool, the inputs, the model, the method, the fine-tune
+schedule, the runtime and the comparison arms. `meduniverse.core.config_file` reads it from TOML."""
+
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from meduniverse.core.arms import Arm, selected_arms
+from meduniverse.core.errors import ConfigError
+from meduniverse.core.tasks import task_type
+
+MEAN, STD = 0.5, 0.25  # every input: x/255, then (x - MEAN) / STD
+
+VARIANTS = ("distil_only", "average_then_distil")
+SCHEDULES = ("mixed", "round_robin")
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What the model sees: square ``size`` px, ``channels`` (1 gray or 3 RGB), x/255 then (x-mean)/std."""
+
+    size: int
+    channels: int = 3
+
+    def card(self) -> dict:
+        return {"size": self.size, "channels": self.channels, "scale": 1 / 255, "mean": MEAN, "std": STD}
+
+
+DEFAULT_INPUTS = {"classification": InputSpec(32), "segmentation": InputSpec(128)}
+
+
+@dataclass(frozen=True)
+class SiteConfig:
+    """One hospital: its name, task, class names and where its data lies (exactly one source)."""
+
+    name: str
+    task: str
+    classes: tuple[str, ...]
+    path: Path | None = None
+    medmnist: str | None = None
+    medmnist_root: Path | None = None
+    medmnist_size: int = 28
+    synthetic: str | None = None
+
+    @property
+    def source(self) -> str:
+        if self.synthetic:
+            return f"synthetic:{self.synthetic}"
+        if self.medmnist:
+            return f"medmnist:{self.medmnist}"
+        return str(self.path)
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    """The server's unlabelled pool: a fraction of the listed sites' train images plus extra image files."""
+
+    fraction: float = 0.2
+    seed: int = 0
+    sites: tuple[str, ...] = ()
+    files: tuple[Path, ...] = ()
+    max_images: int = 4000
+    segmentation_max: int = 384
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    encoder: str = "cnn"
+    widths: tuple[int, ...] = (32, 64, 128, 256)
+    vit_dim: int = 192
+    vit_depth: int = 6
+    vit_heads: int = 6
+    vit_patch: int = 8
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    """Stage 0 (MIM) and stages 1..S (local training + server distillation)."""
+
+    stages: int = 3
+    variant: str = "distil_only"
+    mim_epochs: int = 10
+    mask_ratio: float = 0.6
+    mask_patch_fraction: float = 0.125
+    local_epochs: int = 2
+    min_steps_per_epoch: int = 12
+    max_steps_per_epoch: int = 0  # 0: no cap (a cap makes quick smoke runs)
+    distill_epochs: int = 4
+    distill_schedule: str = "mixed"
+    retention: float = 0.5
+    temperature: float = 2.0
+    mim_weight: float = 0.0
+    lr: float = 1e-3
+    batch_size: int = 64
+    seg_batch_size: int = 16
+    weight_decay: float = 1e-4
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Per-task fine-tuning for evaluation arms: same optimiser and early stopping for every arm."""
+
+    max_epochs: int = 12
+    patience: int = 3
+    max_steps_per_epoch: int = 24
+    lr: float = 5e-4
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """How the Simulation Engine runs: sites in parallel, threads each."""
+
+    parallel_sites: int = 2
+    threads_per_site: int = 1
+    server_threads: int = 2
+    min_sites: int = 0  # 0: every site must answer each stage
+    reply_timeout: float = 3600.0
+
+
+@dataclass(frozen=True)
+class CompetitorsConfig:
+    """The comparison arms of `meduniverse experiment`, with the same stages and local epochs as the method."""
+
+    federated: tuple[str, ...] = ("fedavg", "fedprox", "fedbn")
+    proximal_mu: float = 0.01
+    probes: tuple[str, ...] = ("baseline", "universal", "fedavg")
+    centralized: bool = True
+
+
+@dataclass(frozen=True)
+class FederationConfig:
+    name: str
+    sites: tuple[SiteConfig, ...]
+    pool: PoolConfig = PoolConfig()
+    inputs: tuple[tuple[str, InputSpec], ...] = tuple(DEFAULT_INPUTS.items())
+    model: ModelConfig = ModelConfig()
+    method: MethodConfig = MethodConfig()
+    finetune: FinetuneConfig = FinetuneConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
+    competitors: CompetitorsConfig = CompetitorsConfig()
+    seed: int = 0
+    source: str = ""
+
+    def input_spec(self, task: str) -> InputSpec:
+        return dict(self.inputs)[task_type(task).group]
+
+    def site(self, name: str) -> SiteConfig:
+        for s in self.sites:
+            if s.name == name:
+                return s
+        raise ConfigError(f"{self.source}: no site named '{name}' (sites: {', '.join(s.name for s in self.sites)})")
+
+    def to_dict(self) -> dict[str, Any]:
+        return _jsonable(asdict(self))
+
+    def arms(self, competitors: bool) -> list[Arm]:
+        """The arms of a run (`meduniverse.core.arms`): the method's, plus with `competitors` those of [competitors]."""
+        c = self.competitors
+        return selected_arms(c.federated, c.probes, c.centralized, competitors)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def leave_out(config: FederationConfig, name: str) -> FederationConfig:
+    """The federation without one site (nor its images in the pool): for leave-one-site-out generalisation."""
+    site = config.site(name)
+    rest = tuple(s for s in config.sites if s is not site)
+    if not rest:
+        raise ConfigError(f"{config.source}: leaving out '{name}' leaves no site")
+    pool = replace(config.pool, sites=tuple(s for s in config.pool.sites if s != name))
+    return replace(config, name=f"{config.name}-without-{name}", sites=rest, pool=pool)

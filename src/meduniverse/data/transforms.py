@@ -1,0 +1,51 @@
+"""Bring images and masks to the federation's input specification, and normalise batches.
+
+Resizing is done once, batched, with torch (a per-image MONAI ``Resize`` gives the same result
+at several times the cost); the files on disk are never touched.
+"""
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from meduniverse.core.config import MEAN, STD, InputSpec
+
+
+def images_to_spec(images: np.ndarray, spec: InputSpec, chunk: int = 512) -> torch.Tensor:
+    """uint8 (N,H,W[,C]) -> uint8 tensor (N,channels,size,size): gray<->RGB, antialiased bilinear resize."""
+    x = torch.from_numpy(np.require(images, requirements=["C", "W"]))
+    x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
+    if x.shape[1] != spec.channels:
+        x = x.expand(-1, spec.channels, -1, -1) if x.shape[1] == 1 else x.float().mean(1, keepdim=True).round().byte()
+    if x.shape[-1] == spec.size and x.shape[-2] == spec.size:
+        return x.contiguous()
+    out = []
+    for part in x.split(chunk):
+        resized = F.interpolate(part.float(), size=(spec.size, spec.size), mode="bilinear", antialias=True, align_corners=False)
+        out.append(resized.round().clamp(0, 255).byte())
+    return torch.cat(out)
+
+
+def masks_to_spec(masks: np.ndarray, spec: InputSpec) -> torch.Tensor:
+    """uint8 (N,H,W) class ids -> int64 tensor (N,size,size), nearest-neighbour."""
+    m = torch.from_numpy(np.require(masks, requirements=["C", "W"])).unsqueeze(1).float()
+    if m.shape[-1] != spec.size or m.shape[-2] != spec.size:
+        m = F.interpolate(m, size=(spec.size, spec.size), mode="nearest")
+    return m[:, 0].long()
+
+
+def normalize(images: torch.Tensor) -> torch.Tensor:
+    """uint8 batch -> float batch the model takes."""
+    return (images.float() / 255.0 - MEAN) / STD
+
+
+def random_flip(images: torch.Tensor, masks: torch.Tensor | None, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Batch-wise random horizontal flip (the same flip for images and masks)."""
+    flip = torch.rand(images.shape[0], generator=generator) < 0.5
+    if flip.any():
+        images = images.clone()
+        images[flip] = images[flip].flip(-1)
+        if masks is not None:
+            masks = masks.clone()
+            masks[flip] = masks[flip].flip(-1)
+    return images, masks

@@ -1,0 +1,1 @@
+"""What users touch: the command line, prediction on image files and the HTML report."""

@@ -1,0 +1,110 @@
+"""Server-side distillation: the site models' outputs on the public pool become targets for the universal model's
+heads, with a retention term that keeps what the heads knew before."""
+
+import torch
+
+from meduniverse.core.config import MethodConfig
+from meduniverse.data.transforms import normalize
+from meduniverse.method.loop import (StepCallback, StepLosses, TrainStats, cycle_batches, make_optimizer, optimise,
+                                     pool_batch_sizes, pool_steps)
+from meduniverse.method.losses import soft_target_loss
+from meduniverse.method.mim import mim_step_loss
+from meduniverse.models.heads import DecoderHead
+from meduniverse.models.universal import UniversalModel
+
+
+@torch.no_grad()
+def pool_logits(model: UniversalModel, task_names: list[str], pool: dict[str, torch.Tensor], group_of: dict[str, str],
+                batch: int = 128) -> dict[str, torch.Tensor]:
+    """Logits (float16) of the given heads on the pool images of their input group, one encoder pass per batch.
+
+    Args:
+        model: evaluated in eval mode.
+        task_names: the heads.
+        pool: per input group, uint8 images N×C×S×S.
+        group_of: each head's input group.
+        batch: images per forward pass.
+    """
+    model.eval()
+    out: dict[str, list[torch.Tensor]] = {t: [] for t in task_names}
+    for group, images in pool.items():
+        names = [t for t in task_names if group_of[t] == group]
+        if not names:
+            continue
+        for x in images.split(batch):
+            for t, logits in model.forward_heads(normalize(x), names).items():
+                out[t].append(logits.half())
+    return {t: torch.cat(v) for t, v in out.items() if v}
+
+
+def distill(student: UniversalModel, teacher_logits: dict[str, torch.Tensor], retained_logits: dict[str, torch.Tensor],
+            pool: dict[str, torch.Tensor], group_of: dict[str, str], method: MethodConfig, seed: int,
+            mim_decoder: DecoderHead | None = None, on_step: StepCallback | None = None) -> TrainStats:
+    """Train the student so that head k matches teacher k on the pool, plus the retention term.
+
+    'mixed': every step, every head k gets KD(H_k, teacher_k) + retention * KD(H_k, G_{s-1}'s H_k)
+    (`retained_logits`). 'round_robin' (FedNet): the steps are split into one block per site k; in
+    block k the loss is KD(H_k, teacher_k) + retention * mean over j != k of KD(H_j, H_j as it was
+    when block k began). Either way + mim_weight * the MIM loss on the pool when a MIM decoder is
+    given (variant c).
+
+    Args:
+        student: the universal model, trained in place.
+        teacher_logits: per head, the teacher's logits on its group's pool images (row i = pool image i).
+        retained_logits: per head, G_{s-1}'s logits on the same images (the retention targets).
+        pool: per input group, uint8 images N×C×S×S.
+        group_of: each head's input group.
+        method: distill_epochs, schedule, retention, temperature, mim_weight, lr, batch sizes.
+        seed: batches and MIM masks.
+        mim_decoder: the stage-0 pixel decoder, trained along when mim_weight > 0.
+        on_step: progress callback (step, steps).
+    """
+    generator = torch.Generator().manual_seed(seed)
+    sizes = pool_batch_sizes(pool, method)
+    steps = pool_steps(pool, sizes, method.distill_epochs)
+    names = list(teacher_logits)
+    params = list(student.parameters()) + (list(mim_decoder.parameters()) if mim_decoder else [])
+    optimizer = make_optimizer(params, method.lr, method.weight_decay)
+    batches = cycle_batches(pool, sizes, steps, generator)
+    if method.distill_schedule == "mixed":
+        blocks = [(set(names), steps)]
+    else:
+        blocks = [({t}, steps // len(names) + (i < steps % len(names))) for i, t in enumerate(names)]
+    losses = _distill_losses(student, teacher_logits, retained_logits, pool, group_of, method, blocks, batches,
+                             generator, mim_decoder)
+    return optimise(optimizer, losses, steps, on_step=on_step)
+
+
+def _distill_losses(student: UniversalModel, teacher_logits: dict[str, torch.Tensor],
+                    retained_logits: dict[str, torch.Tensor], pool: dict[str, torch.Tensor], group_of: dict[str, str],
+                    method: MethodConfig, blocks: list[tuple[set[str], int]], batches, generator: torch.Generator,
+                    mim_decoder: DecoderHead | None) -> StepLosses:
+    """The loss of each distillation step, block by block (see `distill`)."""
+    mixed = method.distill_schedule == "mixed"
+    every_head = list(dict.fromkeys(list(teacher_logits) + list(retained_logits)))
+    tasks = {t: student.tasks[t].task for t in every_head}
+    for active, block_steps in blocks:
+        retained = [t for t in every_head if mixed or t not in active] if method.retention > 0 else []
+        if not mixed and retained:
+            retained_logits = pool_logits(student, retained, pool, group_of)
+        weight = method.retention if mixed else method.retention / max(len(retained), 1)
+        student.train()
+        for _ in range(block_steps):
+            batch = next(batches)
+            loss = torch.zeros(())
+            for group, idx in batch.items():
+                heads = [t for t in every_head if group_of[t] == group and (t in active or t in retained)]
+                if not heads:
+                    continue
+                outputs = student.forward_heads(normalize(pool[group][idx]), heads)
+                for t in heads:
+                    if t in active:
+                        loss = loss + soft_target_loss(outputs[t], teacher_logits[t][idx].float(), tasks[t],
+                                                       method.temperature)
+                    if t in retained:
+                        loss = loss + weight * soft_target_loss(outputs[t], retained_logits[t][idx].float(), tasks[t],
+                                                                method.temperature)
+                if mim_decoder is not None and method.mim_weight > 0:
+                    loss = loss + method.mim_weight * mim_step_loss(student.encoder, mim_decoder, pool[group][idx],
+                                                                    method, generator)
+            yield loss, sum(len(idx) for idx in batch.values())

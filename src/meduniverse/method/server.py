@@ -1,0 +1,92 @@
+"""What the server does with one stage's site models: reject bad updates, then distil them into the universal model."""
+
+from dataclasses import dataclass
+import math
+
+import torch
+
+from meduniverse.core.config import FederationConfig
+from meduniverse.core.tasks import task_type
+from meduniverse.method.distill import distill, pool_logits
+from meduniverse.method.loop import StepCallback, TrainStats
+from meduniverse.models.heads import DecoderHead
+from meduniverse.models.universal import UniversalModel, build_model, encoder_part, head_part, part_of
+
+MAX_NORM_RATIO = 1e3
+
+
+@dataclass
+class SiteUpdate:
+    """A site model of this stage: encoder + its head, and how many private examples trained it."""
+
+    site: str
+    state: dict[str, torch.Tensor]
+    num_examples: int
+
+
+def update_problem(update: SiteUpdate, reference: dict[str, torch.Tensor]) -> str | None:
+    """Why an update must be rejected (wrong keys/shapes, NaN or inf, norm far beyond the global model's), or None."""
+    expected = part_of(reference, update.site)
+    if set(update.state) != set(expected):
+        return f"unexpected parameter names ({len(set(update.state) ^ set(expected))} differ)"
+    norm_new = norm_ref = 0.0
+    for key, value in update.state.items():
+        if value.shape != expected[key].shape:
+            return f"{key} has shape {tuple(value.shape)}, expected {tuple(expected[key].shape)}"
+        if not torch.isfinite(value).all():
+            return f"{key} holds NaN or inf"
+        norm_new += float(value.double().pow(2).sum())
+        norm_ref += float(expected[key].double().pow(2).sum())
+    if math.sqrt(norm_new) > MAX_NORM_RATIO * max(math.sqrt(norm_ref), 1e-12):
+        return f"weight norm {math.sqrt(norm_new):.3g} is over {MAX_NORM_RATIO:g} times the global model's"
+    return None
+
+
+def weighted_average(states: list[dict[str, torch.Tensor]], weights: list[float]) -> dict[str, torch.Tensor]:
+    """Sample-weighted average of state dicts with the same keys (floating tensors only)."""
+    total = float(sum(weights))
+    return {k: sum(s[k].float() * (w / total) for s, w in zip(states, weights, strict=True)).to(states[0][k].dtype)
+            for k in states[0]}
+
+
+def student_for(previous: dict[str, torch.Tensor], updates: list[SiteUpdate], config: FederationConfig) -> UniversalModel:
+    """(a) distil_only: start from G_{s-1}. (b) average_then_distil: the encoder is the sample-weighted
+    average of the site encoders and each site's head comes with it."""
+    student = build_model(config)
+    student.load_state_dict(previous)
+    if config.method.variant == "average_then_distil":
+        state = weighted_average([encoder_part(u.state) for u in updates], [u.num_examples for u in updates])
+        for u in updates:
+            state.update(head_part(u.state, u.site))
+        student.load_state_dict(state, strict=False)
+    return student
+
+
+def server_step(previous: dict[str, torch.Tensor], updates: list[SiteUpdate], config: FederationConfig,
+                pool: dict[str, torch.Tensor], seed: int, mim_decoder: DecoderHead | None = None,
+                on_step: StepCallback | None = None) -> tuple[dict[str, torch.Tensor], TrainStats]:
+    """One stage's server step: the teachers' and G_{s-1}'s outputs on the pool, then distillation into the student.
+
+    Args:
+        previous: G_{s-1}'s state (encoder and every head).
+        updates: the accepted site models of this stage, in the configuration's site order.
+        config: the federation (model, sites' task types, method settings).
+        pool: per input group, uint8 images N×C×S×S.
+        seed: the distillation's seed.
+        mim_decoder: with method.mim_weight > 0, the pixel decoder of the MIM term (trained along).
+        on_step: progress callback (step, steps).
+
+    Returns:
+        G_s's state and the distillation's TrainStats.
+    """
+    group_of = {s.name: task_type(s.task).group for s in config.sites}
+    teacher = build_model(config)
+    teacher.load_state_dict(previous)
+    retained = pool_logits(teacher, list(group_of), pool, group_of)  # G_{s-1}'s outputs, before any site model is loaded
+    teacher_logits: dict[str, torch.Tensor] = {}
+    for u in updates:
+        teacher.load_state_dict(u.state, strict=False)
+        teacher_logits.update(pool_logits(teacher, [u.site], pool, group_of))
+    student = student_for(previous, updates, config)
+    stats = distill(student, teacher_logits, retained, pool, group_of, config.method, seed, mim_decoder, on_step)
+    return student.state_dict(), stats

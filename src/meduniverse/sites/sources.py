@@ -1,0 +1,130 @@
+"""Sites' private data, as tensors in memory at the input specification.
+
+A fraction of a pool site's train images stands in for public images of that modality: it is
+removed from the site's private split and given to the server's pool (`meduniverse.sites.pool`),
+selected by image hash so that byte-identical copies never end up on both sides.
+"""
+
+from dataclasses import dataclass
+from functools import lru_cache
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from meduniverse.core.config import InputSpec, PoolConfig, SiteConfig
+from meduniverse.core.errors import DataError
+from meduniverse.core.tasks import task_type
+from meduniverse.data.medmnist import medmnist_file
+from meduniverse.data.npz import check_images, open_npz, read_array, read_labelled_npz
+from meduniverse.data.splits import SPLITS, RawSplit, Split
+from meduniverse.data.synthetic import make_synthetic
+from meduniverse.data.transforms import images_to_spec, masks_to_spec
+
+
+@dataclass
+class SiteData:
+    """A site's private splits at its input spec, and the native shape of its stored images."""
+
+    config: SiteConfig
+    spec: InputSpec
+    splits: dict[str, Split]
+    native_shape: tuple[int, ...]
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def task(self) -> str:
+        return self.config.task
+
+
+def image_hashes(images: np.ndarray) -> list[str]:
+    """SHA-256 of each image's bytes."""
+    return [hashlib.sha256(np.ascontiguousarray(img).tobytes()).hexdigest() for img in images]
+
+
+def data_file(site: SiteConfig) -> Path:
+    if site.medmnist:
+        return medmnist_file(site.medmnist, site.medmnist_root, site.medmnist_size)
+    return site.path
+
+
+def read_raw(site: SiteConfig, seed: int = 0) -> dict[str, RawSplit]:
+    """All splits of a site as stored, checked."""
+    if site.synthetic:
+        return make_synthetic(site.synthetic, site.task, len(site.classes), seed)
+    return read_labelled_npz(data_file(site), site.task, len(site.classes))
+
+
+def read_raw_images(site: SiteConfig, seed: int = 0) -> dict[str, np.ndarray]:
+    """Images of every split, never the labels: what the server may read of a pool site."""
+    if site.synthetic:
+        return {k: v.images for k, v in make_synthetic(site.synthetic, site.task, len(site.classes), seed).items()}
+    path = data_file(site)
+    with open_npz(path) as npz:
+        return {s: check_images(read_array(npz, f"{s}_images", path), f"{path} [{s}]") for s in SPLITS}
+
+
+def pool_indices(hashes: dict[str, list[str]], fraction: float, seed: int) -> np.ndarray:
+    """Train indices lent to the pool: whole groups of identical images, none equal to a val/test image.
+
+    Args:
+        hashes: per split ('train', 'val', 'test'), the `image_hashes` of its images.
+        fraction: share of the train images to lend.
+        seed: the pool's seed.
+    """
+    held_out = set(hashes["val"]) | set(hashes["test"])
+    groups: dict[str, list[int]] = {}
+    for i, h in enumerate(hashes["train"]):
+        groups.setdefault(h, []).append(i)
+    candidates = [h for h in groups if h not in held_out]
+    order = np.random.default_rng(seed).permutation(len(candidates))
+    chosen: list[int] = []
+    target = int(round(fraction * len(hashes["train"])))
+    for j in order:
+        if len(chosen) >= target:
+            break
+        chosen.extend(groups[candidates[j]])
+    return np.sort(np.asarray(chosen, dtype=np.int64))
+
+
+def split_hashes(images: dict[str, np.ndarray]) -> dict[str, list[str]]:
+    return {split: image_hashes(x) for split, x in images.items()}
+
+
+def private_part(site: SiteConfig, raw: dict[str, RawSplit], pool: PoolConfig,
+                 hashes: dict[str, list[str]] | None = None) -> dict[str, RawSplit]:
+    """A site's private splits: its train split minus the images it lends to the pool (if it is a pool site)."""
+    if site.name not in pool.sites:
+        return raw
+    hashes = hashes or split_hashes({k: v.images for k, v in raw.items()})
+    lent = pool_indices(hashes, pool.fraction, pool.seed)
+    keep = np.setdiff1d(np.arange(len(raw["train"].images)), lent)
+    if keep.size == 0:
+        raise DataError(f"{site.source}: pool.fraction {pool.fraction} leaves no private train images")
+    return {**raw, "train": RawSplit(raw["train"].images[keep], raw["train"].targets[keep])}
+
+
+def private_raw(site: SiteConfig, pool: PoolConfig, seed: int = 0) -> dict[str, RawSplit]:
+    """A site's private splits as stored: see `private_part`."""
+    return private_part(site, read_raw(site, seed), pool)
+
+
+def to_split(raw: RawSplit, spec: InputSpec, task: str) -> Split:
+    """A stored split at the input spec: images resized once, masks nearest-neighbour, labels as they are."""
+    targets = masks_to_spec(raw.targets, spec) if task_type(task).segmentation else torch.from_numpy(raw.targets)
+    return Split(images_to_spec(raw.images, spec), targets)
+
+
+def to_site_data(site: SiteConfig, raw: dict[str, RawSplit], spec: InputSpec) -> SiteData:
+    splits = {name: to_split(split, spec, site.task) for name, split in raw.items()}
+    return SiteData(site, spec, splits, tuple(raw["train"].images.shape[1:]))
+
+
+@lru_cache(maxsize=16)
+def load_site(site: SiteConfig, pool: PoolConfig, spec: InputSpec, seed: int = 0) -> SiteData:
+    """A site's private data at the input spec (cached per process: Flower reuses the process across stages)."""
+    return to_site_data(site, private_raw(site, pool, seed), spec)
