@@ -1,6 +1,8 @@
-"""Full shared8 run (baseline + all stages + evaluation, one seed), timed: writes bench/results/end_to_end.json.
+"""Full shared8 run (baseline + all stages + evaluation, one seed), timed: writes
+bench/results/end_to_end.json.
 
-    python bench/end_to_end.py [--config configs/shared8.toml] [--out runs/bench_e2e] [--set key=value ...]
+python bench/end_to_end.py [--config configs/shared8.toml] [--out runs/bench_e2e] [--set key=value
+...]
 """
 
 import argparse
@@ -9,8 +11,8 @@ import sys
 import time
 
 from meduniverse.core.config_file import load_config
-from meduniverse.core.provenance import machine_info
 from meduniverse.core.files import write_json
+from meduniverse.core.provenance import machine_info
 from meduniverse.results.run import run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,7 +25,9 @@ def phase_speeds(stages: dict) -> dict:
         if stage == "0":
             continue
         out[f"stage_{stage}_distillation"] = record["distill"]["images_per_second"]
-        out[f"stage_{stage}_local_training"] = {s: m["train-images-per-second"] for s, m in record["sites"].items()}
+        out[f"stage_{stage}_local_training"] = {
+            s: m["train-images-per-second"] for s, m in record["sites"].items()
+        }
     return out
 
 
@@ -36,7 +40,10 @@ def main() -> None:
     args = parser.parse_args()
     config = load_config(args.config, args.overrides)
     if (Path(args.out) / "checkpoints").exists():
-        sys.exit(f"{args.out} holds an earlier run: total_seconds must time a fresh run, give a new --out")
+        sys.exit(
+            f"{args.out} holds an earlier run: total_seconds must time a fresh run, give a new "
+            "--out"
+        )
     started = time.perf_counter()
     results = run(config, Path(args.out), show_progress=sys.stderr.isatty())
     total = time.perf_counter() - started

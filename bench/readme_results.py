@@ -1,6 +1,6 @@
 """Regenerate the README's results section from bench/results/*.json (never type numbers by hand).
 
-    python bench/readme_results.py
+python bench/readme_results.py
 """
 
 import json
@@ -24,40 +24,73 @@ def mean_of(doc: dict, arm: str, split: str = "test") -> float:
 
 
 def task_table(doc: dict) -> list[str]:
-    lines = ["| site | task | metric | baseline | universal | universal_finetuned | finetuned - baseline |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| site | task | metric | baseline | universal | universal_finetuned | finetuned - "
+        "baseline |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for site, t in doc["tasks"].items():
         m = {a: t["arms"][a]["mean"] for a in ARMS}
-        lines.append(f"| {site} | {t['task']} | {t['metric']} | {m['baseline']:.3f} | {m['universal']:.3f} | "
-                     f"{m['universal_finetuned']:.3f} | {m['universal_finetuned'] - m['baseline']:+.3f} |")
-    lines.append(f"| **mean** | | | {mean_of(doc, 'baseline'):.3f} | {mean_of(doc, 'universal'):.3f} | "
-                 f"{mean_of(doc, 'universal_finetuned'):.3f} | {mean_of(doc, 'universal_finetuned') - mean_of(doc, 'baseline'):+.3f} |")
+        lines.append(
+            f"| {site} | {t['task']} | {t['metric']} | {m['baseline']:.3f} | {m['universal']:.3f} "
+            "| "
+            f"{m['universal_finetuned']:.3f} | {m['universal_finetuned'] - m['baseline']:+.3f} |"
+        )
+    lines.append(
+        f"| **mean** | | | {mean_of(doc, 'baseline'):.3f} | {mean_of(doc, 'universal'):.3f} | "
+        f"{mean_of(doc, 'universal_finetuned'):.3f} | "
+        f"{mean_of(doc, 'universal_finetuned') - mean_of(doc, 'baseline'):+.3f} |"
+    )
     return lines
 
 
 def variant_table(docs: dict[str, dict]) -> list[str]:
-    lines = ["| variant | val: universal | val: universal_finetuned | test: universal | test: universal_finetuned | run time |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "| variant | val: universal | val: universal_finetuned | test: universal | test: "
+        "universal_finetuned | run time |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, doc in docs.items():
-        lines.append(f"| `{name}` | {mean_of(doc, 'universal', 'val'):.3f} | {mean_of(doc, 'universal_finetuned', 'val'):.3f} | "
-                     f"{mean_of(doc, 'universal'):.3f} | {mean_of(doc, 'universal_finetuned'):.3f} | {doc['total_seconds'] / 60:.1f} min |")
+        lines.append(
+            f"| `{name}` | {mean_of(doc, 'universal', 'val'):.3f} | "
+            f"{mean_of(doc, 'universal_finetuned', 'val'):.3f} | "
+            f"{mean_of(doc, 'universal'):.3f} | {mean_of(doc, 'universal_finetuned'):.3f} | "
+            f"{doc['total_seconds'] / 60:.1f} min |"
+        )
     return lines
 
 
 def throughput_table(doc: dict) -> list[str]:
-    lines = ["| widths | encoder parameters | head | input | 1 thread | 2 threads |", "|---|---|---|---|---|---|"]
+    lines = [
+        "| widths | encoder parameters | head | input | 1 thread | 2 threads |",
+        "|---|---|---|---|---|---|",
+    ]
     rows = doc["rows"]
     for r in rows:
         if r["threads"] != 1:
             continue
-        two = next(x for x in rows if x["threads"] == 2 and x["widths"] == r["widths"] and x["head"] == r["head"])
-        cells = [f"{x['train_images_per_second']:.0f} ({x['inference_images_per_second']:.0f})" for x in (r, two)]
-        lines.append(f"| {'-'.join(map(str, r['widths']))} | {r['encoder_parameters'] / 1e6:.2f}M | {r['head']} | "
-                     f"{r['size']} px | {cells[0]} | {cells[1]} |")
+        two = next(
+            x
+            for x in rows
+            if x["threads"] == 2 and x["widths"] == r["widths"] and x["head"] == r["head"]
+        )
+        cells = [
+            f"{x['train_images_per_second']:.0f} ({x['inference_images_per_second']:.0f})"
+            for x in (r, two)
+        ]
+        lines.append(
+            f"| {'-'.join(map(str, r['widths']))} | {r['encoder_parameters'] / 1e6:.2f}M | "
+            f"{r['head']} | "
+            f"{r['size']} px | {cells[0]} | {cells[1]} |"
+        )
     return lines
 
 
-COMPETITORS = ("fedavg", "fedprox", "fedbn")  # `local` is the baseline's own computation (see the arms table)
+COMPETITORS = (
+    "fedavg",
+    "fedprox",
+    "fedbn",
+)  # `local` is the baseline's own computation (see the arms table)
 
 
 def cell(arm: dict | None) -> str:
@@ -69,29 +102,57 @@ def p_value(test: dict | None) -> str:
 
 
 def headline_table(doc: dict) -> list[str]:
-    """Per task: baseline, universal, universal_finetuned, best competitor, centralised, paired p-values."""
-    lines = ["| site | metric | baseline (= local) | universal | universal_finetuned | best federated competitor | centralized | "
-             "p (universal vs baseline) | p (universal_finetuned vs baseline) |", "|---|---|---|---|---|---|---|---|---|"]
+    """Per task: baseline, universal, universal_finetuned, best competitor, centralised, paired
+    p-values."""
+    lines = [
+        "| site | metric | baseline (= local) | universal | universal_finetuned | best federated "
+        "competitor | centralized | "
+        "p (universal vs baseline) | p (universal_finetuned vs baseline) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for site, t in doc["tasks"].items():
         arms, tests = t["arms"], doc["per_task_tests"].get(site, {})
         best = max((a for a in COMPETITORS if a in arms), key=lambda a: arms[a]["mean"])
-        lines.append(f"| {site} | {t['metric']} | {cell(arms.get('baseline'))} | {cell(arms.get('universal'))} | "
-                     f"{cell(arms.get('universal_finetuned'))} | {best}: {cell(arms[best])} | {cell(arms.get('centralized'))} | "
-                     f"{p_value(tests.get('universal_vs_baseline'))} | {p_value(tests.get('universal_finetuned_vs_baseline'))} |")
-    names = [a for a in ("baseline", "universal", "universal_finetuned", *COMPETITORS, "centralized")
-             if all(a in t["arms"] for t in doc["tasks"].values())]
-    lines += ["", "Mean over the tasks: " + ", ".join(f"{a} {mean_of(doc, a):.3f}" for a in names) + "."]
+        lines.append(
+            f"| {site} | {t['metric']} | {cell(arms.get('baseline'))} | "
+            f"{cell(arms.get('universal'))} | "
+            f"{cell(arms.get('universal_finetuned'))} | {best}: {cell(arms[best])} | "
+            f"{cell(arms.get('centralized'))} | "
+            f"{p_value(tests.get('universal_vs_baseline'))} | "
+            f"{p_value(tests.get('universal_finetuned_vs_baseline'))} |"
+        )
+    names = [
+        a
+        for a in ("baseline", "universal", "universal_finetuned", *COMPETITORS, "centralized")
+        if all(a in t["arms"] for t in doc["tasks"].values())
+    ]
+    lines += [
+        "",
+        "Mean over the tasks: " + ", ".join(f"{a} {mean_of(doc, a):.3f}" for a in names) + ".",
+    ]
     for ours in ("universal", "universal_finetuned"):
-        behind = [site for site, t in doc["tasks"].items() if t["arms"][ours]["mean"] < t["arms"]["baseline"]["mean"]]
-        lines.append(f"`{ours}` is behind the baseline on {len(behind)} of {len(doc['tasks'])} tasks"
-                     + (f": {', '.join(behind)}." if behind else "."))
+        behind = [
+            site
+            for site, t in doc["tasks"].items()
+            if t["arms"][ours]["mean"] < t["arms"]["baseline"]["mean"]
+        ]
+        lines.append(
+            f"`{ours}` is behind the baseline on {len(behind)} of {len(doc['tasks'])} tasks"
+            + (f": {', '.join(behind)}." if behind else ".")
+        )
     return lines
 
 
 def tests_table(doc: dict) -> list[str]:
-    lines = ["| comparison | pairs (task, seed) | wins | losses | mean difference | Wilcoxon p |", "|---|---|---|---|---|---|"]
+    lines = [
+        "| comparison | pairs (task, seed) | wins | losses | mean difference | Wilcoxon p |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, t in doc["tests"].items():
-        lines.append(f"| {name} | {t['n_pairs']} | {t['wins']} | {t['losses']} | {t['mean_difference']:+.4f} | {t['wilcoxon_p']:.3g} |")
+        lines.append(
+            f"| {name} | {t['n_pairs']} | {t['wins']} | {t['losses']} | "
+            f"{t['mean_difference']:+.4f} | {t['wilcoxon_p']:.3g} |"
+        )
     return lines
 
 
@@ -105,12 +166,19 @@ def probe_table(doc: dict) -> list[str]:
 
 
 def fidelity_table(doc: dict) -> list[str]:
-    lines = ["| site | last-stage site teacher | universal - teacher | universal - baseline | universal - universal_finetuned | universal - centralized |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "| site | last-stage site teacher | universal - teacher | universal - baseline | universal "
+        "- universal_finetuned | universal - centralized |",
+        "|---|---|---|---|---|---|",
+    ]
     for site, t in doc["tasks"].items():
         f = t["fidelity"]
-        lines.append(f"| {site} | {f['teacher_test']:.3f} | {f['universal_minus_teacher']:+.3f} | {f['universal_minus_baseline']:+.3f} | "
-                     f"{f['universal_minus_universal_finetuned']:+.3f} | {f.get('universal_minus_centralized', float('nan')):+.3f} |")
+        lines.append(
+            f"| {site} | {f['teacher_test']:.3f} | {f['universal_minus_teacher']:+.3f} | "
+            f"{f['universal_minus_baseline']:+.3f} | "
+            f"{f['universal_minus_universal_finetuned']:+.3f} | "
+            f"{f.get('universal_minus_centralized', float('nan')):+.3f} |"
+        )
     return lines
 
 
@@ -119,14 +187,30 @@ def adapt_table(doc: dict) -> list[str]:
     for site, entry in doc.get("adapt_results", {}).items():
         arms = entry["arms"]
         fractions = sorted({a.split("@")[1] for a in arms}, key=float)
-        lines += [f"Unseen site `{site}`, adapted from the encoders of the experiment's first seed (test {entry['metric']}, "
-                  f"{len(entry['seeds'])} seeds of label subsets and training, mean [95% CI]; `bench/results/adapt_{site.split('_')[0]}.json`, "
-                  f"commit `{entry['commit'][:12]}`):", "",
-                  "| labels | " + " | ".join(f"{e}_{m}" for e in ("baseline", "universal") for m in ("probe", "finetune")) + " |",
-                  "|---|---|---|---|---|"]
+        lines += [
+            f"Unseen site `{site}`, adapted from the encoders of the experiment's first seed (test "
+            f"{entry['metric']}, "
+            f"{len(entry['seeds'])} seeds of label subsets and training, mean [95% CI]; "
+            f"`bench/results/adapt_{site.split('_')[0]}.json`, "
+            f"commit `{entry['commit'][:12]}`):",
+            "",
+            "| labels | "
+            + " | ".join(
+                f"{e}_{m}" for e in ("baseline", "universal") for m in ("probe", "finetune")
+            )
+            + " |",
+            "|---|---|---|---|---|",
+        ]
         for f in fractions:
-            lines.append(f"| {float(f):.0%} | " + " | ".join(cell(arms[f"{e}_{m}@{f}"]) for e in ("baseline", "universal")
-                                                            for m in ("probe", "finetune")) + " |")
+            lines.append(
+                f"| {float(f):.0%} | "
+                + " | ".join(
+                    cell(arms[f"{e}_{m}@{f}"])
+                    for e in ("baseline", "universal")
+                    for m in ("probe", "finetune")
+                )
+                + " |"
+            )
     return lines
 
 
@@ -134,36 +218,86 @@ def section() -> str:
     lines = []
     exp = load("shared8.json")
     if exp is not None:
-        lines += [f"`configs/shared8.toml`, {len(exp['seeds'])} seeds {exp['seeds']}, test split of each site (AUC for "
-                  f"classification, Dice for segmentation), mean [95% bootstrap CI over seeds]. From `bench/results/shared8.json`: "
-                  f"`{exp['command']}` at commit `{exp['commit'][:12]}`"
-                  + (f" (seeds trained and evaluated at commit `{exp['computed_at_commit'][:12]}`)" if exp.get("computed_at_commit") else "")
-                  + "; each seed took "
-                  + ", ".join(f"{v / 60:.0f}" for v in exp["seed_seconds"].values()) + f" minutes on {exp['machine']['cpus']} CPU cores. p: paired t-test over seeds for that task.", "", *headline_table(exp),
-                  "", "Paired tests over every (task, seed) pair (SciPy's Wilcoxon signed-rank):", "", *tests_table(exp),
-                  "", "Frozen encoders (each task's head trained alone, same schedule):", "", *probe_table(exp),
-                  "", "The universal model as is, against the site's own last-stage model (distillation fidelity) and "
-                  "the other arms (differences of means):", "", *fidelity_table(exp)]
+        lines += [
+            f"`configs/shared8.toml`, {len(exp['seeds'])} seeds {exp['seeds']}, test split of each "
+            "site (AUC for "
+            "classification, Dice for segmentation), mean [95% bootstrap CI over seeds]. From "
+            "`bench/results/shared8.json`: "
+            f"`{exp['command']}` at commit `{exp['commit'][:12]}`"
+            + (
+                f" (seeds trained and evaluated at commit `{exp['computed_at_commit'][:12]}`)"
+                if exp.get("computed_at_commit")
+                else ""
+            )
+            + "; each seed took "
+            + ", ".join(f"{v / 60:.0f}" for v in exp["seed_seconds"].values())
+            + f" minutes on {exp['machine']['cpus']} CPU cores. p: paired t-test over seeds for "
+            "that task.",
+            "",
+            *headline_table(exp),
+            "",
+            "Paired tests over every (task, seed) pair (SciPy's Wilcoxon signed-rank):",
+            "",
+            *tests_table(exp),
+            "",
+            "Frozen encoders (each task's head trained alone, same schedule):",
+            "",
+            *probe_table(exp),
+            "",
+            "The universal model as is, against the site's own last-stage model (distillation "
+            "fidelity) and "
+            "the other arms (differences of means):",
+            "",
+            *fidelity_table(exp),
+        ]
         if exp.get("adapt_results"):
             lines += ["", *adapt_table(exp)]
     main = load("end_to_end.json")
     if main is not None:
         variant = main["config"]["method"]["variant"]
-        lines += ["", f"Issue 2's single-seed run (`configs/shared8.toml`, seed {main['seeds'][0]}, variant `{variant}`; "
-                  f"`bench/results/end_to_end.json`: `{main['command']}` at commit `{main['commit'][:12]}`, "
-                  f"{main['total_seconds'] / 60:.1f} minutes):", "", *task_table(main)]
+        lines += [
+            "",
+            f"Issue 2's single-seed run (`configs/shared8.toml`, seed {main['seeds'][0]}, variant "
+            f"`{variant}`; "
+            f"`bench/results/end_to_end.json`: `{main['command']}` at commit "
+            f"`{main['commit'][:12]}`, "
+            f"{main['total_seconds'] / 60:.1f} minutes):",
+            "",
+            *task_table(main),
+        ]
         others = sorted(RESULTS.glob("variant_*.json"))
         if others:
             docs = {variant: main}
-            docs.update({d["config"]["method"]["variant"]: d for d in (json.loads(p.read_text()) for p in others)})
+            docs.update(
+                {
+                    d["config"]["method"]["variant"]: d
+                    for d in (json.loads(p.read_text()) for p in others)
+                }
+            )
             files = ", ".join(f"`bench/results/{p.name}`" for p in others)
-            lines += ["", f"Ablation of the variants, mean over the eight tasks, same seed (chosen on the validation "
-                      f"columns; from `bench/results/end_to_end.json` and {files}):", "", *variant_table(docs)]
+            lines += [
+                "",
+                "Ablation of the variants, mean over the eight tasks, same seed (chosen on the "
+                "validation "
+                f"columns; from `bench/results/end_to_end.json` and {files}):",
+                "",
+                *variant_table(docs),
+            ]
     speed = load("throughput.json")
     if speed is not None:
-        lines += ["", f"Encoder + head throughput, images/s, fp32, forward + backward + AdamW (inference in brackets); "
-                  f"`bench/results/throughput.json` (`{speed['command']}`):", "", *throughput_table(speed)]
-    return "\n".join(lines) if lines else "No benchmark has been run yet: `python bench/end_to_end.py`."
+        lines += [
+            "",
+            "Encoder + head throughput, images/s, fp32, forward + backward + AdamW (inference in "
+            "brackets); "
+            f"`bench/results/throughput.json` (`{speed['command']}`):",
+            "",
+            *throughput_table(speed),
+        ]
+    return (
+        "\n".join(lines)
+        if lines
+        else "No benchmark has been run yet: `python bench/end_to_end.py`."
+    )
 
 
 def main() -> None:

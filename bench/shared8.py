@@ -1,5 +1,7 @@
-"""Collect the shared8 experiment into bench/results: shared8.json (with the variant ablation and the unseen-site
-curves), adapt_covid.json and the report's figures; rebuild the report. The numbers come from the runs only.
+"""Collect the shared8 experiment into bench/results: shared8.json (with the variant ablation and
+the unseen-site
+curves), adapt_covid.json and the report's figures; rebuild the report. The numbers come from the
+runs only.
 
     meduniverse experiment configs/shared8.toml --seeds 3 --out runs/shared8
     meduniverse adapt runs/shared8/seed_0 --data ../shared/data/covid_xray.npz --task multiclass \\
@@ -21,29 +23,47 @@ RESULTS = ROOT / "bench" / "results"
 
 
 def mean(doc: dict, arm: str, split: str) -> float:
-    values = [t["arms"][arm]["val"]["mean"] if split == "val" else t["arms"][arm]["mean"] for t in doc["tasks"].values()]
+    values = [
+        t["arms"][arm]["val"]["mean"] if split == "val" else t["arms"][arm]["mean"]
+        for t in doc["tasks"].values()
+    ]
     return sum(values) / len(values)
 
 
 def ablation_rows() -> list[dict]:
-    """The variant runs of the method (one seed each, same config otherwise), mean over the eight tasks."""
+    """The variant runs of the method (one seed each, same config otherwise), mean over the eight
+    tasks."""
     rows = []
     for path in [RESULTS / "end_to_end.json", *sorted(RESULTS.glob("variant_*.json"))]:
         doc = json.loads(path.read_text())
-        rows.append({"variant": doc["config"]["method"]["variant"], "file": f"bench/results/{path.name}",
-                     "seeds": doc["seeds"], "commit": doc["commit"],
-                     **{f"{split}_{arm}": mean(doc, arm, split) for split in ("val", "test")
-                        for arm in ("baseline", "universal", "universal_finetuned")}})
+        rows.append(
+            {
+                "variant": doc["config"]["method"]["variant"],
+                "file": f"bench/results/{path.name}",
+                "seeds": doc["seeds"],
+                "commit": doc["commit"],
+                **{
+                    f"{split}_{arm}": mean(doc, arm, split)
+                    for split in ("val", "test")
+                    for arm in ("baseline", "universal", "universal_finetuned")
+                },
+            }
+        )
     return rows
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("experiment", type=Path)
     parser.add_argument("--adapt", type=Path, action="append", default=[])
     parser.add_argument("--config", type=Path, default=ROOT / "configs" / "shared8.toml")
-    parser.add_argument("--computed-at", help="commit that trained and evaluated the seeds, when the results were "
-                                              "assembled (resumed) later at another commit")
+    parser.add_argument(
+        "--computed-at",
+        help="commit that trained and evaluated the seeds, when the results were "
+        "assembled (resumed) later at another commit",
+    )
     args = parser.parse_args()
     results = json.loads((args.experiment / "results.json").read_text())
     if args.computed_at:
@@ -52,9 +72,18 @@ def main() -> None:
     for adapt_dir in args.adapt:
         adapt = json.loads((adapt_dir / "results.json").read_text())
         results.setdefault("adapt", {}).update(adapt["adapt"])
-        results.setdefault("adapt_results", {}).update({site: {"arms": t["arms"], "metric": t["metric"], "tests": adapt["tests"],
-                                                               "seeds": adapt["seeds"], "commit": adapt["commit"]}
-                                                        for site, t in adapt["tasks"].items()})
+        results.setdefault("adapt_results", {}).update(
+            {
+                site: {
+                    "arms": t["arms"],
+                    "metric": t["metric"],
+                    "tests": adapt["tests"],
+                    "seeds": adapt["seeds"],
+                    "commit": adapt["commit"],
+                }
+                for site, t in adapt["tasks"].items()
+            }
+        )
     write_json(RESULTS / "shared8.json", results)
     build_report(args.experiment, results, load_config(args.config))
     figures = RESULTS / "shared8_figures"

@@ -1,4 +1,4 @@
-"""Shared fixtures: the real datasets in ../shared/data, tiny configurations, and a loopback grid."""
+"""Shared fixtures: the real datasets in ../shared/data, tiny configurations, a loopback grid."""
 
 import os
 from pathlib import Path
@@ -6,17 +6,24 @@ from pathlib import Path
 import pytest
 import torch
 
-from meduniverse.interfaces.cli import demo_config_path
 from meduniverse.core.config_file import load_config
+from meduniverse.interfaces.cli import demo_config_path
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("MEDUNIVERSE_SHARED", ROOT.parent / "shared")) / "data"
 
 # Small budgets: every step runs, nothing converges.
 TINY = [
-    "method.stages=1", "method.mim_epochs=1", "method.local_epochs=1", "method.distill_epochs=1",
-    "method.min_steps_per_epoch=1", "method.max_steps_per_epoch=2", "finetune.max_epochs=2", "finetune.patience=1",
-    "pool.max_images=96", "pool.segmentation_max=16",
+    "method.stages=1",
+    "method.mim_epochs=1",
+    "method.local_epochs=1",
+    "method.distill_epochs=1",
+    "method.min_steps_per_epoch=1",
+    "method.max_steps_per_epoch=2",
+    "finetune.max_epochs=2",
+    "finetune.patience=1",
+    "pool.max_images=96",
+    "pool.segmentation_max=16",
 ]
 
 
@@ -39,4 +46,7 @@ def demo_config():
 
 @pytest.fixture
 def shared8_config(shared_data):
-    return load_config(ROOT / "configs" / "shared8.toml", TINY + ["model.widths=[8, 16, 32, 64]", f"data_root='{shared_data}'"])
+    return load_config(
+        ROOT / "configs" / "shared8.toml",
+        [*TINY, "model.widths=[8, 16, 32, 64]", f"data_root='{shared_data}'"],
+    )

@@ -1,4 +1,5 @@
-"""Test-only Grid that hands each message straight to an in-process ClientApp and records every reply.
+"""Test-only Grid that hands each message straight to an in-process ClientApp and records every
+reply.
 
 It drives the real ServerApp flow and the real ClientApp handlers without starting Ray (Flower's
 Simulation Engine takes about 12 s to start here); users always run on Flower's own engines.
@@ -17,11 +18,19 @@ from flwr.supercore.task_identity import TaskIdentity
 class LoopbackGrid(Grid):
     def __init__(self, client_app: ClientApp, num_nodes: int, node_config: dict | None = None):
         self.client_app = client_app
-        TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, SUPERLINK_NODE_ID  # as run_simulation does
+        TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = (
+            1,
+            1,
+            SUPERLINK_NODE_ID,
+        )  # as run_simulation does
         self.contexts = {
-            1000 + i: Context(run_id=1, node_id=1000 + i,
-                              node_config={"partition-id": i, "num-partitions": num_nodes, **(node_config or {})},
-                              state=RecordDict(), run_config={})
+            1000 + i: Context(
+                run_id=1,
+                node_id=1000 + i,
+                node_config={"partition-id": i, "num-partitions": num_nodes, **(node_config or {})},
+                state=RecordDict(),
+                run_config={},
+            )
             for i in range(num_nodes)
         }
         self.outbox: dict[str, Message] = {}
@@ -36,7 +45,14 @@ class LoopbackGrid(Grid):
     def run(self):
         return self._run
 
-    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str, ttl: float | None = None) -> Message:
+    def create_message(
+        self,
+        content: RecordDict,
+        message_type: str,
+        dst_node_id: int,
+        group_id: str,
+        ttl: float | None = None,
+    ) -> Message:
         return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
 
     def get_node_ids(self) -> Iterable[int]:
@@ -51,7 +67,7 @@ class LoopbackGrid(Grid):
             self.requests.append(msg)
             try:
                 reply = self.client_app(msg, self.contexts[msg.metadata.dst_node_id])
-            except Exception as exc:  # noqa: BLE001 - Flower turns ClientApp exceptions into error replies too
+            except Exception as exc:
                 reply = Message(Error(code=0, reason=repr(exc)), reply_to=msg)
             self.replies.append(reply)
             self.outbox[msg_id] = reply
@@ -61,5 +77,7 @@ class LoopbackGrid(Grid):
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
         return [self.outbox.pop(i) for i in list(message_ids) if i in self.outbox]
 
-    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
         return self.pull_messages(self.push_messages(messages))

@@ -1,20 +1,24 @@
-"""Test-only ClientApp for tests/test_deployment.py, never part of the product: meduniverse's deployed ClientApp,
+"""Test-only ClientApp for tests/test_deployment.py, never part of the product: meduniverse's
+deployed ClientApp,
 except that a node's --node-config can make it misbehave.
 
     poison = 'nan' | 'inf' | 'huge'   its training reply carries NaN, inf, or its weights times 1e6
     poison-stage = S                  ... only at stage S (default 0: every stage)
-    fail-stage = S                    its training raises at stage S (what a rejected update amounts to)
-    fail-from-stage = S               its training raises from stage S on, and every evaluation (a node gone)
+    fail-stage = S                    its training raises at stage S (what a rejected update amounts
+    to)
+    fail-from-stage = S               its training raises from stage S on, and every evaluation (a
+    node gone)
 
-`flwr run` ships this file in the test app's FAB (tests/test_deployment.py writes that app directory).
+`flwr run` ships this file in the test app's FAB (tests/test_deployment.py writes that app
+directory).
 """
 
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 import torch
 
-from meduniverse.federation.client_app import make_client_app
 from meduniverse.deploy.apps import node_federation
+from meduniverse.federation.client_app import make_client_app
 from meduniverse.federation.messages import ARRAYS, CONFIG, from_arrays, to_arrays
 
 NEVER = 1 << 30
@@ -46,7 +50,9 @@ def train(msg: Message, context: Context) -> Message:
         raise RuntimeError(f"site {node['site']} fails at stage {stage} (test)")
     reply = real(msg, context)
     if "poison" in node and int(node.get("poison-stage", 0)) in (0, stage):
-        reply.content[ARRAYS] = to_arrays(poison(from_arrays(reply.content[ARRAYS]), str(node["poison"])))
+        reply.content[ARRAYS] = to_arrays(
+            poison(from_arrays(reply.content[ARRAYS]), str(node["poison"]))
+        )
     return reply
 
 

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from meduniverse.interfaces.cli import app
-from meduniverse.data.npz import read_labelled_npz
 from meduniverse.core.errors import DataError
+from meduniverse.data.npz import read_labelled_npz
+from meduniverse.interfaces.cli import app
 
 pytestmark = pytest.mark.badinput
 
@@ -37,7 +37,9 @@ def write(tmp_path: Path, arrays: dict[str, np.ndarray], name: str = "site.npz")
     return path
 
 
-def broken(base: dict[str, np.ndarray], key: str, value: np.ndarray | None) -> dict[str, np.ndarray]:
+def broken(
+    base: dict[str, np.ndarray], key: str, value: np.ndarray | None
+) -> dict[str, np.ndarray]:
     arrays = dict(base)
     if value is None:
         del arrays[key]
@@ -48,28 +50,67 @@ def broken(base: dict[str, np.ndarray], key: str, value: np.ndarray | None) -> d
 
 CLASSIFICATION_CASES = {
     "missing key": (broken(good_classification(), "val_labels", None), "missing key 'val_labels'"),
-    "wrong image dtype": (broken(good_classification(), "train_images", np.zeros((6, 28, 28), np.int32)), "dtype int32"),
-    "wrong label dtype": (broken(good_classification(), "train_labels", np.array(["a"] * 6).reshape(-1, 1)), "labels must be integers"),
-    "wrong rank": (broken(good_classification(), "train_images", np.zeros((6, 28), np.uint8)), "must have shape"),
-    "label out of range": (broken(good_classification(), "test_labels", np.full((6, 1), 7)), "label 7 out of range 0..1"),
-    "empty split": (broken(broken(good_classification(), "val_images", np.zeros((0, 28, 28), np.uint8)),
-                           "val_labels", np.zeros((0, 1), np.int64)), "empty split"),
-    "NaN labels": (broken(good_classification(), "train_labels", np.array([[0.0], [np.nan], [1.0], [0.0], [1.0], [0.0]])), "NaN"),
-    "NaN images": (broken(good_classification(), "train_images", np.full((6, 28, 28), np.nan, np.float32)), "NaN"),
-    "count mismatch": (broken(good_classification(), "train_labels", np.zeros((5, 1), np.int64)), "5 labels for 6 images"),
+    "wrong image dtype": (
+        broken(good_classification(), "train_images", np.zeros((6, 28, 28), np.int32)),
+        "dtype int32",
+    ),
+    "wrong label dtype": (
+        broken(good_classification(), "train_labels", np.array(["a"] * 6).reshape(-1, 1)),
+        "labels must be integers",
+    ),
+    "wrong rank": (
+        broken(good_classification(), "train_images", np.zeros((6, 28), np.uint8)),
+        "must have shape",
+    ),
+    "label out of range": (
+        broken(good_classification(), "test_labels", np.full((6, 1), 7)),
+        "label 7 out of range 0..1",
+    ),
+    "empty split": (
+        broken(
+            broken(good_classification(), "val_images", np.zeros((0, 28, 28), np.uint8)),
+            "val_labels",
+            np.zeros((0, 1), np.int64),
+        ),
+        "empty split",
+    ),
+    "NaN labels": (
+        broken(
+            good_classification(),
+            "train_labels",
+            np.array([[0.0], [np.nan], [1.0], [0.0], [1.0], [0.0]]),
+        ),
+        "NaN",
+    ),
+    "NaN images": (
+        broken(good_classification(), "train_images", np.full((6, 28, 28), np.nan, np.float32)),
+        "NaN",
+    ),
+    "count mismatch": (
+        broken(good_classification(), "train_labels", np.zeros((5, 1), np.int64)),
+        "5 labels for 6 images",
+    ),
 }
 
 
 SEGMENTATION_CASES = {
-    "mask values outside the classes": (broken(good_segmentation(), "train_masks", np.full((4, 32, 32), 3, np.uint8)), "outside the classes"),
-    "mask shape differs": (broken(good_segmentation(), "val_masks", np.zeros((4, 16, 16), np.uint8)), "does not match images"),
+    "mask values outside the classes": (
+        broken(good_segmentation(), "train_masks", np.full((4, 32, 32), 3, np.uint8)),
+        "outside the classes",
+    ),
+    "mask shape differs": (
+        broken(good_segmentation(), "val_masks", np.zeros((4, 16, 16), np.uint8)),
+        "does not match images",
+    ),
     "missing masks": (broken(good_segmentation(), "test_masks", None), "missing key 'test_masks'"),
     "NaN masks": (broken(good_segmentation(), "train_masks", np.full((4, 32, 32), np.nan)), "NaN"),
 }
 
 
-CASES = {**{("binary", name): case for name, case in CLASSIFICATION_CASES.items()},
-         **{("segmentation", name): case for name, case in SEGMENTATION_CASES.items()}}
+CASES = {
+    **{("binary", name): case for name, case in CLASSIFICATION_CASES.items()},
+    **{("segmentation", name): case for name, case in SEGMENTATION_CASES.items()},
+}
 
 
 @pytest.mark.parametrize("task, case", sorted(CASES))
@@ -87,7 +128,7 @@ def test_missing_and_unreadable_files(tmp_path):
         read_labelled_npz(tmp_path / "absent.npz", "binary", 2)
     garbage = tmp_path / "garbage.npz"
     garbage.write_bytes(b"not a zip file")
-    with pytest.raises(DataError, match="not a readable .npz"):
+    with pytest.raises(DataError, match=r"not a readable \.npz"):
         read_labelled_npz(garbage, "binary", 2)
 
 
@@ -109,10 +150,16 @@ classes = ["a", "b"]
 def test_cli_run_on_bad_data_names_file_and_writes_nothing(tmp_path):
     data = write(tmp_path, broken(good_classification(), "test_labels", np.full((6, 1), 7)))
     out = tmp_path / "run"
-    result = CliRunner().invoke(app, ["run", str(config_for(tmp_path, data)), "--out", str(out), "--no-progress"])
+    result = CliRunner().invoke(
+        app, ["run", str(config_for(tmp_path, data)), "--out", str(out), "--no-progress"]
+    )
     assert result.exit_code == 1
     assert str(data) in result.output and "out of range" in result.output
-    assert not (out / "results.json").exists() and not (out / "checkpoints").exists() and not (out / "model").exists()
+    assert (
+        not (out / "results.json").exists()
+        and not (out / "checkpoints").exists()
+        and not (out / "model").exists()
+    )
 
 
 def test_cli_sites_on_bad_data_names_file(tmp_path):
@@ -122,16 +169,37 @@ def test_cli_sites_on_bad_data_names_file(tmp_path):
     assert str(data) in result.output and "missing key 'val_labels'" in result.output
 
 
-@pytest.mark.parametrize("text, problem", [
-    ("name = 1\n[[sites]]\nname='a'\ntask='binary'\nclasses=['x','y']\npath='a.npz'\n", "expected str"),
-    ("[[sites]]\nname='a'\ntask='regression'\nclasses=['x','y']\npath='a.npz'\n", "task 'regression' unknown"),
-    ("[[sites]]\nname='a'\ntask='binary'\nclasses=['x','y']\npath='a.npz'\ncolour='red'\n", "unknown key(s) ['colour']"),
-    ("[[sites]]\nname='a'\ntask='binary'\nclasses=['x','y','z']\npath='a.npz'\n", "exactly 2 classes"),
-    ("[[sites]]\nname='a'\ntask='binary'\nclasses=['x','y']\n", "exactly one of 'path'"),
-    ("[method]\nvariant='magic'\n[[sites]]\nname='a'\ntask='binary'\nclasses=['x','y']\npath='a.npz'\n", "variant 'magic'"),
-    ("this is = not toml ]", "not valid TOML"),
-    ("[model]\nencoder='vit'\n[[sites]]\nname='a'\ntask='binary'\nclasses=['x','y']\npath='a.npz'\n", "one input size"),
-])
+@pytest.mark.parametrize(
+    "text, problem",
+    [
+        (
+            "name = 1\n[[sites]]\nname='a'\ntask='binary'\nclasses=['x','y']\npath='a.npz'\n",
+            "expected str",
+        ),
+        (
+            "[[sites]]\nname='a'\ntask='regression'\nclasses=['x','y']\npath='a.npz'\n",
+            "task 'regression' unknown",
+        ),
+        (
+            "[[sites]]\nname='a'\ntask='binary'\nclasses=['x','y']\npath='a.npz'\ncolour='red'\n",
+            "unknown key(s) ['colour']",
+        ),
+        (
+            "[[sites]]\nname='a'\ntask='binary'\nclasses=['x','y','z']\npath='a.npz'\n",
+            "exactly 2 classes",
+        ),
+        ("[[sites]]\nname='a'\ntask='binary'\nclasses=['x','y']\n", "exactly one of 'path'"),
+        (
+            "[method]\nvariant='magic'\n[[sites]]\nname='a'\ntask='binary'\nclasses=['x','y']\npath='a.npz'\n",
+            "variant 'magic'",
+        ),
+        ("this is = not toml ]", "not valid TOML"),
+        (
+            "[model]\nencoder='vit'\n[[sites]]\nname='a'\ntask='binary'\nclasses=['x','y']\npath='a.npz'\n",
+            "one input size",
+        ),
+    ],
+)
 def test_bad_config_names_file_and_field(tmp_path, text, problem):
     from meduniverse.core.config_file import load_config
     from meduniverse.core.errors import ConfigError

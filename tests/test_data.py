@@ -1,4 +1,5 @@
-"""Loading the real shared datasets, the pool split and its disjointness, the medmnist loader, transforms."""
+"""Loading the real shared datasets, the pool split and its disjointness, the medmnist loader,
+transforms."""
 
 from dataclasses import replace
 
@@ -12,7 +13,13 @@ from meduniverse.data.medmnist import medmnist_file
 from meduniverse.data.npz import read_labelled_npz
 from meduniverse.data.transforms import images_to_spec, masks_to_spec
 from meduniverse.sites.pool import build_pool, verify_disjoint
-from meduniverse.sites.sources import image_hashes, load_site, pool_indices, read_raw_images, split_hashes
+from meduniverse.sites.sources import (
+    image_hashes,
+    load_site,
+    pool_indices,
+    read_raw_images,
+    split_hashes,
+)
 
 
 def test_every_shared8_site_loads_at_its_input_spec(shared8_config):
@@ -30,26 +37,34 @@ def test_every_shared8_site_loads_at_its_input_spec(shared8_config):
 
 
 def test_pool_takes_its_fraction_and_never_a_copy_of_a_private_image(shared8_config):
-    site = shared8_config.site("pneumonia_xray")  # has byte-identical images inside train and across splits
+    site = shared8_config.site(
+        "pneumonia_xray"
+    )  # has byte-identical images inside train and across splits
     images = read_raw_images(site)
     lent = pool_indices(split_hashes(images), 0.2, 0)
     assert abs(len(lent) - 0.2 * len(images["train"])) <= 20
     private = np.setdiff1d(np.arange(len(images["train"])), lent)
     pool_hashes = set(image_hashes(images["train"][lent]))
-    private_hashes = set(image_hashes(images["train"][private])) | set(image_hashes(images["val"])) | set(image_hashes(images["test"]))
+    private_hashes = (
+        set(image_hashes(images["train"][private]))
+        | set(image_hashes(images["val"]))
+        | set(image_hashes(images["test"]))
+    )
     assert not pool_hashes & private_hashes
     data = load_site(site, shared8_config.pool, shared8_config.input_spec(site.task), 0)
     assert len(data.splits["train"]) == len(private)
 
 
-def test_verify_disjoint_passes_on_shared8_and_fails_loudly_on_overlap(shared8_config, shared_data, tmp_path):
+def test_verify_disjoint_passes_on_shared8_and_fails_loudly_on_overlap(
+    shared8_config, shared_data, tmp_path
+):
     assert verify_disjoint(shared8_config, build_pool(shared8_config)) > 0
     with np.load(shared_data / "breast_us.npz") as d:
         leaked = d["test_images"][:5]
     extra = tmp_path / "public.npz"
     np.savez(extra, images=leaked)
     bad = replace(shared8_config, pool=replace(shared8_config.pool, files=(extra,)))
-    with pytest.raises(PrivacyError, match="breast_us.*test.*5 private image"):
+    with pytest.raises(PrivacyError, match=r"breast_us.*test.*5 private image"):
         verify_disjoint(bad, build_pool(bad))
 
 
@@ -71,7 +86,9 @@ def test_medmnist_files_are_found_by_name_in_a_local_root(shared_data, tmp_path)
 def test_missing_medmnist_file_offline_names_the_root(tmp_path):
     with pytest.raises(DataError) as err:
         medmnist_file("bloodmnist", tmp_path / "medmnist-root", size=64)
-    assert "bloodmnist_64.npz" in str(err.value) and str(tmp_path / "medmnist-root") in str(err.value)
+    assert "bloodmnist_64.npz" in str(err.value) and str(tmp_path / "medmnist-root") in str(
+        err.value
+    )
 
 
 def test_images_to_spec_converts_gray_and_resizes_without_touching_input():
@@ -84,7 +101,9 @@ def test_images_to_spec_converts_gray_and_resizes_without_touching_input():
     rgb = np.zeros((1, 64, 64, 3), np.uint8)
     rgb[..., 0] = 200
     y = images_to_spec(rgb, InputSpec(32, 3))
-    assert y.shape == (1, 3, 32, 32) and int(y[0, 0].float().mean()) == 200 and int(y[0, 1].max()) == 0
+    assert (
+        y.shape == (1, 3, 32, 32) and int(y[0, 0].float().mean()) == 200 and int(y[0, 1].max()) == 0
+    )
 
 
 def test_masks_to_spec_keeps_class_ids():

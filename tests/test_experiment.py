@@ -43,12 +43,16 @@ def test_label_subset_keeps_every_class_and_the_fraction():
     idx = label_subset(targets, 0.01, "multiclass", seed=0)
     assert set(targets[idx]) == {0, 1, 2} and len(idx) == 5 + 1 + 1
     assert len(label_subset(targets, 1.0, "multiclass", seed=0)) == len(targets)
-    assert not np.array_equal(label_subset(targets, 0.1, "multiclass", 0), label_subset(targets, 0.1, "multiclass", 1))
+    assert not np.array_equal(
+        label_subset(targets, 0.1, "multiclass", 0), label_subset(targets, 0.1, "multiclass", 1)
+    )
 
 
 def test_leave_out_drops_the_site_from_the_sites_and_the_pool(shared8_config):
     config = leave_out(shared8_config, "breast_us")
-    assert "breast_us" not in {s.name for s in config.sites} and "breast_us" not in config.pool.sites
+    assert (
+        "breast_us" not in {s.name for s in config.sites} and "breast_us" not in config.pool.sites
+    )
     assert len(config.sites) == len(shared8_config.sites) - 1
     with pytest.raises(ConfigError, match="no site named 'nowhere'"):
         leave_out(shared8_config, "nowhere")
@@ -69,19 +73,36 @@ def test_probe_trains_the_head_and_leaves_the_encoder_frozen(demo_config):
     model = build_model(demo_config, seed=0)
     encoder = {k: v.clone() for k, v in model.encoder.state_dict().items()}
     head = {k: v.clone() for k, v in model.heads[data.name].state_dict().items()}
-    finetune(model, data.name, data.splits["train"], data.splits["val"], demo_config.method,
-             replace(demo_config.finetune, max_epochs=2, patience=2), seed=0, frozen_encoder=True)
+    finetune(
+        model,
+        data.name,
+        data.splits["train"],
+        data.splits["val"],
+        demo_config.method,
+        replace(demo_config.finetune, max_epochs=2, patience=2),
+        seed=0,
+        frozen_encoder=True,
+    )
     assert all(torch.equal(v, model.encoder.state_dict()[k]) for k, v in encoder.items())
     assert any(not torch.equal(v, model.heads[data.name].state_dict()[k]) for k, v in head.items())
     assert all(p.requires_grad for p in model.encoder.parameters())  # unfrozen again afterwards
 
 
 def test_centralized_training_gives_every_task_its_local_budget_and_learns(demo_config):
-    method = replace(demo_config.method, stages=2, local_epochs=2, min_steps_per_epoch=6, max_steps_per_epoch=0, lr=3e-3)
+    method = replace(
+        demo_config.method,
+        stages=2,
+        local_epochs=2,
+        min_steps_per_epoch=6,
+        max_steps_per_epoch=0,
+        lr=3e-3,
+    )
     data = {s.name: site_data(demo_config, i) for i, s in enumerate(demo_config.sites[:2])}
     model = build_model(demo_config, seed=0)
     before = {n: evaluate(model, n, d.splits["val"])["auc"] for n, d in data.items()}
     stats = train_multitask(model, {n: d.splits["train"] for n, d in data.items()}, method, seed=0)
-    assert stats.steps == sum(2 * local_steps(d.task, len(d.splits["train"]), method) for d in data.values())
+    assert stats.steps == sum(
+        2 * local_steps(d.task, len(d.splits["train"]), method) for d in data.values()
+    )
     after = {n: evaluate(model, n, d.splits["val"])["auc"] for n, d in data.items()}
     assert all(after[n] > before[n] + 0.05 for n in data)

@@ -1,4 +1,5 @@
-"""The real ServerApp flow and ClientApp handlers, driven through a loopback grid; privacy of every message."""
+"""The real ServerApp flow and ClientApp handlers, driven through a loopback grid; privacy of every
+message."""
 
 from dataclasses import replace
 import hashlib
@@ -7,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from loopback import LoopbackGrid
 from meduniverse.core.arms import METHOD_ARMS, computed_in_federation
 from meduniverse.core.checkpoints import Checkpoints
 from meduniverse.core.errors import StageError
@@ -19,14 +21,14 @@ from meduniverse.models.universal import build_model, local_key, norm_keys, part
 from meduniverse.sites.pool import build_pool
 from meduniverse.sites.sources import private_raw
 
-from loopback import LoopbackGrid
-
 MESSAGE_TYPES = {"query", "train", "evaluate"}
 
 
 def federate(config, run_dir, seed=0, competitors=False):
     grid = LoopbackGrid(make_client_app(lambda context: config), len(config.sites))
-    run_federation(grid, config, run_dir, seed, build_pool(config), RunProgress(enabled=False), competitors)
+    run_federation(
+        grid, config, run_dir, seed, build_pool(config), RunProgress(enabled=False), competitors
+    )
     return grid
 
 
@@ -37,7 +39,9 @@ def private_fingerprints(config) -> set[str]:
         for split in private_raw(site, config.pool, config.seed).values():
             for array in (split.images, split.targets):
                 out.add(hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest())
-                out.update(hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest() for a in array)
+                out.update(
+                    hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest() for a in array
+                )
     return out
 
 
@@ -45,10 +49,21 @@ def private_fingerprints(config) -> set[str]:
 def test_nothing_but_weights_and_scalars_leaves_a_site(shared8_config, tmp_path):
     config = replace(shared8_config, method=replace(shared8_config.method, stages=2))
     grid = federate(config, tmp_path / "run", competitors=True)
-    assert {r.metadata.message_type for r in grid.replies} == MESSAGE_TYPES  # every message type was checked
-    arms = {(q.metadata.message_type, q.content[CONFIG]["arm"]) for q in grid.requests if "arm" in q.content[CONFIG]}
-    assert {a for t, a in arms if t == "train"} == {"universal", *config.competitors.federated}  # every arm's training
-    assert {a for t, a in arms if t == "evaluate"} == {a.name for a in filter(computed_in_federation, config.arms(True))}
+    assert {
+        r.metadata.message_type for r in grid.replies
+    } == MESSAGE_TYPES  # every message type was checked
+    arms = {
+        (q.metadata.message_type, q.content[CONFIG]["arm"])
+        for q in grid.requests
+        if "arm" in q.content[CONFIG]
+    }
+    assert {a for t, a in arms if t == "train"} == {
+        "universal",
+        *config.competitors.federated,
+    }  # every arm's training
+    assert {a for t, a in arms if t == "evaluate"} == {
+        a.name for a in filter(computed_in_federation, config.arms(True))
+    }
     shapes = {k: v.shape for k, v in build_model(config).state_dict().items()}
     fingerprints = private_fingerprints(config)
     sites = {s.name: s for s in config.sites}
@@ -59,12 +74,18 @@ def test_nothing_but_weights_and_scalars_leaves_a_site(shared8_config, tmp_path)
             assert isinstance(value, (int, float)), f"non-scalar metric {value!r}"
         if CONFIG in reply.content:
             info = dict(reply.content[CONFIG])
-            assert set(info) == {"site", "task"} and info["site"] in sites and info["task"] == sites[info["site"]].task
+            assert (
+                set(info) == {"site", "task"}
+                and info["site"] in sites
+                and info["task"] == sites[info["site"]].task
+            )
         if ARRAYS in reply.content:
             assert reply.metadata.message_type == "train"
             state = reply.content[ARRAYS].to_torch_state_dict()
             site = next(s for s in sites if any(k.startswith(f"heads.{s}.") for k in state))
-            assert set(state) == set(part_of(shapes, site)), "only the site model's own parameters may leave"
+            assert set(state) == set(part_of(shapes, site)), (
+                "only the site model's own parameters may leave"
+            )
             for key, tensor in state.items():
                 assert tensor.shape == shapes[key]
                 assert hashlib.sha256(tensor.numpy().tobytes()).hexdigest() not in fingerprints
@@ -90,7 +111,9 @@ def test_stages_are_checkpointed_and_every_arm_is_evaluated(demo_config, tmp_pat
     assert {r.metadata.message_type for r in again.replies} == {"query"}
 
 
-def test_a_failing_site_stops_the_stage_and_a_rerun_resumes_from_the_last_checkpoint(demo_config, tmp_path, monkeypatch):
+def test_a_failing_site_stops_the_stage_and_a_rerun_resumes_from_the_last_checkpoint(
+    demo_config, tmp_path, monkeypatch
+):
     config = replace(demo_config, method=replace(demo_config.method, stages=2))
     run_dir = tmp_path / "run"
     real_train = client_module.train_local
@@ -109,7 +132,9 @@ def test_a_failing_site_stops_the_stage_and_a_rerun_resumes_from_the_last_checkp
     stage1 = ckpt.load_stage(1)
     monkeypatch.setattr(client_module, "train_local", real_train)
     grid = federate(config, run_dir)
-    assert sum(r.metadata.message_type == "train" for r in grid.replies) == len(config.sites)  # stage 2 only
+    assert sum(r.metadata.message_type == "train" for r in grid.replies) == len(
+        config.sites
+    )  # stage 2 only
     assert ckpt.last_stage() == 2
     assert all(torch.equal(stage1[k], v) for k, v in ckpt.load_stage(1).items())
 
@@ -123,8 +148,11 @@ def test_poisoned_update_is_rejected_and_logged(demo_config, tmp_path, monkeypat
         out = real_handle(msg, cfg, data)
         if data.name == victim:
             arrays = out.content[ARRAYS]
-            state = {k: torch.full_like(v, float("nan")) for k, v in arrays.to_torch_state_dict().items()}
+            state = {
+                k: torch.full_like(v, float("nan")) for k, v in arrays.to_torch_state_dict().items()
+            }
             from meduniverse.federation.messages import to_arrays
+
             out.content[ARRAYS] = to_arrays(state)
         return out
 
@@ -149,10 +177,14 @@ def train_exchanges(grid, arm):
     return out
 
 
-def test_competitors_average_the_encoder_and_keep_heads_and_norms_at_their_site(demo_config, tmp_path):
+def test_competitors_average_the_encoder_and_keep_heads_and_norms_at_their_site(
+    demo_config, tmp_path
+):
     grid = federate(demo_config, tmp_path / "run", competitors=True)
     ckpt = Checkpoints(tmp_path / "run")
-    assert set(ckpt.evaluation(1)) == {a.name for a in filter(computed_in_federation, demo_config.arms(True))}
+    assert set(ckpt.evaluation(1)) == {
+        a.name for a in filter(computed_in_federation, demo_config.arms(True))
+    }
     stage0 = ckpt.load_stage(0)
     norms = norm_keys(build_model(demo_config))
     conv = "encoder.stem.conv.weight"
@@ -160,19 +192,34 @@ def test_competitors_average_the_encoder_and_keep_heads_and_norms_at_their_site(
         state, sent = ckpt.load_stage(1, arm), train_exchanges(grid, arm)
         assert len(sent) == len(demo_config.sites)
         weights = torch.tensor([n for *_, n in sent], dtype=torch.float64)
-        average = sum(w / weights.sum() * s[conv].double() for w, (_, _, s, _) in zip(weights, sent, strict=True))
-        assert torch.allclose(state[conv].double(), average, atol=1e-6)  # Flower's weighted average of the encoders
-        for site, _, reply, _ in sent:
+        average = sum(
+            w / weights.sum() * s[conv].double()
+            for w, (_, _, s, _) in zip(weights, sent, strict=True)
+        )
+        assert torch.allclose(
+            state[conv].double(), average, atol=1e-6
+        )  # Flower's weighted average of the encoders
+        for _site, _, reply, _ in sent:
             head = {k: v for k, v in reply.items() if k.startswith("heads.")}
-            assert all(torch.equal(state[k], v) for k, v in head.items())  # each head stays its site's own
+            assert all(
+                torch.equal(state[k], v) for k, v in head.items()
+            )  # each head stays its site's own
         norm = next(iter(norms))
         if arm == "fedbn":
-            assert torch.equal(state[norm], stage0[norm])  # normalisation layers are never averaged...
+            assert torch.equal(
+                state[norm], stage0[norm]
+            )  # normalisation layers are never averaged...
             for site, _, reply, _ in sent:
-                assert torch.equal(state[local_key(site, norm)], reply[norm])  # ...but kept per site
+                assert torch.equal(
+                    state[local_key(site, norm)], reply[norm]
+                )  # ...but kept per site
         else:
             assert not torch.equal(state[norm], stage0[norm])
-    mu = {float(r.content[CONFIG]["proximal-mu"]) for _, r, _, _ in train_exchanges(grid, "fedprox")}
+    mu = {
+        float(r.content[CONFIG]["proximal-mu"]) for _, r, _, _ in train_exchanges(grid, "fedprox")
+    }
     assert mu == {demo_config.competitors.proximal_mu}
     fedavg, fedprox = ckpt.load_stage(1, "fedavg"), ckpt.load_stage(1, "fedprox")
-    assert not torch.equal(fedavg[conv], fedprox[conv])  # the proximal term changed the local training
+    assert not torch.equal(
+        fedavg[conv], fedprox[conv]
+    )  # the proximal term changed the local training

@@ -1,4 +1,5 @@
-"""The method's steps as plain functions: losses, metrics, local training, MIM, averaging, distillation, retention."""
+"""The method's steps as plain functions: losses, metrics, local training, MIM, averaging,
+distillation, retention."""
 
 from dataclasses import replace
 
@@ -6,11 +7,18 @@ import numpy as np
 import pytest
 import torch
 
-from meduniverse.core.tasks import classification_metrics, segmentation_metrics, task_type
+from meduniverse.core.metrics import classification_metrics, segmentation_metrics
+from meduniverse.core.tasks import task_type
 from meduniverse.method.distill import pool_logits
 from meduniverse.method.losses import soft_target_loss
 from meduniverse.method.mim import pretrain_mim
-from meduniverse.method.server import SiteUpdate, server_step, student_for, update_problem, weighted_average
+from meduniverse.method.server import (
+    SiteUpdate,
+    server_step,
+    student_for,
+    update_problem,
+    weighted_average,
+)
 from meduniverse.method.site import evaluate, finetune, train_local
 from meduniverse.models.heads import DecoderHead
 from meduniverse.models.universal import build_model, part_of
@@ -29,7 +37,7 @@ def test_probabilities_are_distributions(task):
         assert torch.allclose(p.sum(1), torch.ones(5), atol=1e-6)
 
 
-@pytest.mark.parametrize("task", sorted(TASKS) + ["segmentation"])
+@pytest.mark.parametrize("task", [*sorted(TASKS), "segmentation"])
 def test_soft_target_loss_is_stationary_at_the_teacher(task):
     shape = (4, 2, 8, 8) if task == "segmentation" else (4, TASKS[task])
     teacher = torch.randn(shape)
@@ -43,13 +51,17 @@ def test_soft_target_loss_is_stationary_at_the_teacher(task):
 def test_task_losses_prefer_the_right_answer():
     labels = torch.tensor([0, 2, 1])
     right = torch.nn.functional.one_hot(labels, 3).float() * 10
-    assert task_type("multiclass").loss(right, labels) < task_type("multiclass").loss(-right, labels)
+    assert task_type("multiclass").loss(right, labels) < task_type("multiclass").loss(
+        -right, labels
+    )
     grades = torch.tensor([0, 2])
     assert task_type("ordinal").loss(torch.tensor([[-9.0, -9.0], [9.0, 9.0]]), grades) < 0.01
     masks = torch.zeros(2, 8, 8, dtype=torch.long)
     masks[:, 2:6, 2:6] = 1
     good = torch.stack([1 - masks, masks], 1).float() * 10
-    assert task_type("segmentation").loss(good, masks) < task_type("segmentation").loss(-good, masks)
+    assert task_type("segmentation").loss(good, masks) < task_type("segmentation").loss(
+        -good, masks
+    )
 
 
 def test_metrics_follow_medmnist_conventions():
@@ -75,7 +87,9 @@ def site_and_model(config, index):
 
 @pytest.mark.parametrize("index", [0, 3])  # a classification and a segmentation site
 def test_local_training_learns_the_site_task(demo_config, index):
-    method = replace(demo_config.method, local_epochs=3, min_steps_per_epoch=10, max_steps_per_epoch=0, lr=3e-3)
+    method = replace(
+        demo_config.method, local_epochs=3, min_steps_per_epoch=10, max_steps_per_epoch=0, lr=3e-3
+    )
     data, model = site_and_model(demo_config, index)
     before = evaluate(model, data.name, data.splits["val"])
     train_local(model, data.name, data.splits["train"], method, seed=0)
@@ -86,8 +100,15 @@ def test_local_training_learns_the_site_task(demo_config, index):
 
 def test_finetune_keeps_the_best_validation_epoch(demo_config):
     data, model = site_and_model(demo_config, 2)
-    log = finetune(model, data.name, data.splits["train"], data.splits["val"], demo_config.method,
-                   replace(demo_config.finetune, max_epochs=4, patience=4), seed=0)
+    log = finetune(
+        model,
+        data.name,
+        data.splits["train"],
+        data.splits["val"],
+        demo_config.method,
+        replace(demo_config.finetune, max_epochs=4, patience=4),
+        seed=0,
+    )
     best = max(h["val_auc"] for h in log["history"])
     assert log["val_auc"] == best
     assert evaluate(model, data.name, data.splits["val"])["auc"] == pytest.approx(best)
@@ -99,7 +120,9 @@ def test_mim_pretraining_lowers_reconstruction_loss(demo_config):
     decoder = DecoderHead(model.encoder.widths, 3)
     short = replace(demo_config.method, mim_epochs=1)
     first = pretrain_mim(model.encoder, decoder, pool, short, seed=0)
-    later = pretrain_mim(model.encoder, decoder, pool, replace(demo_config.method, mim_epochs=4), seed=1)
+    later = pretrain_mim(
+        model.encoder, decoder, pool, replace(demo_config.method, mim_epochs=4), seed=1
+    )
     assert later.loss < first.loss
 
 
@@ -119,14 +142,24 @@ def fake_updates(config, state, scale=0.01):
 def test_average_then_distil_starts_from_the_weighted_site_encoders(demo_config):
     state = build_model(demo_config, seed=0).state_dict()
     updates = fake_updates(demo_config, state)
-    student = student_for(state, updates, replace(demo_config, method=replace(demo_config.method, variant="average_then_distil")))
+    student = student_for(
+        state,
+        updates,
+        replace(demo_config, method=replace(demo_config.method, variant="average_then_distil")),
+    )
     key = "encoder.stem.conv.weight"
-    expected = weighted_average([{key: u.state[key]} for u in updates], [u.num_examples for u in updates])[key]
+    expected = weighted_average(
+        [{key: u.state[key]} for u in updates], [u.num_examples for u in updates]
+    )[key]
     assert torch.allclose(student.state_dict()[key], expected, atol=1e-6)
     first = updates[0]
     head_key = next(k for k in first.state if k.startswith(f"heads.{first.site}."))
     assert torch.equal(student.state_dict()[head_key], first.state[head_key])
-    plain = student_for(state, updates, replace(demo_config, method=replace(demo_config.method, variant="distil_only")))
+    plain = student_for(
+        state,
+        updates,
+        replace(demo_config, method=replace(demo_config.method, variant="distil_only")),
+    )
     assert torch.equal(plain.state_dict()[key], state[key])
 
 
@@ -140,7 +173,9 @@ def test_update_problems_are_named(demo_config):
         assert reason in update_problem(SiteUpdate(good.site, bad, 1), state)
     huge = {k: v * 1e6 for k, v in good.state.items()}
     assert "times the global model" in update_problem(SiteUpdate(good.site, huge, 1), state)
-    assert "unexpected parameter names" in update_problem(SiteUpdate(good.site, {key: good.state[key]}, 1), state)
+    assert "unexpected parameter names" in update_problem(
+        SiteUpdate(good.site, {key: good.state[key]}, 1), state
+    )
 
 
 def head_distance(config, model_state, reference_state, pool):
@@ -155,8 +190,16 @@ def head_distance(config, model_state, reference_state, pool):
 
 @pytest.mark.parametrize("schedule", ["mixed", "round_robin"])
 def test_distillation_moves_heads_towards_their_teachers(demo_config, schedule):
-    config = replace(demo_config, method=replace(demo_config.method, variant="distil_only", distill_epochs=25,
-                                                 distill_schedule=schedule, retention=0.5))
+    config = replace(
+        demo_config,
+        method=replace(
+            demo_config.method,
+            variant="distil_only",
+            distill_epochs=25,
+            distill_schedule=schedule,
+            retention=0.5,
+        ),
+    )
     pool = build_pool(config).images
     previous = build_model(config, seed=0).state_dict()
     teachers = build_model(config, seed=1).state_dict()
@@ -173,18 +216,35 @@ def test_retention_keeps_a_head_without_teacher_near_its_previous_outputs(demo_c
     previous = build_model(demo_config, seed=0).state_dict()
     teachers = build_model(demo_config, seed=1).state_dict()
     kept = demo_config.sites[0].name  # no update from this site: only retention speaks for its head
-    updates = [SiteUpdate(s.name, part_of(teachers, s.name), 10) for s in demo_config.sites if s.name != kept]
+    updates = [
+        SiteUpdate(s.name, part_of(teachers, s.name), 10)
+        for s in demo_config.sites
+        if s.name != kept
+    ]
     drift = {}
     for weight in (0.0, 2.0):
-        config = replace(demo_config, method=replace(demo_config.method, variant="distil_only", distill_epochs=4, retention=weight))
+        config = replace(
+            demo_config,
+            method=replace(
+                demo_config.method, variant="distil_only", distill_epochs=4, retention=weight
+            ),
+        )
         state, _ = server_step(previous, updates, config, pool, seed=0)
         drift[weight] = head_distance(config, state, previous, pool)[kept]
     assert drift[2.0] < 0.5 * drift[0.0]
 
 
 def test_vit_encoder_gives_the_same_pyramid_as_the_cnn(demo_config):
-    config = replace(demo_config, inputs=(("classification", demo_config.inputs[0][1]), ("segmentation", demo_config.inputs[0][1])),
-                     model=replace(demo_config.model, encoder="vit", vit_dim=32, vit_depth=2, vit_heads=2, vit_patch=8))
+    config = replace(
+        demo_config,
+        inputs=(
+            ("classification", demo_config.inputs[0][1]),
+            ("segmentation", demo_config.inputs[0][1]),
+        ),
+        model=replace(
+            demo_config.model, encoder="vit", vit_dim=32, vit_depth=2, vit_heads=2, vit_patch=8
+        ),
+    )
     model = build_model(config, seed=0)
     x = torch.zeros(2, 3, 32, 32)
     features = model.encoder(x)
@@ -195,7 +255,9 @@ def test_vit_encoder_gives_the_same_pyramid_as_the_cnn(demo_config):
 
 
 def test_variant_c_adds_the_mim_loss_and_trains_the_mim_decoder(demo_config):
-    config = replace(demo_config, method=replace(demo_config.method, mim_weight=1.0, distill_epochs=2))
+    config = replace(
+        demo_config, method=replace(demo_config.method, mim_weight=1.0, distill_epochs=2)
+    )
     pool = build_pool(config).images
     previous = build_model(config, seed=0).state_dict()
     updates = [SiteUpdate(s.name, part_of(previous, s.name), 10) for s in config.sites]

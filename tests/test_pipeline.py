@@ -1,4 +1,5 @@
-"""End to end through the CLI on Flower's Simulation Engine (Ray): run, results layout, model card, predict, resume."""
+"""End to end through the CLI on Flower's Simulation Engine (Ray): run, results layout, model card,
+predict, resume."""
 
 import json
 
@@ -7,17 +8,22 @@ from PIL import Image
 import pytest
 from typer.testing import CliRunner
 
+from conftest import ROOT, TINY
 from meduniverse.interfaces.cli import app, demo_config_path
 from meduniverse.sites.sources import load_site
-
-from conftest import ROOT, TINY
 
 runner = CliRunner(env={"COLUMNS": "200"})  # wide enough that rich does not fold site names
 
 
 def tiny(*args: str) -> list[str]:
     """CLI arguments on the demo configuration with the TINY budgets."""
-    return [args[0], str(demo_config_path()), *args[1:], "--no-progress", *(x for item in TINY for x in ("--set", item))]
+    return [
+        args[0],
+        str(demo_config_path()),
+        *args[1:],
+        "--no-progress",
+        *(x for item in TINY for x in ("--set", item)),
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -38,11 +44,17 @@ def test_run_writes_results_in_the_shared_layout(demo_run):
         assert entry["metric"] == ("dice" if entry["task"] == "segmentation" else "auc")
         assert set(entry["arms"]) == {"baseline", "universal", "universal_finetuned"}
         for arm in entry["arms"].values():
-            assert len(arm["per_seed"]) == 1 and arm["mean"] == arm["per_seed"][0] and 0 <= arm["mean"] <= 1
+            assert (
+                len(arm["per_seed"]) == 1
+                and arm["mean"] == arm["per_seed"][0]
+                and 0 <= arm["mean"] <= 1
+            )
         assert site in output
     card = json.loads((out / "model" / "card.json").read_text())
     assert [t["name"] for t in card["tasks"]] == list(results["tasks"])
-    assert card["tasks"][3]["input"]["size"] == 64 and card["inputs"]["classification"]["mean"] == 0.5
+    assert (
+        card["tasks"][3]["input"]["size"] == 64 and card["inputs"]["classification"]["mean"] == 0.5
+    )
     assert (out / "model" / "model.safetensors").stat().st_size > 10_000
     assert "stage 1" in (out / "log.txt").read_text()
 
@@ -69,14 +81,26 @@ def test_predict_prints_probabilities_and_writes_masks(demo_run, demo_config, tm
     xray = load_site(demo_config.sites[0], demo_config.pool, demo_config.input_spec("binary"), 0)
     png = tmp_path / "xray.png"
     Image.fromarray(xray.splits["test"].images[0, 0].numpy()).save(png)
-    result = runner.invoke(app, ["predict", str(out / "model"), "--task", "synthetic_xray_nodule", str(png)])
+    result = runner.invoke(
+        app, ["predict", str(out / "model"), "--task", "synthetic_xray_nodule", str(png)]
+    )
     assert result.exit_code == 0, result.output
     probs = [float(part.split("=")[1]) for part in result.output.split(":", 1)[1].split()]
     assert len(probs) == 2 and abs(sum(probs) - 1) < 1e-3
     vessel = tmp_path / "vessel.npy"
     np.save(vessel, np.random.default_rng(0).integers(0, 255, (50, 70, 3), dtype=np.uint8))
-    result = runner.invoke(app, ["predict", str(out / "model"), "--task", "synthetic_vessel_seg", str(vessel),
-                                 "--out-dir", str(tmp_path / "masks")])
+    result = runner.invoke(
+        app,
+        [
+            "predict",
+            str(out / "model"),
+            "--task",
+            "synthetic_vessel_seg",
+            str(vessel),
+            "--out-dir",
+            str(tmp_path / "masks"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     mask = np.asarray(Image.open(tmp_path / "masks" / "vessel_synthetic_vessel_seg_mask.png"))
     assert mask.shape == (50, 70) and set(np.unique(mask)) <= {0, 255}
@@ -85,19 +109,33 @@ def test_predict_prints_probabilities_and_writes_masks(demo_run, demo_config, tm
 
 
 def test_sites_command_lists_every_shared8_site(shared_data):
-    result = runner.invoke(app, ["sites", str(ROOT / "configs" / "shared8.toml"), "--set", f"data_root='{shared_data}'"])
+    result = runner.invoke(
+        app,
+        ["sites", str(ROOT / "configs" / "shared8.toml"), "--set", f"data_root='{shared_data}'"],
+    )
     assert result.exit_code == 0, result.output
-    for name in ["pneumonia_xray", "retina_fundus_dr", "breast_us", "blood_cells_bccd", "drive_vessels",
-                 "skin_lesion_ph2", "fetal_head_us", "nuclei_histo"]:
+    for name in [
+        "pneumonia_xray",
+        "retina_fundus_dr",
+        "breast_us",
+        "blood_cells_bccd",
+        "drive_vessels",
+        "skin_lesion_ph2",
+        "fetal_head_us",
+        "nuclei_histo",
+    ]:
         assert name in result.output
     assert "covid_xray" not in result.output and "disjoint" in result.output
 
 
 @pytest.fixture(scope="module")
 def demo_experiment(tmp_path_factory):
-    """Two seeds of every arm on the synthetic federation without one site (left out for `adapt`)."""
+    """Two seeds of every arm on the synthetic federation without one site (left out for adapt)."""
     out = tmp_path_factory.mktemp("experiment") / "exp"
-    result = runner.invoke(app, tiny("experiment", "--seeds", "2", "--out", str(out), "--leave-out", "synthetic_cell_type"))
+    result = runner.invoke(
+        app,
+        tiny("experiment", "--seeds", "2", "--out", str(out), "--leave-out", "synthetic_cell_type"),
+    )
     assert result.exit_code == 0, result.output
     return out, result.output
 
@@ -106,8 +144,19 @@ def demo_experiment(tmp_path_factory):
 def test_experiment_reports_every_arm_with_cis_tests_curves_and_costs(demo_experiment):
     out, output = demo_experiment
     results = json.loads((out / "results.json").read_text())
-    arms = {"baseline", "local", "universal", "universal_finetuned", "fedavg", "fedprox", "fedbn", "centralized",
-            "baseline_probe", "universal_probe", "fedavg_probe"}
+    arms = {
+        "baseline",
+        "local",
+        "universal",
+        "universal_finetuned",
+        "fedavg",
+        "fedprox",
+        "fedbn",
+        "centralized",
+        "baseline_probe",
+        "universal_probe",
+        "fedavg_probe",
+    }
     assert set(results["arms"]) == arms and results["seeds"] == [0, 1]
     assert "synthetic_cell_type" not in results["tasks"] and len(results["tasks"]) == 4
     for entry in results["tasks"].values():
@@ -120,13 +169,23 @@ def test_experiment_reports_every_arm_with_cis_tests_curves_and_costs(demo_exper
     for ours in ("universal", "universal_finetuned"):
         for other in ("baseline", "fedavg", "local"):
             test = results["tests"][f"{ours}_vs_{other}"]
-            assert test["n_pairs"] == n_pairs and test["wins"] + test["losses"] <= n_pairs and 0 < test["wilcoxon_p"] <= 1
-    for site, curves in results["curves"].items():
+            assert (
+                test["n_pairs"] == n_pairs
+                and test["wins"] + test["losses"] <= n_pairs
+                and 0 < test["wilcoxon_p"] <= 1
+            )
+    for _site, curves in results["curves"].items():
         assert set(curves) == {"universal", "fedavg", "fedprox", "fedbn"}
         assert all(len(c["mean"]) == 1 for c in curves.values())
     stage = results["cost"]["fedavg"]["stages"]["1"]
-    assert set(stage["bytes_to_sites"]) == set(results["tasks"]) and min(stage["bytes_from_sites"].values()) > 1000
-    assert results["arms"]["baseline"]["budget"]["finetune"] == results["arms"]["universal_finetuned"]["budget"]["finetune"]
+    assert (
+        set(stage["bytes_to_sites"]) == set(results["tasks"])
+        and min(stage["bytes_from_sites"].values()) > 1000
+    )
+    assert (
+        results["arms"]["baseline"]["budget"]["finetune"]
+        == results["arms"]["universal_finetuned"]["budget"]["finetune"]
+    )
     assert set(results["seed_seconds"]) == {"0", "1"} and min(results["seed_seconds"].values()) > 0
     assert (out / "report.html").is_file() and "Wilcoxon p" in output
 
@@ -134,21 +193,63 @@ def test_experiment_reports_every_arm_with_cis_tests_curves_and_costs(demo_exper
 @pytest.mark.slow
 def test_adapt_to_the_left_out_site_and_to_a_file(demo_experiment, tmp_path, shared_data):
     out, _ = demo_experiment
-    args = ["adapt", str(out / "seed_0"), "--config", str(demo_config_path()), "--leave-out", "synthetic_cell_type",
-            "--fractions", "0.1,1.0", "--seeds", "2", "--out", str(tmp_path / "loso"), "--no-progress"]
+    args = [
+        "adapt",
+        str(out / "seed_0"),
+        "--config",
+        str(demo_config_path()),
+        "--leave-out",
+        "synthetic_cell_type",
+        "--fractions",
+        "0.1,1.0",
+        "--seeds",
+        "2",
+        "--out",
+        str(tmp_path / "loso"),
+        "--no-progress",
+    ]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     results = json.loads((tmp_path / "loso" / "results.json").read_text())
     arms = results["tasks"]["synthetic_cell_type"]["arms"]
-    assert set(arms) == {f"{e}_{m}@{f}" for e in ("baseline", "universal") for m in ("probe", "finetune") for f in ("0.1", "1")}
+    assert set(arms) == {
+        f"{e}_{m}@{f}"
+        for e in ("baseline", "universal")
+        for m in ("probe", "finetune")
+        for f in ("0.1", "1")
+    }
     assert all(len(a["per_seed"]) == 2 for a in arms.values())
-    assert set(results["tests"]) == {f"universal_{m}_vs_baseline_{m}@{f}" for m in ("probe", "finetune") for f in ("0.1", "1")}
-    took_part = runner.invoke(app, ["adapt", str(out / "seed_0"), "--config", str(demo_config_path()), "--leave-out",
-                                    "synthetic_xray_nodule", "--out", str(tmp_path / "no")])
+    assert set(results["tests"]) == {
+        f"universal_{m}_vs_baseline_{m}@{f}" for m in ("probe", "finetune") for f in ("0.1", "1")
+    }
+    took_part = runner.invoke(
+        app,
+        [
+            "adapt",
+            str(out / "seed_0"),
+            "--config",
+            str(demo_config_path()),
+            "--leave-out",
+            "synthetic_xray_nodule",
+            "--out",
+            str(tmp_path / "no"),
+        ],
+    )
     assert took_part.exit_code == 1 and "took part" in took_part.output
     neither = runner.invoke(app, ["adapt", str(out / "seed_0"), "--out", str(tmp_path / "no")])
     assert neither.exit_code == 1 and "either --data" in neither.output
-    missing = runner.invoke(app, ["adapt", str(tmp_path), "--data", str(shared_data / "covid_xray.npz"), "--task",
-                                  "multiclass", "--out", str(tmp_path / "no")])
+    missing = runner.invoke(
+        app,
+        [
+            "adapt",
+            str(tmp_path),
+            "--data",
+            str(shared_data / "covid_xray.npz"),
+            "--task",
+            "multiclass",
+            "--out",
+            str(tmp_path / "no"),
+        ],
+    )
     assert missing.exit_code == 1 and "not found" in missing.output
     assert not (tmp_path / "no").exists()

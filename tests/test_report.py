@@ -1,54 +1,121 @@
-"""The HTML report: every section present, figures embedded as valid PNGs and saved, text escaped, and
+"""The HTML report: every section present, figures embedded as valid PNGs and saved, text escaped,
+and
 (marked `browser`) every image loads in headless Chromium without console errors."""
 
 import base64
 import math
+from pathlib import Path
 import re
 import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 
 from meduniverse.core.checkpoints import Checkpoints
-from meduniverse.models.universal import build_model
 from meduniverse.interfaces.report import build_report
+from meduniverse.models.universal import build_model
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 CLASSIFICATION, SEGMENTATION = "synthetic_xray_nodule", "synthetic_vessel_seg"
-SECTIONS = ["Test results per task", "Validation metric by stage", "Encoder features of the public pool (PCA)",
-            "Segmentation examples", "Timing and bytes", "Statistical tests", "Distillation fidelity", "Ablation", "Adaptation"]
+SECTIONS = [
+    "Test results per task",
+    "Validation metric by stage",
+    "Encoder features of the public pool (PCA)",
+    "Segmentation examples",
+    "Timing and bytes",
+    "Statistical tests",
+    "Distillation fidelity",
+    "Ablation",
+    "Adaptation",
+]
 BROWSERS = ["chromium", "chromium-browser", "google-chrome", "chrome"]
 
 
 def arm(per_seed: list[float], secondary: str) -> dict:
     mean = sum(per_seed) / len(per_seed)
-    return {"per_seed": per_seed, "mean": mean, "ci95": [mean - 0.02, mean + 0.02], "val": {"per_seed": per_seed, "mean": mean},
-            secondary: {"per_seed": per_seed, "mean": mean}}
+    return {
+        "per_seed": per_seed,
+        "mean": mean,
+        "ci95": [mean - 0.02, mean + 0.02],
+        "val": {"per_seed": per_seed, "mean": mean},
+        secondary: {"per_seed": per_seed, "mean": mean},
+    }
 
 
 def synthetic_results() -> dict:
-    """Two tasks (classification, segmentation), three arms, two seeds; a NaN, a None and a missing arm."""
+    """Two tasks (classification, segmentation), three arms, two seeds; a NaN, a None and a missing
+    arm."""
     tasks = {
-        CLASSIFICATION: {"task": "binary", "metric": "auc", "secondary_metric": "acc",
-                         "arms": {"baseline": arm([0.80, 0.82], "acc"), "universal": arm([0.90, 0.92], "acc"),
-                                  "fedavg": {"per_seed": [None, None], "mean": math.nan, "ci95": [None, None]}}},
-        SEGMENTATION: {"task": "segmentation", "metric": "dice", "secondary_metric": "iou",
-                       "arms": {"baseline": arm([0.71, 0.73], "iou"), "universal": arm([0.61, 0.63], "iou")}},
+        CLASSIFICATION: {
+            "task": "binary",
+            "metric": "auc",
+            "secondary_metric": "acc",
+            "arms": {
+                "baseline": arm([0.80, 0.82], "acc"),
+                "universal": arm([0.90, 0.92], "acc"),
+                "fedavg": {"per_seed": [None, None], "mean": math.nan, "ci95": [None, None]},
+            },
+        },
+        SEGMENTATION: {
+            "task": "segmentation",
+            "metric": "dice",
+            "secondary_metric": "iou",
+            "arms": {"baseline": arm([0.71, 0.73], "iou"), "universal": arm([0.61, 0.63], "iou")},
+        },
     }
-    curve = {"stages": [1, 2, 3], "mean": [0.5, 0.6, 0.7], "per_seed": [[0.5, 0.6, 0.7], [0.5, 0.6, 0.7]]}
-    stage = {"seconds": 3.0, "bytes_to_sites": {CLASSIFICATION: 2_000_000}, "bytes_from_sites": {CLASSIFICATION: 1_000_000},
-             "site_seconds": {CLASSIFICATION: 1.5}}
+    curve = {
+        "stages": [1, 2, 3],
+        "mean": [0.5, 0.6, 0.7],
+        "per_seed": [[0.5, 0.6, 0.7], [0.5, 0.6, 0.7]],
+    }
+    stage = {
+        "seconds": 3.0,
+        "bytes_to_sites": {CLASSIFICATION: 2_000_000},
+        "bytes_from_sites": {CLASSIFICATION: 1_000_000},
+        "site_seconds": {CLASSIFICATION: 1.5},
+    }
     return {
-        "name": "demo <script>alert(1)</script>", "commit": "abc123", "seeds": [0, 1], "command": "meduniverse run a.toml --set x=\"a&b\"",
+        "name": "demo <script>alert(1)</script>",
+        "commit": "abc123",
+        "seeds": [0, 1],
+        "command": 'meduniverse run a.toml --set x="a&b"',
         "machine": {"platform": "Linux", "cpus": 2},
-        "tasks": {**tasks, CLASSIFICATION: {**tasks[CLASSIFICATION], "fidelity": {"teacher_test": 0.93, "universal_minus_teacher": -0.0314}}},
+        "tasks": {
+            **tasks,
+            CLASSIFICATION: {
+                **tasks[CLASSIFICATION],
+                "fidelity": {"teacher_test": 0.93, "universal_minus_teacher": -0.0314},
+            },
+        },
         "arms": {"baseline": {"description": "MIM encoder", "budget": {}}},
-        "tests": {"universal_vs_baseline": {"wilcoxon_p": 0.0123456, "n_pairs": 4, "wins": 2, "losses": 2, "mean_difference": 0.0004567}},
-        "per_task_tests": {CLASSIFICATION: {"universal_vs_baseline": {"ttest_p": None, "mean_difference": 0.1, "n": 2}}},
-        "curves": {CLASSIFICATION: {"universal": curve, "fedavg": curve}, SEGMENTATION: {"universal": curve}},
-        "cost": {"universal": {"seconds": 12.5, "stages": {"1": stage, "2": stage}}, "fedavg": {"seconds": 8.0, "stages": {"1": stage}}},
-        "ablation": {"rows": [{"variant": "distil_only", "val_mean": 0.81}, {"variant": "average<then>distil", "val_mean": None}]},
+        "tests": {
+            "universal_vs_baseline": {
+                "wilcoxon_p": 0.0123456,
+                "n_pairs": 4,
+                "wins": 2,
+                "losses": 2,
+                "mean_difference": 0.0004567,
+            }
+        },
+        "per_task_tests": {
+            CLASSIFICATION: {
+                "universal_vs_baseline": {"ttest_p": None, "mean_difference": 0.1, "n": 2}
+            }
+        },
+        "curves": {
+            CLASSIFICATION: {"universal": curve, "fedavg": curve},
+            SEGMENTATION: {"universal": curve},
+        },
+        "cost": {
+            "universal": {"seconds": 12.5, "stages": {"1": stage, "2": stage}},
+            "fedavg": {"seconds": 8.0, "stages": {"1": stage}},
+        },
+        "ablation": {
+            "rows": [
+                {"variant": "distil_only", "val_mean": 0.81},
+                {"variant": "average<then>distil", "val_mean": None},
+            ]
+        },
         "adapt": {CLASSIFICATION: {"universal": curve}},
     }
 
@@ -84,8 +151,14 @@ def test_report_has_every_section(tmp_path, demo_config):
     for title in SECTIONS:
         assert f"<h2>{title}" in page, title
     names = check_images(page, tmp_path)
-    assert set(names) == {"test_metric_by_arm", "validation_curves", "embedding_pca", "segmentation_overlays",
-                          "cost_by_arm", "adapt_curves"}
+    assert set(names) == {
+        "test_metric_by_arm",
+        "validation_curves",
+        "embedding_pca",
+        "segmentation_overlays",
+        "cost_by_arm",
+        "adapt_curves",
+    }
     assert "not available" not in page
     assert "http://" not in page and "https://" not in page and "<script" not in page
     # escaped text, bold best arm, mean [CI], tests at 3 significant digits
@@ -102,7 +175,9 @@ def test_report_without_config_or_checkpoints(tmp_path, demo_config):
     assert page.count("not available") >= 4  # embedding, overlays, curves, ablation
     assert "<h2>Adaptation" not in page
     assert set(check_images(page, tmp_path)) == {"test_metric_by_arm", "cost_by_arm"}
-    page = build_report(tmp_path / "other", results, demo_config).read_text()  # config given, no checkpoints
+    page = build_report(
+        tmp_path / "other", results, demo_config
+    ).read_text()  # config given, no checkpoints
     assert "no checkpoint" in page and "embedding_pca" not in page
 
 
@@ -110,21 +185,25 @@ def find_browser() -> str:
     for name in BROWSERS:
         if found := shutil.which(name):
             return found
-    pytest.fail(f"no headless browser found (tried {', '.join(BROWSERS)}); install Chromium, e.g. "
-                "`apt-get install -y chromium` on Debian/Ubuntu (.ci/run does this)")
+    pytest.fail(
+        f"no headless browser found (tried {', '.join(BROWSERS)}); install Chromium, e.g. "
+        "`apt-get install -y chromium` on Debian/Ubuntu (.ci/run does this)"
+    )
 
 
 CHECK_SCRIPT = """<script>
 var errors = [];
 window.onerror = function (msg) { errors.push(String(msg)); };
 var consoleError = console.error;
-console.error = function () { errors.push(Array.prototype.join.call(arguments, " ")); consoleError.apply(console, arguments); };
+console.error = function () { errors.push(Array.prototype.join.call(arguments, " "));
+consoleError.apply(console, arguments); };
 window.addEventListener("load", function () {
   var imgs = Array.prototype.slice.call(document.images);
   var loaded = imgs.filter(function (i) { return i.complete && i.naturalWidth > 0; }).length;
   var div = document.createElement("div");
   div.id = "imgcheck";
-  div.textContent = "loaded=" + loaded + " broken=" + (imgs.length - loaded) + " errors=" + errors.length + " " + errors.join(" | ");
+  div.textContent = "loaded=" + loaded + " broken=" + (imgs.length - loaded) + " errors=" +
+  errors.length + " " + errors.join(" | ");
   document.body.appendChild(div);
 });
 </script>"""
@@ -139,13 +218,32 @@ def test_report_renders_in_chromium(tmp_path, demo_config):
     check = tmp_path / "report_check.html"
     check.write_text(page.replace("<head>", "<head>" + CHECK_SCRIPT, 1))
     run = subprocess.run(
-        [browser, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
-         "--disable-extensions", "--no-first-run", "--enable-logging=stderr", "--v=0", f"--user-data-dir={tmp_path / 'profile'}",
-         "--virtual-time-budget=5000", "--dump-dom", check.as_uri()],
-        capture_output=True, text=True, timeout=120, check=False)
+        [
+            browser,
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--disable-background-networking",
+            "--disable-extensions",
+            "--no-first-run",
+            "--enable-logging=stderr",
+            "--v=0",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--virtual-time-budget=5000",
+            "--dump-dom",
+            check.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     marker = re.search(r'<div id="imgcheck">([^<]*)</div>', run.stdout)
     assert marker, f"the check script did not run:\n{run.stdout[-1000:]}\n{run.stderr[-2000:]}"
     assert marker.group(1).startswith(f"loaded={expected} broken=0 errors=0"), marker.group(1)
-    console = [line for line in run.stderr.splitlines() if "Uncaught" in line or ":ERROR:CONSOLE" in line]
+    console = [
+        line for line in run.stderr.splitlines() if "Uncaught" in line or ":ERROR:CONSOLE" in line
+    ]
     assert not console, console

@@ -1,11 +1,15 @@
-"""Stage checkpoints of a run directory: one safetensors file per completed stage and model, and a progress file.
+"""Stage checkpoints of a run directory: one safetensors file per completed stage and model, and a
+progress file.
 
-A stage counts as completed only once its weights and its entry in ``progress.json`` are both written
+A stage counts as completed only once its weights and its entry in ``progress.json`` are both
+written
 (weights first, each atomically), so a crash at any moment leaves the last completed stage intact.
 
 Layout: ``stage_XXX_model.safetensors`` (the universal model; stage 0 is the shared MIM model),
-``stage_XXX_mim_decoder.safetensors``, ``stage_XXX_MODEL.safetensors`` for every other federated model;
-``progress.json`` holds ``stages`` (the universal model's stage records), ``arms`` (per other model, its stage
+``stage_XXX_mim_decoder.safetensors``, ``stage_XXX_MODEL.safetensors`` for every other federated
+model;
+``progress.json`` holds ``stages`` (the universal model's stage records), ``arms`` (per other model,
+its stage
 records) and ``evaluation`` (per evaluated arm: the stage, the sites' metrics and the seconds).
 """
 
@@ -38,20 +42,29 @@ class Checkpoints:
         return progress["stages"] if model == UNIVERSAL else progress["arms"].get(model, {})
 
     def last_stage(self, model: str = UNIVERSAL) -> int | None:
-        """A model's last completed stage (None: none yet; a competitor's stage 0 is the universal model's)."""
+        """A model's last completed stage (None: none yet; a competitor's stage 0 is the universal
+        model's)."""
         stages = [int(s) for s in self.records(model)]
         return max(stages) if stages else None
 
     def weights_path(self, stage: int, part: str = "model") -> Path:
         return self.dir / f"stage_{stage:03d}_{part}.safetensors"
 
-    def save_stage(self, stage: int, parts: dict[str, dict[str, torch.Tensor]], record: dict,
-                   model: str = UNIVERSAL) -> None:
-        """Write each part's weights (e.g. 'model', 'mim_decoder'), then mark the model's stage completed."""
+    def save_stage(
+        self,
+        stage: int,
+        parts: dict[str, dict[str, torch.Tensor]],
+        record: dict,
+        model: str = UNIVERSAL,
+    ) -> None:
+        """Write each part's weights (e.g. 'model', 'mim_decoder'), then mark the model's stage
+        completed."""
         for part, state in parts.items():
             write_tensors(self.weights_path(stage, part), state)
         progress = self.progress()
-        target = progress["stages"] if model == UNIVERSAL else progress["arms"].setdefault(model, {})
+        target = (
+            progress["stages"] if model == UNIVERSAL else progress["arms"].setdefault(model, {})
+        )
         target[str(stage)] = record
         write_json(self.progress_path, progress)
 
@@ -63,7 +76,11 @@ class Checkpoints:
 
     def evaluation(self, stage: int) -> dict[str, dict]:
         """Per arm, the sites' metrics, for arms evaluated on the model of `stage`."""
-        return {arm: entry["sites"] for arm, entry in self.progress()["evaluation"].items() if entry["stage"] == stage}
+        return {
+            arm: entry["sites"]
+            for arm, entry in self.progress()["evaluation"].items()
+            if entry["stage"] == stage
+        }
 
     def evaluation_seconds(self) -> dict[str, float]:
         return {arm: entry["seconds"] for arm, entry in self.progress()["evaluation"].items()}

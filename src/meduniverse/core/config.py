@@ -1,4 +1,5 @@
-"""The federation's configuration: the sites, the server pool, the inputs, the model, the method, the fine-tune
+"""The federation's configuration: the sites, the server pool, the inputs, the model, the method,
+the fine-tune
 schedule, the runtime and the comparison arms. `meduniverse.core.config_file` reads it from TOML."""
 
 from dataclasses import asdict, dataclass, replace
@@ -17,13 +18,20 @@ SCHEDULES = ("mixed", "round_robin")
 
 @dataclass(frozen=True)
 class InputSpec:
-    """What the model sees: square ``size`` px, ``channels`` (1 gray or 3 RGB), x/255 then (x-mean)/std."""
+    """What the model sees: square ``size`` px, ``channels`` (1 gray or 3 RGB), x/255 then
+    (x-mean)/std."""
 
     size: int
     channels: int = 3
 
     def card(self) -> dict:
-        return {"size": self.size, "channels": self.channels, "scale": 1 / 255, "mean": MEAN, "std": STD}
+        return {
+            "size": self.size,
+            "channels": self.channels,
+            "scale": 1 / 255,
+            "mean": MEAN,
+            "std": STD,
+        }
 
 
 DEFAULT_INPUTS = {"classification": InputSpec(32), "segmentation": InputSpec(128)}
@@ -53,7 +61,8 @@ class SiteConfig:
 
 @dataclass(frozen=True)
 class PoolConfig:
-    """The server's unlabelled pool: a fraction of the listed sites' train images plus extra image files."""
+    """The server's unlabelled pool: a fraction of the listed sites' train images plus extra image
+    files."""
 
     fraction: float = 0.2
     seed: int = 0
@@ -119,7 +128,8 @@ class RuntimeConfig:
 
 @dataclass(frozen=True)
 class CompetitorsConfig:
-    """The comparison arms of `meduniverse experiment`, with the same stages and local epochs as the method."""
+    """The comparison arms of `meduniverse experiment`, with the same stages and local epochs as the
+    method."""
 
     federated: tuple[str, ...] = ("fedavg", "fedprox", "fedbn")
     proximal_mu: float = 0.01
@@ -148,13 +158,17 @@ class FederationConfig:
         for s in self.sites:
             if s.name == name:
                 return s
-        raise ConfigError(f"{self.source}: no site named '{name}' (sites: {', '.join(s.name for s in self.sites)})")
+        raise ConfigError(
+            f"{self.source}: no site named '{name}' (sites: "
+            f"{', '.join(s.name for s in self.sites)})"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return _jsonable(asdict(self))
 
     def arms(self, competitors: bool) -> list[Arm]:
-        """The arms of a run (`meduniverse.core.arms`): the method's, plus with `competitors` those of [competitors]."""
+        """The arms of a run (`meduniverse.core.arms`): the method's, plus with `competitors` those
+        of [competitors]."""
         c = self.competitors
         return selected_arms(c.federated, c.probes, c.centralized, competitors)
 
@@ -170,7 +184,8 @@ def _jsonable(value: Any) -> Any:
 
 
 def leave_out(config: FederationConfig, name: str) -> FederationConfig:
-    """The federation without one site (nor its images in the pool): for leave-one-site-out generalisation."""
+    """The federation without one site (nor its images in the pool): for leave-one-site-out
+    generalisation."""
     site = config.site(name)
     rest = tuple(s for s in config.sites if s is not site)
     if not rest:

@@ -1,15 +1,28 @@
-"""Reading a federation TOML file into a `FederationConfig`: unknown keys and wrong types refused, paths resolved,
-`--set section.key=value` overrides applied, and the whole checked, every error naming the file and the field."""
+"""Reading a federation TOML file into a `FederationConfig`: unknown keys and wrong types refused,
+paths resolved,
+`--set section.key=value` overrides applied, and the whole checked, every error naming the file and
+the field."""
 
+from dataclasses import fields
 from pathlib import Path
 import tomllib
 from typing import Any, get_type_hints
-from dataclasses import fields
 
 from meduniverse.core.arms import COMPETITORS
-from meduniverse.core.config import (DEFAULT_INPUTS, SCHEDULES, VARIANTS, CompetitorsConfig, FederationConfig,
-                                     FinetuneConfig, InputSpec, MethodConfig, ModelConfig, PoolConfig, RuntimeConfig,
-                                     SiteConfig)
+from meduniverse.core.config import (
+    DEFAULT_INPUTS,
+    SCHEDULES,
+    VARIANTS,
+    CompetitorsConfig,
+    FederationConfig,
+    FinetuneConfig,
+    InputSpec,
+    MethodConfig,
+    ModelConfig,
+    PoolConfig,
+    RuntimeConfig,
+    SiteConfig,
+)
 from meduniverse.core.errors import ConfigError
 from meduniverse.core.tasks import GROUPS, TASK_TYPES
 
@@ -68,15 +81,31 @@ def _build(cls: type, table: Any, where: str, base: Path) -> Any:
 def parse_config(raw: dict[str, Any], source: str, base: Path) -> FederationConfig:
     """Build and check a FederationConfig from a parsed TOML document."""
     raw = dict(raw)
-    allowed = {"name", "data_root", "seed", "sites", "pool", "input", "model", "method", "finetune", "runtime", "competitors"}
+    allowed = {
+        "name",
+        "data_root",
+        "seed",
+        "sites",
+        "pool",
+        "input",
+        "model",
+        "method",
+        "finetune",
+        "runtime",
+        "competitors",
+    }
     unknown = set(raw) - allowed
     if unknown:
-        raise ConfigError(f"{source}: unknown top-level key(s) {sorted(unknown)} (allowed: {sorted(allowed)})")
+        raise ConfigError(
+            f"{source}: unknown top-level key(s) {sorted(unknown)} (allowed: {sorted(allowed)})"
+        )
     data_root = _resolve(raw.get("data_root", "."), base, f"{source}: data_root")
     site_tables = raw.get("sites")
     if not isinstance(site_tables, list) or not site_tables:
         raise ConfigError(f"{source}: needs at least one [[sites]] table")
-    sites = tuple(_build(SiteConfig, t, f"{source}: sites[{i}]", data_root) for i, t in enumerate(site_tables))
+    sites = tuple(
+        _build(SiteConfig, t, f"{source}: sites[{i}]", data_root) for i, t in enumerate(site_tables)
+    )
     inputs = dict(DEFAULT_INPUTS)
     for group, table in raw.get("input", {}).items():
         if group not in inputs:
@@ -91,7 +120,9 @@ def parse_config(raw: dict[str, Any], source: str, base: Path) -> FederationConf
         method=_build(MethodConfig, raw.get("method", {}), f"{source}: method", base),
         finetune=_build(FinetuneConfig, raw.get("finetune", {}), f"{source}: finetune", base),
         runtime=_build(RuntimeConfig, raw.get("runtime", {}), f"{source}: runtime", base),
-        competitors=_build(CompetitorsConfig, raw.get("competitors", {}), f"{source}: competitors", base),
+        competitors=_build(
+            CompetitorsConfig, raw.get("competitors", {}), f"{source}: competitors", base
+        ),
         seed=_coerce(raw.get("seed", 0), "int", f"{source}: seed", base),
         source=source,
     )
@@ -108,16 +139,25 @@ def check_config(config: FederationConfig) -> None:
     for s in config.sites:
         where = f"{src}: site '{s.name}'"
         if s.task not in TASK_TYPES:
-            raise ConfigError(f"{where}: task '{s.task}' unknown (allowed: {', '.join(TASK_TYPES)})")
+            raise ConfigError(
+                f"{where}: task '{s.task}' unknown (allowed: {', '.join(TASK_TYPES)})"
+            )
         kind = TASK_TYPES[s.task]
         if len(s.classes) < kind.min_classes:
-            raise ConfigError(f"{where}: needs at least {kind.min_classes} class names, got {list(s.classes)}")
+            raise ConfigError(
+                f"{where}: needs at least {kind.min_classes} class names, got {list(s.classes)}"
+            )
         if kind.max_classes and len(s.classes) > kind.max_classes:
-            raise ConfigError(f"{where}: a {s.task} task has exactly {kind.max_classes} classes, got {list(s.classes)}")
+            raise ConfigError(
+                f"{where}: a {s.task} task has exactly {kind.max_classes} classes, got "
+                f"{list(s.classes)}"
+            )
         if sum(x is not None for x in (s.path, s.medmnist, s.synthetic)) != 1:
             raise ConfigError(f"{where}: give exactly one of 'path', 'medmnist' or 'synthetic'")
         if s.medmnist and s.medmnist_root is None:
-            raise ConfigError(f"{where}: 'medmnist' needs 'medmnist_root', the folder holding the files")
+            raise ConfigError(
+                f"{where}: 'medmnist' needs 'medmnist_root', the folder holding the files"
+            )
     for name in config.pool.sites:
         if name not in names:
             raise ConfigError(f"{src}: pool.sites names '{name}', which is not a site")
@@ -125,26 +165,42 @@ def check_config(config: FederationConfig) -> None:
         raise ConfigError(f"{src}: pool.fraction must lie in (0,1), got {config.pool.fraction}")
     m = config.method
     if m.variant not in VARIANTS:
-        raise ConfigError(f"{src}: method.variant '{m.variant}' unknown (allowed: {', '.join(VARIANTS)})")
+        raise ConfigError(
+            f"{src}: method.variant '{m.variant}' unknown (allowed: {', '.join(VARIANTS)})"
+        )
     if m.distill_schedule not in SCHEDULES:
-        raise ConfigError(f"{src}: method.distill_schedule '{m.distill_schedule}' unknown (allowed: {', '.join(SCHEDULES)})")
+        raise ConfigError(
+            f"{src}: method.distill_schedule '{m.distill_schedule}' unknown (allowed: "
+            f"{', '.join(SCHEDULES)})"
+        )
     c = config.competitors
     for arm in c.federated:
         if arm not in COMPETITORS:
-            raise ConfigError(f"{src}: competitors.federated '{arm}' unknown (allowed: {', '.join(COMPETITORS)})")
+            raise ConfigError(
+                f"{src}: competitors.federated '{arm}' unknown (allowed: {', '.join(COMPETITORS)})"
+            )
     for encoder in c.probes:
         if encoder not in ("baseline", "universal", *c.federated):
-            raise ConfigError(f"{src}: competitors.probes '{encoder}' is not baseline, universal or a federated competitor")
+            raise ConfigError(
+                f"{src}: competitors.probes '{encoder}' is not baseline, universal or a federated "
+                "competitor"
+            )
     if m.stages < 1:
         raise ConfigError(f"{src}: method.stages must be at least 1")
     if config.model.encoder not in ("cnn", "vit"):
-        raise ConfigError(f"{src}: model.encoder '{config.model.encoder}' unknown (allowed: cnn, vit)")
+        raise ConfigError(
+            f"{src}: model.encoder '{config.model.encoder}' unknown (allowed: cnn, vit)"
+        )
     sizes = {spec.size for _, spec in config.inputs}
     if config.model.encoder == "vit" and len(sizes) != 1:
-        raise ConfigError(f"{src}: the ViT encoder needs one input size for all tasks, got {sorted(sizes)}")
+        raise ConfigError(
+            f"{src}: the ViT encoder needs one input size for all tasks, got {sorted(sizes)}"
+        )
     channels = {spec.channels for _, spec in config.inputs}
     if len(channels) != 1:
-        raise ConfigError(f"{src}: every input spec needs the same number of channels, got {sorted(channels)}")
+        raise ConfigError(
+            f"{src}: every input spec needs the same number of channels, got {sorted(channels)}"
+        )
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

@@ -7,8 +7,8 @@ from pathlib import Path
 import tempfile
 from typing import Any
 
-import torch
 from safetensors.torch import load_file, save_file
+import torch
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
@@ -26,14 +26,21 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
 
 
 def write_json(path: Path, data: Any) -> None:
-    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2, sort_keys=False, allow_nan=True) + "\n"))
+    atomic_write(
+        path,
+        lambda tmp: tmp.write_text(
+            json.dumps(data, indent=2, sort_keys=False, allow_nan=True) + "\n"
+        ),
+    )
 
 
 def read_json(path: Path) -> Any:
     return json.loads(Path(path).read_text())
 
 
-def write_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+def write_tensors(
+    path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
+) -> None:
     contiguous = {k: v.detach().contiguous() for k, v in tensors.items()}
     atomic_write(path, lambda tmp: save_file(contiguous, str(tmp), metadata=metadata))
 

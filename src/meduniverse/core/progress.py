@@ -11,11 +11,18 @@ console = Console(stderr=True)
 
 
 class RunProgress:
-    """One bar per phase; `phase(...)` returns the on_step(done, total) callback the training functions take."""
+    """One bar per phase; `phase(...)` returns the on_step(done, total) callback the training
+    functions take."""
 
     def __init__(self, enabled: bool = True):
-        self.bars = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                             console=console, disable=not enabled)
+        self.bars = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            disable=not enabled,
+        )
 
     def __enter__(self) -> "RunProgress":
         self.bars.start()

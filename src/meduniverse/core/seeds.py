@@ -2,5 +2,6 @@
 
 
 def derive_seed(seed: int, part: int) -> int:
-    """The seed of one part of a run (a stage, a fine-tune epoch, a reference arm), distinct for parts 0..999."""
+    """The seed of one part of a run (a stage, a fine-tune epoch, a reference arm), distinct for
+    parts 0..999."""
     return seed * 1000 + part

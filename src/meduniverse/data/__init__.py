@@ -1,1 +1,2 @@
-"""Reading and checking image datasets: MedMNIST-style npz, the medmnist package's files, synthetic sites."""
+"""Reading and checking image datasets: MedMNIST-style npz, the medmnist package's files, synthetic
+sites."""

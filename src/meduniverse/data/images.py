@@ -15,7 +15,11 @@ def _to_uint8(array: np.ndarray, path: Path) -> np.ndarray:
     if not np.isfinite(array).all():
         raise DataError(f"{path}: image contains NaN or inf")
     lo, hi = array.min(), array.max()
-    return np.zeros(array.shape, np.uint8) if hi == lo else np.round((array - lo) / (hi - lo) * 255).astype(np.uint8)
+    return (
+        np.zeros(array.shape, np.uint8)
+        if hi == lo
+        else np.round((array - lo) / (hi - lo) * 255).astype(np.uint8)
+    )
 
 
 def read_image(path: Path) -> np.ndarray:
@@ -27,20 +31,25 @@ def read_image(path: Path) -> np.ndarray:
     try:
         if name.endswith(".dcm"):
             import pydicom
+
             array = pydicom.dcmread(path).pixel_array
         elif name.endswith((".nii", ".nii.gz")):
             import nibabel
+
             volume = np.asanyarray(nibabel.load(path).dataobj)
             array = volume[..., volume.shape[2] // 2] if volume.ndim == 3 else volume
         elif name.endswith(".npy"):
             array = np.load(path, allow_pickle=False)
         else:
             from PIL import Image
+
             with Image.open(path) as img:
-                array = np.asarray(img.convert("L" if img.mode in ("L", "I", "I;16", "F", "1") else "RGB"))
+                array = np.asarray(
+                    img.convert("L" if img.mode in ("L", "I", "I;16", "F", "1") else "RGB")
+                )
     except DataError:
         raise
-    except Exception as exc:  # noqa: BLE001 - every reader has its own exceptions
+    except Exception as exc:
         raise DataError(f"{path}: cannot read image ({exc})") from exc
     if array.ndim == 3 and array.shape[-1] == 4:
         array = array[..., :3]

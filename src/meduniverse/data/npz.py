@@ -1,4 +1,5 @@
-"""Read and validate MedMNIST-style ``.npz`` files: ``{split}_images`` plus ``{split}_labels`` or ``{split}_masks``."""
+"""Read and validate MedMNIST-style ``.npz`` files: ``{split}_images`` plus ``{split}_labels`` or
+``{split}_masks``."""
 
 from pathlib import Path
 import zipfile
@@ -32,27 +33,37 @@ def read_array(npz: np.lib.npyio.NpzFile, key: str, path: Path) -> np.ndarray:
 def check_images(images: np.ndarray, where: str) -> np.ndarray:
     """Check rank, dtype and values of an image array; return it as uint8 (N,H,W[,C])."""
     if images.ndim not in (3, 4) or (images.ndim == 4 and images.shape[-1] not in (1, 3)):
-        raise DataError(f"{where}: images must have shape (N,H,W) or (N,H,W,1|3), got {images.shape}")
+        raise DataError(
+            f"{where}: images must have shape (N,H,W) or (N,H,W,1|3), got {images.shape}"
+        )
     if images.shape[0] == 0:
         raise DataError(f"{where}: empty split (0 images)")
     if images.dtype == np.uint8:
         return images
     if not np.issubdtype(images.dtype, np.floating):
-        raise DataError(f"{where}: images must be uint8 or float in [0,1], got dtype {images.dtype}")
+        raise DataError(
+            f"{where}: images must be uint8 or float in [0,1], got dtype {images.dtype}"
+        )
     if np.isnan(images).any():
         raise DataError(f"{where}: images contain NaN")
     if images.min() < 0 or images.max() > 1:
-        raise DataError(f"{where}: float images must lie in [0,1], got [{images.min()}, {images.max()}]")
+        raise DataError(
+            f"{where}: float images must lie in [0,1], got [{images.min()}, {images.max()}]"
+        )
     return np.round(images * 255).astype(np.uint8)
 
 
-def check_split(images: np.ndarray, targets: np.ndarray, task: str, num_classes: int, where: str) -> RawSplit:
+def check_split(
+    images: np.ndarray, targets: np.ndarray, task: str, num_classes: int, where: str
+) -> RawSplit:
     """Images checked, then the targets by the task type's own check."""
     images = check_images(images, where)
     return RawSplit(images, task_type(task).check_targets(targets, images, num_classes, where))
 
 
-def read_labelled_npz(path: Path, task: str, num_classes: int, splits: tuple[str, ...] = SPLITS) -> dict[str, RawSplit]:
+def read_labelled_npz(
+    path: Path, task: str, num_classes: int, splits: tuple[str, ...] = SPLITS
+) -> dict[str, RawSplit]:
     """Read and check every split of a labelled npz file."""
     kind = task_type(task).target_key
     out = {}

@@ -1,4 +1,5 @@
-"""A dataset split, as stored (numpy) and as the model takes it (tensors at the input specification)."""
+"""A dataset split, as stored (numpy) and as the model takes it (tensors at the input
+specification)."""
 
 from dataclasses import dataclass
 

@@ -1,4 +1,5 @@
-"""Procedurally generated sites for the offline demo and tests: clearly synthetic, learnable, several modalities."""
+"""Procedurally generated sites for the offline demo and tests: clearly synthetic, learnable,
+several modalities."""
 
 from collections.abc import Callable
 
@@ -29,7 +30,9 @@ def xray_nodule(rng: np.random.Generator, n: int, size: int = 32) -> tuple[np.nd
     labels = rng.integers(0, 2, n)
     images = np.empty((n, size, size), np.float32)
     for i in range(n):
-        lungs = np.exp(-_blob(yy, xx, 0.5, 0.3, 0.35, 0.15)) + np.exp(-_blob(yy, xx, 0.5, 0.7, 0.35, 0.15))
+        lungs = np.exp(-_blob(yy, xx, 0.5, 0.3, 0.35, 0.15)) + np.exp(
+            -_blob(yy, xx, 0.5, 0.7, 0.35, 0.15)
+        )
         img = 0.2 + 0.4 * lungs + 0.08 * rng.standard_normal((size, size))
         if labels[i]:
             cy, cx = rng.uniform(0.3, 0.7), rng.choice([0.3, 0.7]) + rng.uniform(-0.08, 0.08)
@@ -63,7 +66,7 @@ def cell_type(rng: np.random.Generator, n: int, size: int = 32) -> tuple[np.ndar
         ry, rx = radii[int(labels[i])]
         if rng.random() < 0.5:
             ry, rx = rx, ry
-        cell = np.exp(-_blob(yy, xx, rng.uniform(0.4, 0.6), rng.uniform(0.4, 0.6), ry, rx) ** 2)
+        cell = np.exp(-(_blob(yy, xx, rng.uniform(0.4, 0.6), rng.uniform(0.4, 0.6), ry, rx) ** 2))
         img = np.array([0.9, 0.85, 0.9]) - cell[..., None] * np.array([0.4, 0.6, 0.2])
         images[i] = img + 0.04 * rng.standard_normal(img.shape)
     return _to_uint8(images), labels[:, None]
@@ -87,7 +90,8 @@ def vessel_seg(rng: np.random.Generator, n: int, size: int = 64) -> tuple[np.nda
 
 
 def lesion_seg(rng: np.random.Generator, n: int, size: int = 64) -> tuple[np.ndarray, np.ndarray]:
-    """Gray 'ultrasound' speckle with a bright elliptic lesion; the mask marks the lesion (segmentation)."""
+    """Gray 'ultrasound' speckle with a bright elliptic lesion; the mask marks the lesion
+    (segmentation)."""
     yy, xx = _grid(size)
     images = np.empty((n, size, size), np.float32)
     masks = np.empty((n, size, size), np.uint8)

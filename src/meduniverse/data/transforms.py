@@ -12,16 +12,27 @@ from meduniverse.core.config import MEAN, STD, InputSpec
 
 
 def images_to_spec(images: np.ndarray, spec: InputSpec, chunk: int = 512) -> torch.Tensor:
-    """uint8 (N,H,W[,C]) -> uint8 tensor (N,channels,size,size): gray<->RGB, antialiased bilinear resize."""
+    """uint8 (N,H,W[,C]) -> uint8 tensor (N,channels,size,size): gray<->RGB, antialiased bilinear
+    resize."""
     x = torch.from_numpy(np.require(images, requirements=["C", "W"]))
     x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
     if x.shape[1] != spec.channels:
-        x = x.expand(-1, spec.channels, -1, -1) if x.shape[1] == 1 else x.float().mean(1, keepdim=True).round().byte()
+        x = (
+            x.expand(-1, spec.channels, -1, -1)
+            if x.shape[1] == 1
+            else x.float().mean(1, keepdim=True).round().byte()
+        )
     if x.shape[-1] == spec.size and x.shape[-2] == spec.size:
         return x.contiguous()
     out = []
     for part in x.split(chunk):
-        resized = F.interpolate(part.float(), size=(spec.size, spec.size), mode="bilinear", antialias=True, align_corners=False)
+        resized = F.interpolate(
+            part.float(),
+            size=(spec.size, spec.size),
+            mode="bilinear",
+            antialias=True,
+            align_corners=False,
+        )
         out.append(resized.round().clamp(0, 255).byte())
     return torch.cat(out)
 
@@ -39,7 +50,9 @@ def normalize(images: torch.Tensor) -> torch.Tensor:
     return (images.float() / 255.0 - MEAN) / STD
 
 
-def random_flip(images: torch.Tensor, masks: torch.Tensor | None, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
+def random_flip(
+    images: torch.Tensor, masks: torch.Tensor | None, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Batch-wise random horizontal flip (the same flip for images and masks)."""
     flip = torch.rand(images.shape[0], generator=generator) < 0.5
     if flip.any():

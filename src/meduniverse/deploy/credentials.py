@@ -1,11 +1,12 @@
-"""Credentials: a CA, the SuperLink's TLS certificate, and per site a node key pair (OpenSSH ECDSA P-384, registered
+"""Credentials: a CA, the SuperLink's TLS certificate, and per site a node key pair (OpenSSH ECDSA
+P-384, registered
 with the SuperLink) and a TLS certificate for the node's own local API."""
 
+from pathlib import Path
 import re
 import secrets
 import shutil
 import socket
-from pathlib import Path
 
 from meduniverse.core.errors import DeployError
 from meduniverse.deploy.environment import finish_dir, new_dir, run_tool
@@ -35,29 +36,82 @@ def _san(hosts: list[str]) -> str:
     return ",".join(entries)
 
 
-def _certificate(directory: Path, name: str, common_name: str, hosts: list[str], ca: Path, ca_key: Path, days: int) -> None:
+def _certificate(
+    directory: Path,
+    name: str,
+    common_name: str,
+    hosts: list[str],
+    ca: Path,
+    ca_key: Path,
+    days: int,
+) -> None:
     """`name`.pem + `name`.key: an EC P-256 TLS server certificate for `hosts`, signed by the CA."""
     openssl = shutil.which("openssl") or "openssl"
     key, csr, ext = directory / f"{name}.key", directory / f"{name}.csr", directory / f"{name}.ext"
-    run_tool([openssl, "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-          "-keyout", str(key), "-out", str(csr), "-subj", f"/CN={common_name}"], f"openssl (key for {common_name})")
-    ext.write_text(f"subjectAltName={_san(hosts)}\nbasicConstraints=critical,CA:FALSE\n"
-                   "keyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n")
-    run_tool([openssl, "x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key),
-          "-set_serial", f"0x{secrets.token_hex(16)}", "-days", str(days), "-sha256", "-extfile", str(ext),
-          "-out", str(directory / f"{name}.pem")], f"openssl (certificate for {common_name})")
+    run_tool(
+        [
+            openssl,
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(csr),
+            "-subj",
+            f"/CN={common_name}",
+        ],
+        f"openssl (key for {common_name})",
+    )
+    ext.write_text(
+        f"subjectAltName={_san(hosts)}\nbasicConstraints=critical,CA:FALSE\n"
+        "keyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n"
+    )
+    run_tool(
+        [
+            openssl,
+            "x509",
+            "-req",
+            "-in",
+            str(csr),
+            "-CA",
+            str(ca),
+            "-CAkey",
+            str(ca_key),
+            "-set_serial",
+            f"0x{secrets.token_hex(16)}",
+            "-days",
+            str(days),
+            "-sha256",
+            "-extfile",
+            str(ext),
+            "-out",
+            str(directory / f"{name}.pem"),
+        ],
+        f"openssl (certificate for {common_name})",
+    )
     csr.unlink()
     ext.unlink()
     key.chmod(0o600)
 
 
-def generate_credentials(out: Path, sites: list[str], hosts: list[str] | None = None, days: int = 365) -> Path:
+def generate_credentials(
+    out: Path, sites: list[str], hosts: list[str] | None = None, days: int = 365
+) -> Path:
     """Everything TLS and node authentication need, one folder per machine:
 
-        OUT/ca.crt, OUT/ca.key          the certificate authority (keep ca.key with the operator, offline)
-        OUT/server/                     for the server: ca.crt, server.pem, server.key, nodes/SITE.pub
-        OUT/sites/SITE/                 for each site: ca.crt, node.key + node.pub (its identity, registered
-                                        with the SuperLink), tls.pem + tls.key (its SuperNode's local API)
+        OUT/ca.crt, OUT/ca.key          the certificate authority (keep ca.key with the operator,
+        offline)
+        OUT/server/                     for the server: ca.crt, server.pem, server.key,
+        nodes/SITE.pub
+        OUT/sites/SITE/                 for each site: ca.crt, node.key + node.pub (its identity,
+        registered
+                                        with the SuperLink), tls.pem + tls.key (its SuperNode's
+                                        local API)
 
     `hosts`: the names and addresses the SuperLink is reached at (its certificate's subjectAltName).
     """
@@ -70,11 +124,36 @@ def generate_credentials(out: Path, sites: list[str], hosts: list[str] | None = 
         openssl = shutil.which("openssl")
         keygen = shutil.which("ssh-keygen")
         if not openssl or not keygen:
-            raise DeployError("generating credentials needs 'openssl' and 'ssh-keygen' (OpenSSH) on PATH")
-        run_tool([openssl, "req", "-x509", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-              "-keyout", str(ca_key), "-out", str(ca), "-days", str(days), "-sha256", "-subj", "/CN=meduniverse federation CA",
-              "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign"],
-             "openssl (certificate authority)")
+            raise DeployError(
+                "generating credentials needs 'openssl' and 'ssh-keygen' (OpenSSH) on PATH"
+            )
+        run_tool(
+            [
+                openssl,
+                "req",
+                "-x509",
+                "-new",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-keyout",
+                str(ca_key),
+                "-out",
+                str(ca),
+                "-days",
+                str(days),
+                "-sha256",
+                "-subj",
+                "/CN=meduniverse federation CA",
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign,cRLSign",
+            ],
+            "openssl (certificate authority)",
+        )
         ca_key.chmod(0o600)
         server = tmp / "server"
         (server / "nodes").mkdir(parents=True)
@@ -84,14 +163,39 @@ def generate_credentials(out: Path, sites: list[str], hosts: list[str] | None = 
             folder = tmp / "sites" / site
             folder.mkdir(parents=True)
             shutil.copy(ca, folder / "ca.crt")
-            run_tool([keygen, "-q", "-t", "ecdsa", "-b", "384", "-N", "", "-C", f"meduniverse site {site}",
-                  "-f", str(folder / "node")], f"ssh-keygen (key for site '{site}')")
+            run_tool(
+                [
+                    keygen,
+                    "-q",
+                    "-t",
+                    "ecdsa",
+                    "-b",
+                    "384",
+                    "-N",
+                    "",
+                    "-C",
+                    f"meduniverse site {site}",
+                    "-f",
+                    str(folder / "node"),
+                ],
+                f"ssh-keygen (key for site '{site}')",
+            )
             (folder / "node").rename(folder / "node.key")
             shutil.copy(folder / "node.pub", server / "nodes" / f"{site}.pub")
-            _certificate(folder, "tls", f"meduniverse-site-{site}", ["127.0.0.1", "localhost"], ca, ca_key, days)
+            _certificate(
+                folder,
+                "tls",
+                f"meduniverse-site-{site}",
+                ["127.0.0.1", "localhost"],
+                ca,
+                ca_key,
+                days,
+            )
         (tmp / "README.txt").write_text(
-            "server/ goes to the server machine; sites/SITE/ to site SITE only; ca.key stays with the operator.\n"
-            f"Sites: {', '.join(sites)}. SuperLink certificate valid for: {', '.join(hosts)}.\n")
+            "server/ goes to the server machine; sites/SITE/ to site SITE only; ca.key stays with "
+            "the operator.\n"
+            f"Sites: {', '.join(sites)}. SuperLink certificate valid for: {', '.join(hosts)}.\n"
+        )
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

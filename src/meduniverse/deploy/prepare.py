@@ -1,4 +1,5 @@
-"""Split a federation for deployment: the shared federation, the server's pool files and each site's private file."""
+"""Split a federation for deployment: the shared federation, the server's pool files and each site's
+private file."""
 
 from pathlib import Path
 import re
@@ -16,16 +17,22 @@ from meduniverse.sites.sources import private_raw
 
 
 def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(text).stem if "/" in text else text).strip("_")[:60] or "pool"
+    return (
+        re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(text).stem if "/" in text else text).strip("_")[:60]
+        or "pool"
+    )
 
 
 def prepare(config: FederationConfig, out: Path) -> Path:
     """Split a federation for deployment, into OUT:
 
-        federation.toml   the shared federation (sites' names, tasks, classes; pool.files; no data paths)
-        pool/*.npz        the server's unlabelled pool, one file per source (key 'images'): the same pool
+        federation.toml   the shared federation (sites' names, tasks, classes; pool.files; no data
+        paths)
+        pool/*.npz        the server's unlabelled pool, one file per source (key 'images'): the same
+        pool
                           a simulated run of `config` uses
-        sites/SITE.npz    each site's private splits (without the images it lends to the pool), in the
+        sites/SITE.npz    each site's private splits (without the images it lends to the pool), in
+        the
                           MedMNIST-style layout: what that hospital holds; for a demo on one machine
 
     The pool and every private split are checked disjoint first (SHA-256 of each image).
@@ -48,9 +55,13 @@ def prepare(config: FederationConfig, out: Path) -> Path:
                 arrays[f"{split}_images"] = raw.images
                 arrays[f"{split}_{task_type(site.task).target_key}"] = raw.targets
             np.savez(tmp / "sites" / f"{site.name}.npz", **arrays)
-        text = ("# The shared federation for a deployment (meduniverse deploy prepare): every party may read it.\n"
-                "# No site's data path: each SuperNode names its own file (--node-config \"site='NAME' data='...'\").\n"
-                "# pool.files: relative to this file, on the server machine.\n")
+        text = (
+            "# The shared federation for a deployment (meduniverse deploy prepare): every party "
+            "may read it.\n"
+            "# No site's data path: each SuperNode names its own file (--node-config \"site='NAME' "
+            "data='...'\").\n"
+            "# pool.files: relative to this file, on the server machine.\n"
+        )
         (tmp / "federation.toml").write_text(text + tomli_w.dumps(shared_document(config, files)))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

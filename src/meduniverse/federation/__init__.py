@@ -1,1 +1,2 @@
-"""Flower wiring: sites are ClientApps, the server is a ServerApp whose strategy distils site models."""
+"""Flower wiring: sites are ClientApps, the server is a ServerApp whose strategy distils site
+models."""

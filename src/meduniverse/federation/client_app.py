@@ -1,6 +1,7 @@
 """The site side: a Flower ClientApp that trains and evaluates on the site's private data.
 
-Only model weights and scalar metrics leave it (tests/test_federation.py checks every message it sends).
+Only model weights and scalar metrics leave it (tests/test_federation.py checks every message it
+sends).
 """
 
 from collections.abc import Callable
@@ -33,16 +34,23 @@ def site_data(context: Context, config: FederationConfig) -> SiteData:
 
 
 def site_model(config: FederationConfig, data: SiteData, state: dict[str, torch.Tensor], seed: int):
-    """Encoder + this site's head, from the weights the server sent (a missing head starts fresh)."""
+    """Encoder + this site's head from the weights the server sent (a missing head starts fresh)."""
     model = build_model(config, [TaskInfo(data.name, data.task, data.config.classes)], seed=seed)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected or any(not k.startswith("heads.") for k in missing):
-        raise ValueError(f"site '{data.name}': weights do not fit the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        raise ValueError(
+            f"site '{data.name}': weights do not fit the model (missing {missing[:3]}, unexpected "
+            f"{unexpected[:3]})"
+        )
     return model
 
 
 def describe(data: SiteData) -> dict[str, int]:
-    return {"num-train": len(data.splits["train"]), "num-val": len(data.splits["val"]), "num-test": len(data.splits["test"])}
+    return {
+        "num-train": len(data.splits["train"]),
+        "num-val": len(data.splits["val"]),
+        "num-test": len(data.splits["test"]),
+    }
 
 
 def handle_query(msg: Message, config: FederationConfig, data: SiteData) -> Message:
@@ -51,9 +59,11 @@ def handle_query(msg: Message, config: FederationConfig, data: SiteData) -> Mess
 
 
 def handle_train(msg: Message, config: FederationConfig, data: SiteData) -> Message:
-    """Stage s at a site: fine-tune the received encoder + own head on private data; send the weights back.
+    """Stage s at a site: fine-tune the received encoder + own head on private data; send the
+    weights back.
 
-    Scores on the validation split before training (the previous stage's model, for the stage curves) and on
+    Scores on the validation split before training (the previous stage's model, for the stage
+    curves) and on
     validation and test after it (the stage's teacher); FedProx adds its proximal term to the loss.
     """
     settings = msg.content[CONFIG]
@@ -65,20 +75,28 @@ def handle_train(msg: Message, config: FederationConfig, data: SiteData) -> Mess
     mu = float(settings.get("proximal-mu", 0.0))
     penalty = proximal_term(model, encoder_part(received), mu) if mu > 0 else None
     stats = train_local(model, data.name, data.splits["train"], config.method, seed, penalty)
-    metrics = {"num-examples": len(data.splits["train"]), "train-loss": stats.loss, "train-seconds": stats.seconds,
-               "train-images-per-second": stats.images_per_second, f"received-val-{key}": before,
-               f"val-{key}": evaluate(model, data.name, data.splits["val"])[key],
-               f"test-{key}": evaluate(model, data.name, data.splits["test"])[key]}
+    metrics = {
+        "num-examples": len(data.splits["train"]),
+        "train-loss": stats.loss,
+        "train-seconds": stats.seconds,
+        "train-images-per-second": stats.images_per_second,
+        f"received-val-{key}": before,
+        f"val-{key}": evaluate(model, data.name, data.splits["val"])[key],
+        f"test-{key}": evaluate(model, data.name, data.splits["test"])[key],
+    }
     return reply(msg, metrics, state=model.state_dict())
 
 
 def handle_evaluate(msg: Message, config: FederationConfig, data: SiteData) -> Message:
-    """Evaluate an arm at the site: fine-tune or probe first if its mode says so, then score val and test."""
+    """Evaluate an arm at the site: fine-tune or probe first if its mode says so, then score val and
+    test."""
     settings = msg.content[CONFIG]
     seed = int(settings["seed"])
     model = site_model(config, data, from_arrays(msg.content[ARRAYS]), seed)
     start = time.perf_counter()
-    metrics = evaluate_arm(model, data.name, data.splits, str(settings["mode"]), config.method, config.finetune, seed)
+    metrics = evaluate_arm(
+        model, data.name, data.splits, str(settings["mode"]), config.method, config.finetune, seed
+    )
     metrics["seconds"] = time.perf_counter() - start
     return reply(msg, metrics)
 
@@ -87,15 +105,17 @@ def make_client_app(get_config: ConfigSource) -> ClientApp:
     """A ClientApp whose handlers load this node's site (cached per process) and run one step."""
     app = ClientApp()
 
-    def run(handler: Callable[[Message, FederationConfig, SiteData], Message]) -> Callable[[Message, Context], Message]:
+    def run(
+        handler: Callable[[Message, FederationConfig, SiteData], Message],
+    ) -> Callable[[Message, Context], Message]:
         def wrapped(msg: Message, context: Context) -> Message:
             config = get_config(context)
             torch.set_num_threads(config.runtime.threads_per_site)
             return handler(msg, config, site_data(context, config))
+
         return wrapped
 
     app.query()(run(handle_query))
     app.train()(run(handle_train))
     app.evaluate()(run(handle_evaluate))
     return app
-

@@ -1,6 +1,8 @@
-"""The federated comparison arms on Flower's own FedAvg and FedProx, with each site's head kept for that site.
+"""The federated comparison arms on Flower's own FedAvg and FedProx, with each site's head kept for
+that site.
 
-Add a federated competitor by adding its model to `meduniverse.core.arms.MODELS` and its strategy here.
+Add a federated competitor by adding its model to `meduniverse.core.arms.MODELS` and its strategy
+here.
 """
 
 from collections.abc import Callable, Iterable
@@ -18,10 +20,13 @@ from meduniverse.models.universal import build_model, local_key, norm_keys, site
 
 
 class SiteHeads:
-    """Mixin for Flower's FedAvg/FedProx: the shared encoder is aggregated by the Flower strategy; each site's head
-    (and the `site_local` keys, e.g. FedBN's normalisation layers) is only ever sent back to that site.
+    """Mixin for Flower's FedAvg/FedProx: the shared encoder is aggregated by the Flower strategy;
+    each site's head
+    (and the `site_local` keys, e.g. FedBN's normalisation layers) is only ever sent back to that
+    site.
 
-    The server-side state is a full universal model plus `local.SITE.KEY` copies of site-local shared keys.
+    The server-side state is a full universal model plus `local.SITE.KEY` copies of site-local
+    shared keys.
 
     Args:
         arm: the model's name (its checkpoints and messages carry it).
@@ -34,25 +39,64 @@ class SiteHeads:
     After each stage, `reports[stage]` holds each site's metrics and the rejected sites.
     """
 
-    def __init__(self, arm: str, roster: dict[int, str], seed: int, min_sites: int = 0,
-                 site_local: set[str] | frozenset[str] = frozenset(), **strategy_args):
-        super().__init__(fraction_train=1.0, fraction_evaluate=0.0, min_available_nodes=len(roster),
-                         weighted_by_key="num-examples", **strategy_args)
-        self.arm, self.roster, self.seed, self.min_sites, self.site_local = arm, roster, seed, min_sites, set(site_local)
+    def __init__(
+        self,
+        arm: str,
+        roster: dict[int, str],
+        seed: int,
+        min_sites: int = 0,
+        site_local: set[str] | frozenset[str] = frozenset(),
+        **strategy_args,
+    ):
+        super().__init__(
+            fraction_train=1.0,
+            fraction_evaluate=0.0,
+            min_available_nodes=len(roster),
+            weighted_by_key="num-examples",
+            **strategy_args,
+        )
+        self.arm, self.roster, self.seed, self.min_sites, self.site_local = (
+            arm,
+            roster,
+            seed,
+            min_sites,
+            set(site_local),
+        )
         self.previous: dict[str, torch.Tensor] = {}
         self.reports: dict[int, dict] = {}
 
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         self.previous = from_arrays(arrays)
-        settings = ConfigRecord({**config, "arm": self.arm, "stage": server_round,
-                                 "seed": derive_seed(self.seed, server_round)})
-        sampled = super().configure_train(server_round, ArrayRecord(), settings, grid)  # Flower's sampling and config
-        return [request(MessageType.TRAIN, msg.metadata.dst_node_id, dict(msg.content[CONFIG]),
-                        site_state(self.previous, self.roster[msg.metadata.dst_node_id])) for msg in sampled]
+        settings = ConfigRecord(
+            {
+                **config,
+                "arm": self.arm,
+                "stage": server_round,
+                "seed": derive_seed(self.seed, server_round),
+            }
+        )
+        sampled = super().configure_train(
+            server_round, ArrayRecord(), settings, grid
+        )  # Flower's sampling and config
+        return [
+            request(
+                MessageType.TRAIN,
+                msg.metadata.dst_node_id,
+                dict(msg.content[CONFIG]),
+                site_state(self.previous, self.roster[msg.metadata.dst_node_id]),
+            )
+            for msg in sampled
+        ]
 
-    def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         report: dict = {}
-        accepted = accept_updates(server_round, replies, self.roster, self.previous, self.min_sites, report)
+        accepted = accept_updates(
+            server_round, replies, self.roster, self.previous, self.min_sites, report
+        )
         state, shared_replies = dict(self.previous), []
         for update, msg in accepted:
             shared = {}
@@ -63,8 +107,14 @@ class SiteHeads:
                     state[local_key(update.site, key)] = value
                 else:
                     shared[key] = value
-            # What Flower's aggregation sees: the shared weights and the weighting key (metric names differ by task)
-            content = RecordDict({ARRAYS: to_arrays(shared), METRICS: MetricRecord({"num-examples": update.num_examples})})
+            # What Flower's aggregation sees: the shared weights and the weighting key (metric names
+            # differ by task)
+            content = RecordDict(
+                {
+                    ARRAYS: to_arrays(shared),
+                    METRICS: MetricRecord({"num-examples": update.num_examples}),
+                }
+            )
             shared_replies.append(Message(metadata=msg.metadata, content=content))
         arrays, metrics = super().aggregate_train(server_round, shared_replies)
         state.update(from_arrays(arrays))
@@ -83,14 +133,25 @@ class FedProxSiteHeads(SiteHeads, FedProx):
 Factory = Callable[[dict[int, str], int, FederationConfig], SiteHeads]
 
 STRATEGIES: dict[str, Factory] = {
-    "fedavg": lambda roster, seed, config: FedAvgSiteHeads("fedavg", roster, seed, config.runtime.min_sites),
-    "fedprox": lambda roster, seed, config: FedProxSiteHeads("fedprox", roster, seed, config.runtime.min_sites,
-                                                             proximal_mu=config.competitors.proximal_mu),
-    "fedbn": lambda roster, seed, config: FedAvgSiteHeads("fedbn", roster, seed, config.runtime.min_sites,
-                                                          site_local=norm_keys(build_model(config))),
+    "fedavg": lambda roster, seed, config: FedAvgSiteHeads(
+        "fedavg", roster, seed, config.runtime.min_sites
+    ),
+    "fedprox": lambda roster, seed, config: FedProxSiteHeads(
+        "fedprox",
+        roster,
+        seed,
+        config.runtime.min_sites,
+        proximal_mu=config.competitors.proximal_mu,
+    ),
+    "fedbn": lambda roster, seed, config: FedAvgSiteHeads(
+        "fedbn", roster, seed, config.runtime.min_sites, site_local=norm_keys(build_model(config))
+    ),
 }
 
 
-def competitor_strategy(arm: str, roster: dict[int, str], seed: int, config: FederationConfig) -> SiteHeads:
-    """The strategy that trains federated competitor `arm` (a model of `meduniverse.core.arms.COMPETITORS`)."""
+def competitor_strategy(
+    arm: str, roster: dict[int, str], seed: int, config: FederationConfig
+) -> SiteHeads:
+    """The strategy that trains federated competitor `arm` (a model of
+    `meduniverse.core.arms.COMPETITORS`)."""
     return STRATEGIES[arm](roster, seed, config)

@@ -1,4 +1,5 @@
-"""What travels between server and sites: model weights (ArrayRecord), settings (ConfigRecord), scalars (MetricRecord)."""
+"""What travels between server and sites: model weights (ArrayRecord), settings (ConfigRecord),
+scalars (MetricRecord)."""
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 import torch
@@ -14,7 +15,9 @@ def from_arrays(record: ArrayRecord) -> dict[str, torch.Tensor]:
     return record.to_torch_state_dict()
 
 
-def request(message_type: str, node_id: int, config: dict, state: dict[str, torch.Tensor] | None = None) -> Message:
+def request(
+    message_type: str, node_id: int, config: dict, state: dict[str, torch.Tensor] | None = None
+) -> Message:
     """A server -> site message: optional weights plus a ConfigRecord."""
     content = RecordDict({CONFIG: ConfigRecord(config)})
     if state is not None:
@@ -22,9 +25,14 @@ def request(message_type: str, node_id: int, config: dict, state: dict[str, torc
     return Message(content=content, message_type=message_type, dst_node_id=node_id)
 
 
-def reply(to: Message, metrics: dict[str, float | int], state: dict[str, torch.Tensor] | None = None,
-          info: dict[str, str] | None = None) -> Message:
-    """A site -> server message: optional weights, scalar metrics and short text fields; nothing else."""
+def reply(
+    to: Message,
+    metrics: dict[str, float | int],
+    state: dict[str, torch.Tensor] | None = None,
+    info: dict[str, str] | None = None,
+) -> Message:
+    """A site -> server message: optional weights, scalar metrics and short text fields; nothing
+    else."""
     content = RecordDict({METRICS: MetricRecord(metrics)})
     if state is not None:
         content[ARRAYS] = to_arrays(state)

@@ -1,4 +1,5 @@
-"""The server side: a Flower ServerApp running stage 0 (MIM), stages 1..S of every federated model and the
+"""The server side: a Flower ServerApp running stage 0 (MIM), stages 1..S of every federated model
+and the
 evaluation arms.
 
 Every stage is checkpointed; a restarted run resumes after the last completed stage.
@@ -9,7 +10,7 @@ from functools import partial
 from pathlib import Path
 import time
 
-from flwr.app import ConfigRecord, Context, Message, MessageType
+from flwr.app import ConfigRecord, Context, MessageType
 from flwr.serverapp import Grid, ServerApp
 import torch
 
@@ -20,7 +21,8 @@ from meduniverse.core.errors import StageError
 from meduniverse.core.progress import RunProgress, log
 from meduniverse.core.seeds import derive_seed
 from meduniverse.federation.competitors import SiteHeads, competitor_strategy
-from meduniverse.federation.messages import CONFIG, METRICS, from_arrays, request, to_arrays
+from meduniverse.federation.exchange import exchange_with_progress, handshake, message_bytes
+from meduniverse.federation.messages import METRICS, from_arrays, request, to_arrays
 from meduniverse.federation.strategy import UniversalDistillation, brief
 from meduniverse.method.mim import pretrain_mim
 from meduniverse.method.server import server_step
@@ -29,107 +31,95 @@ from meduniverse.models.universal import build_model, encoder_part, site_state
 from meduniverse.sites.pool import Pool
 
 
-def exchange(grid: Grid, messages: list[Message], timeout: float, on_reply: Callable[[Message], None] | None = None) -> list[Message]:
-    """Grid.send_and_receive, reporting each reply as it arrives (for progress and per-site logs).
-
-    An error the SuperLink sends on behalf of a node that went away (NODE_UNAVAILABLE: its sender is the
-    SuperLink) is turned into that node's own error reply, so that callers can name the site.
-    """
-    ids = list(grid.push_messages(messages))
-    if len(ids) != len(messages) or not all(ids):
-        raise StageError(f"the SuperLink took {sum(map(bool, ids))} of {len(messages)} messages (see its log)")
-    sent = dict(zip(ids, messages, strict=True))
-    pending = set(sent)
-    deadline, replies = time.time() + timeout, []
-    while pending and time.time() < deadline:
-        for msg in grid.pull_messages(pending):
-            original = sent.get(msg.metadata.reply_to_message_id)
-            if msg.has_error() and original is not None and msg.metadata.src_node_id != original.metadata.dst_node_id:
-                msg = Message(msg.error, reply_to=original)
-            replies.append(msg)
-            pending.discard(msg.metadata.reply_to_message_id)
-            if on_reply:
-                on_reply(msg)
-        time.sleep(0.1)
-    return replies
-
-
-def exchange_with_progress(grid: Grid, messages: list[Message], description: str, config: FederationConfig,
-                           progress: RunProgress) -> list[Message]:
-    """exchange() with a progress bar counting the sites that have answered."""
-    on_site = progress.phase(description, len(messages))
-    done: list[Message] = []
-    return exchange(grid, messages, config.runtime.reply_timeout, lambda m: (done.append(m), on_site(len(done), len(messages))))
-
-
-def wait_for_nodes(grid: Grid, count: int, timeout: float) -> list[int]:
-    deadline = time.time() + timeout
-    while len(nodes := list(grid.get_node_ids())) < count:
-        if time.time() > deadline:
-            raise StageError(f"only {len(nodes)} of {count} sites connected within {timeout:.0f} s")
-        time.sleep(0.2)
-    return nodes
-
-
-def handshake(grid: Grid, config: FederationConfig) -> dict[int, str]:
-    """Ask every node which site it is; every configured site must answer exactly once."""
-    nodes = wait_for_nodes(grid, len(config.sites), config.runtime.reply_timeout)
-    replies = exchange(grid, [request(MessageType.QUERY, n, {}) for n in nodes], config.runtime.reply_timeout)
-    roster = {}
-    for msg in replies:
-        if msg.has_error():
-            raise StageError(f"handshake: node {msg.metadata.src_node_id} failed: {brief(msg.error.reason)}")
-        roster[msg.metadata.src_node_id] = str(msg.content[CONFIG]["site"])
-    missing = {s.name for s in config.sites} - set(roster.values())
-    if missing or len(set(roster.values())) != len(roster):
-        raise StageError(f"handshake: sites missing {sorted(missing)} or answering twice: {sorted(roster.values())}")
-    order = [s.name for s in config.sites]  # the configuration's order, not the order the nodes answered in
-    return dict(sorted(roster.items(), key=lambda item: order.index(item[1])))
-
-
-def stage_zero(config: FederationConfig, pool: dict[str, torch.Tensor], seed: int, ckpt: Checkpoints,
-               progress: RunProgress) -> None:
+def stage_zero(
+    config: FederationConfig,
+    pool: dict[str, torch.Tensor],
+    seed: int,
+    ckpt: Checkpoints,
+    progress: RunProgress,
+) -> None:
     """MIM-pretrain the encoder on the pool: the baseline encoder, and G_0."""
     model = build_model(config, seed=seed)
     spec = config.inputs[0][1]
     decoder = DecoderHead(model.encoder.widths, spec.channels)
-    stats = pretrain_mim(model.encoder, decoder, pool, config.method, seed, progress.phase("stage 0: MIM pretraining on the pool"))
-    ckpt.save_stage(0, {"model": model.state_dict(), "mim_decoder": decoder.state_dict()},
-                    {"seconds": stats.seconds, "images_per_second": stats.images_per_second, "loss": stats.loss,
-                     "pool": {g: len(x) for g, x in pool.items()}})
+    stats = pretrain_mim(
+        model.encoder,
+        decoder,
+        pool,
+        config.method,
+        seed,
+        progress.phase("stage 0: MIM pretraining on the pool"),
+    )
+    ckpt.save_stage(
+        0,
+        {"model": model.state_dict(), "mim_decoder": decoder.state_dict()},
+        {
+            "seconds": stats.seconds,
+            "images_per_second": stats.images_per_second,
+            "loss": stats.loss,
+            "pool": {g: len(x) for g, x in pool.items()},
+        },
+    )
 
 
-def message_bytes(msg: Message) -> int:
-    """Bytes of the weights a message carries."""
-    return sum(len(array.data) for record in msg.content.array_records.values() for array in record.values())
+def run_stage(
+    grid: Grid,
+    strategy: UniversalDistillation | SiteHeads,
+    stage: int,
+    state: dict[str, torch.Tensor],
+    seed: int,
+    config: FederationConfig,
+    progress: RunProgress,
+) -> tuple[dict[str, torch.Tensor], dict]:
+    """One stage of a federated model: local training at every site, then the strategy's
+    aggregation.
 
-
-def run_stage(grid: Grid, strategy: UniversalDistillation | SiteHeads, stage: int, state: dict[str, torch.Tensor],
-              seed: int, config: FederationConfig, progress: RunProgress) -> tuple[dict[str, torch.Tensor], dict]:
-    """One stage of a federated model: local training at every site, then the strategy's aggregation.
-
-    Returns the new state and the stage's record: the strategy's report plus seconds and bytes each way.
+    Returns the new state and the stage's record: the strategy's report plus seconds and bytes each
+    way.
     """
     started = time.perf_counter()
     messages = list(strategy.configure_train(stage, to_arrays(state), ConfigRecord(), grid))
     roster = strategy.roster
     to_sites = {roster[m.metadata.dst_node_id]: message_bytes(m) for m in messages}
-    replies = exchange_with_progress(grid, messages, f"{strategy.arm} stage {stage}: local training at {len(messages)} sites",
-                                     config, progress)
-    nodes = list(roster)  # the server step takes the sites in roster order, not arrival order: same seed, same model
-    replies.sort(key=lambda m: nodes.index(m.metadata.src_node_id) if m.metadata.src_node_id in roster else len(nodes))
-    from_sites = {roster[m.metadata.src_node_id]: message_bytes(m) for m in replies if not m.has_error()}
+    replies = exchange_with_progress(
+        grid,
+        messages,
+        f"{strategy.arm} stage {stage}: local training at {len(messages)} sites",
+        config,
+        progress,
+    )
+    nodes = list(
+        roster
+    )  # the server step takes the sites in roster order, not arrival order: same seed, same model
+    replies.sort(
+        key=lambda m: (
+            nodes.index(m.metadata.src_node_id) if m.metadata.src_node_id in roster else len(nodes)
+        )
+    )
+    from_sites = {
+        roster[m.metadata.src_node_id]: message_bytes(m) for m in replies if not m.has_error()
+    }
     local_seconds = time.perf_counter() - started
-    with torch.random.fork_rng(devices=[]):  # dropout in the distillation draws from the global generator: seeded,
-        torch.manual_seed(derive_seed(seed, stage))  # a resumed run (a new process) equals an uninterrupted one
+    with torch.random.fork_rng(
+        devices=[]
+    ):  # dropout in the distillation draws from the global generator: seeded,
+        torch.manual_seed(
+            derive_seed(seed, stage)
+        )  # a resumed run (a new process) equals an uninterrupted one
         arrays, _ = strategy.aggregate_train(stage, replies)
-    record = {**strategy.reports[stage], "local_seconds": local_seconds, "seconds": time.perf_counter() - started,
-              "bytes_to_sites": to_sites, "bytes_from_sites": from_sites}
+    record = {
+        **strategy.reports[stage],
+        "local_seconds": local_seconds,
+        "seconds": time.perf_counter() - started,
+        "bytes_to_sites": to_sites,
+        "bytes_from_sites": from_sites,
+    }
     return from_arrays(arrays), record
 
 
 def arm_weights(arm: Arm, ckpt: Checkpoints, last: int) -> Callable[[str], dict[str, torch.Tensor]]:
-    """What a site gets for an arm: the stage-0 encoder (fresh head), or its model's last-stage weights for that
+    """What a site gets for an arm: the stage-0 encoder (fresh head), or its model's last-stage
+    weights for that
     site (only the encoder for a probe)."""
     if MODELS[arm.model].training != FEDERATED:
         encoder = encoder_part(ckpt.load_stage(0))
@@ -140,12 +130,22 @@ def arm_weights(arm: Arm, ckpt: Checkpoints, last: int) -> Callable[[str], dict[
     return lambda site: site_state(state, site)
 
 
-def evaluate_arm(grid: Grid, roster: dict[int, str], arm: Arm, ckpt: Checkpoints, last: int, seed: int,
-                 config: FederationConfig, progress: RunProgress) -> dict[str, dict]:
+def evaluate_arm(
+    grid: Grid,
+    roster: dict[int, str],
+    arm: Arm,
+    ckpt: Checkpoints,
+    last: int,
+    seed: int,
+    config: FederationConfig,
+    progress: RunProgress,
+) -> dict[str, dict]:
     """Every site evaluates one arm on its own test split and returns scalar metrics."""
     settings = {"arm": arm.name, "mode": arm.mode, "seed": seed}
     weights_for = arm_weights(arm, ckpt, last)
-    messages = [request(MessageType.EVALUATE, n, settings, weights_for(s)) for n, s in roster.items()]
+    messages = [
+        request(MessageType.EVALUATE, n, settings, weights_for(s)) for n, s in roster.items()
+    ]
     replies = exchange_with_progress(grid, messages, f"evaluation: {arm.name}", config, progress)
     out, failed = {}, {}
     for msg in replies:
@@ -156,17 +156,29 @@ def evaluate_arm(grid: Grid, roster: dict[int, str], arm: Arm, ckpt: Checkpoints
         out[site] = dict(msg.content[METRICS])
     for site in sorted(set(roster.values()) - set(out) - set(failed)):
         failed[site] = "no reply (dropped out)"
-    if len(out) < (config.runtime.min_sites or len(roster)):  # runtime.min_sites (0: every site) must answer
-        raise StageError(f"evaluation '{arm.name}': " + "; ".join(f"site '{s}' {why}" for s, why in failed.items()))
+    if len(out) < (
+        config.runtime.min_sites or len(roster)
+    ):  # runtime.min_sites (0: every site) must answer
+        raise StageError(
+            f"evaluation '{arm.name}': "
+            + "; ".join(f"site '{s}' {why}" for s, why in failed.items())
+        )
     for site, why in failed.items():
         log.warning("evaluation '%s': site '%s' %s", arm.name, site, why)
     return out
 
 
-def run_stages(grid: Grid, strategy: UniversalDistillation | SiteHeads, ckpt: Checkpoints, seed: int,
-               config: FederationConfig, progress: RunProgress,
-               extra_parts: Callable[[], dict[str, dict[str, torch.Tensor]]] = dict) -> None:
-    """A federated model's stages after its last completed one (stage 0: the shared MIM model), each checkpointed."""
+def run_stages(
+    grid: Grid,
+    strategy: UniversalDistillation | SiteHeads,
+    ckpt: Checkpoints,
+    seed: int,
+    config: FederationConfig,
+    progress: RunProgress,
+    extra_parts: Callable[[], dict[str, dict[str, torch.Tensor]]] = dict,
+) -> None:
+    """A federated model's stages after its last completed one (stage 0: the shared MIM model), each
+    checkpointed."""
     part = ckpt.part(strategy.arm)
     last = ckpt.last_stage(strategy.arm) or 0
     state = ckpt.load_stage(last, part if last else ckpt.part("universal"))
@@ -178,7 +190,8 @@ def run_stages(grid: Grid, strategy: UniversalDistillation | SiteHeads, ckpt: Ch
 
 
 def mim_decoder(config: FederationConfig, ckpt: Checkpoints) -> DecoderHead | None:
-    """With method.mim_weight > 0 (variant c), the stage-0 pixel decoder that the distillation trains along."""
+    """With method.mim_weight > 0 (variant c), the stage-0 pixel decoder that the distillation
+    trains along."""
     if config.method.mim_weight <= 0:
         return None
     decoder = DecoderHead(config.model.widths, config.inputs[0][1].channels)
@@ -186,8 +199,16 @@ def mim_decoder(config: FederationConfig, ckpt: Checkpoints) -> DecoderHead | No
     return decoder
 
 
-def run_federation(grid: Grid, config: FederationConfig, run_dir: Path, seed: int, pool: Pool, progress: RunProgress,
-                   competitors: bool = False, roster: dict[int, str] | None = None) -> None:
+def run_federation(
+    grid: Grid,
+    config: FederationConfig,
+    run_dir: Path,
+    seed: int,
+    pool: Pool,
+    progress: RunProgress,
+    competitors: bool = False,
+    roster: dict[int, str] | None = None,
+) -> None:
     """The whole server flow; each completed stage and arm is checkpointed in run_dir.
 
     Args:
@@ -197,9 +218,11 @@ def run_federation(grid: Grid, config: FederationConfig, run_dir: Path, seed: in
         seed: the run's seed.
         pool: the server's unlabelled pool, built once for the run.
         progress: progress bars.
-        competitors: also train the federated competitors (the same stages from the same stage-0 encoder) and
+        competitors: also train the federated competitors (the same stages from the same stage-0
+        encoder) and
             evaluate every arm of an experiment (`meduniverse.core.arms`).
-        roster: node id -> site from an earlier handshake (the deployed server checks it before writing anything).
+        roster: node id -> site from an earlier handshake (the deployed server checks it before
+        writing anything).
     """
     torch.set_num_threads(config.runtime.server_threads)
     ckpt = Checkpoints(run_dir)
@@ -209,12 +232,26 @@ def run_federation(grid: Grid, config: FederationConfig, run_dir: Path, seed: in
         stage_zero(config, pool.images, seed, ckpt, progress)
     decoder = mim_decoder(config, ckpt)
     step = partial(server_step, config=config, pool=pool.images, mim_decoder=decoder)
-    strategy = UniversalDistillation(roster, lambda prev, updates, s, on_step: step(prev, updates, seed=s, on_step=on_step),
-                                     seed, config.runtime.min_sites, progress.phase)
-    run_stages(grid, strategy, ckpt, seed, config, progress,
-               lambda: {"mim_decoder": decoder.state_dict()} if decoder else {})
+    strategy = UniversalDistillation(
+        roster,
+        lambda prev, updates, s, on_step: step(prev, updates, seed=s, on_step=on_step),
+        seed,
+        config.runtime.min_sites,
+        progress.phase,
+    )
+    run_stages(
+        grid,
+        strategy,
+        ckpt,
+        seed,
+        config,
+        progress,
+        lambda: {"mim_decoder": decoder.state_dict()} if decoder else {},
+    )
     for model in config.competitors.federated if competitors else ():
-        run_stages(grid, competitor_strategy(model, roster, seed, config), ckpt, seed, config, progress)
+        run_stages(
+            grid, competitor_strategy(model, roster, seed, config), ckpt, seed, config, progress
+        )
     last = config.method.stages
     for arm in filter(computed_in_federation, config.arms(competitors)):
         if arm.name not in ckpt.evaluation(last):
@@ -223,16 +260,24 @@ def run_federation(grid: Grid, config: FederationConfig, run_dir: Path, seed: in
             ckpt.save_evaluation(arm.name, last, per_site, time.perf_counter() - started)
 
 
-def make_server_app(config: FederationConfig, run_dir: Path, seed: int, pool: Pool, progress: RunProgress,
-                    errors: list[BaseException], competitors: bool = False) -> ServerApp:
-    """A ServerApp for the Simulation Engine; exceptions are kept in `errors` for the caller to re-raise."""
+def make_server_app(
+    config: FederationConfig,
+    run_dir: Path,
+    seed: int,
+    pool: Pool,
+    progress: RunProgress,
+    errors: list[BaseException],
+    competitors: bool = False,
+) -> ServerApp:
+    """A ServerApp for the Simulation Engine; exceptions are kept in `errors` for the caller to
+    re-raise."""
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         try:
             run_federation(grid, config, run_dir, seed, pool, progress, competitors)
-        except BaseException as exc:  # noqa: BLE001 - handed to the caller, which re-raises it
+        except BaseException as exc:
             errors.append(exc)
             log.error("run failed: %s", exc)
 

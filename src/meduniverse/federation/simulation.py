@@ -11,9 +11,16 @@ from meduniverse.federation.server_app import make_server_app
 from meduniverse.sites.pool import Pool
 
 
-def simulate(config: FederationConfig, run_dir: Path, seed: int, pool: Pool, progress: RunProgress,
-             competitors: bool = False) -> None:
-    """Run the server flow and every site in Flower's Simulation Engine (`runtime.parallel_sites` at a time).
+def simulate(
+    config: FederationConfig,
+    run_dir: Path,
+    seed: int,
+    pool: Pool,
+    progress: RunProgress,
+    competitors: bool = False,
+) -> None:
+    """Run the server flow and every site in Flower's Simulation Engine (`runtime.parallel_sites` at
+    a time).
 
     Args:
         config: the federation; each simulated node is the site at its partition id.
@@ -26,8 +33,10 @@ def simulate(config: FederationConfig, run_dir: Path, seed: int, pool: Pool, pro
     errors: list[BaseException] = []
     server = make_server_app(config, run_dir, seed, pool, progress, errors, competitors)
     client = make_client_app(lambda context: config)
-    backend = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-               "init_args": {"num_cpus": config.runtime.parallel_sites, "include_dashboard": False}}
+    backend = {
+        "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+        "init_args": {"num_cpus": config.runtime.parallel_sites, "include_dashboard": False},
+    }
     run_simulation(server, client, num_supernodes=len(config.sites), backend_config=backend)
     if errors:
         raise errors[0]

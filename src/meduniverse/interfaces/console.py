@@ -1,4 +1,5 @@
-"""What the command line prints: tables, messages and errors (as plain text: messages hold [brackets])."""
+"""What the command line prints: tables, messages and errors (as plain text: messages hold
+[brackets])."""
 
 from typing import NoReturn
 

@@ -20,7 +20,9 @@ def task_card(card: dict, task: str) -> dict:
     for entry in card["tasks"]:
         if entry["name"] == task:
             return entry
-    raise DataError(f"model has no task '{task}' (tasks: {', '.join(t['name'] for t in card['tasks'])})")
+    raise DataError(
+        f"model has no task '{task}' (tasks: {', '.join(t['name'] for t in card['tasks'])})"
+    )
 
 
 def predict_image(model: UniversalModel, card: dict, task: str, path: Path) -> torch.Tensor:
@@ -30,7 +32,9 @@ def predict_image(model: UniversalModel, card: dict, task: str, path: Path) -> t
     image = read_image(path)
     probs = predict_probs(model, task, images_to_spec(image[None], spec))[0]
     if task_type(entry["type"]).segmentation:
-        probs = F.interpolate(probs[None], size=image.shape[:2], mode="bilinear", align_corners=False)[0]
+        probs = F.interpolate(
+            probs[None], size=image.shape[:2], mode="bilinear", align_corners=False
+        )[0]
     return probs
 
 

@@ -1,12 +1,21 @@
-"""Server-side distillation: the site models' outputs on the public pool become targets for the universal model's
+"""Server-side distillation: the site models' outputs on the public pool become targets for the
+universal model's
 heads, with a retention term that keeps what the heads knew before."""
 
 import torch
 
 from meduniverse.core.config import MethodConfig
 from meduniverse.data.transforms import normalize
-from meduniverse.method.loop import (StepCallback, StepLosses, TrainStats, cycle_batches, make_optimizer, optimise,
-                                     pool_batch_sizes, pool_steps)
+from meduniverse.method.loop import (
+    StepCallback,
+    StepLosses,
+    TrainStats,
+    cycle_batches,
+    make_optimizer,
+    optimise,
+    pool_batch_sizes,
+    pool_steps,
+)
 from meduniverse.method.losses import soft_target_loss
 from meduniverse.method.mim import mim_step_loss
 from meduniverse.models.heads import DecoderHead
@@ -14,9 +23,15 @@ from meduniverse.models.universal import UniversalModel
 
 
 @torch.no_grad()
-def pool_logits(model: UniversalModel, task_names: list[str], pool: dict[str, torch.Tensor], group_of: dict[str, str],
-                batch: int = 128) -> dict[str, torch.Tensor]:
-    """Logits (float16) of the given heads on the pool images of their input group, one encoder pass per batch.
+def pool_logits(
+    model: UniversalModel,
+    task_names: list[str],
+    pool: dict[str, torch.Tensor],
+    group_of: dict[str, str],
+    batch: int = 128,
+) -> dict[str, torch.Tensor]:
+    """Logits (float16) of the given heads on the pool images of their input group, one encoder pass
+    per batch.
 
     Args:
         model: evaluated in eval mode.
@@ -37,9 +52,17 @@ def pool_logits(model: UniversalModel, task_names: list[str], pool: dict[str, to
     return {t: torch.cat(v) for t, v in out.items() if v}
 
 
-def distill(student: UniversalModel, teacher_logits: dict[str, torch.Tensor], retained_logits: dict[str, torch.Tensor],
-            pool: dict[str, torch.Tensor], group_of: dict[str, str], method: MethodConfig, seed: int,
-            mim_decoder: DecoderHead | None = None, on_step: StepCallback | None = None) -> TrainStats:
+def distill(
+    student: UniversalModel,
+    teacher_logits: dict[str, torch.Tensor],
+    retained_logits: dict[str, torch.Tensor],
+    pool: dict[str, torch.Tensor],
+    group_of: dict[str, str],
+    method: MethodConfig,
+    seed: int,
+    mim_decoder: DecoderHead | None = None,
+    on_step: StepCallback | None = None,
+) -> TrainStats:
     """Train the student so that head k matches teacher k on the pool, plus the retention term.
 
     'mixed': every step, every head k gets KD(H_k, teacher_k) + retention * KD(H_k, G_{s-1}'s H_k)
@@ -50,7 +73,8 @@ def distill(student: UniversalModel, teacher_logits: dict[str, torch.Tensor], re
 
     Args:
         student: the universal model, trained in place.
-        teacher_logits: per head, the teacher's logits on its group's pool images (row i = pool image i).
+        teacher_logits: per head, the teacher's logits on its group's pool images (row i = pool
+        image i).
         retained_logits: per head, G_{s-1}'s logits on the same images (the retention targets).
         pool: per input group, uint8 images N×C×S×S.
         group_of: each head's input group.
@@ -69,22 +93,44 @@ def distill(student: UniversalModel, teacher_logits: dict[str, torch.Tensor], re
     if method.distill_schedule == "mixed":
         blocks = [(set(names), steps)]
     else:
-        blocks = [({t}, steps // len(names) + (i < steps % len(names))) for i, t in enumerate(names)]
-    losses = _distill_losses(student, teacher_logits, retained_logits, pool, group_of, method, blocks, batches,
-                             generator, mim_decoder)
+        blocks = [
+            ({t}, steps // len(names) + (i < steps % len(names))) for i, t in enumerate(names)
+        ]
+    losses = _distill_losses(
+        student,
+        teacher_logits,
+        retained_logits,
+        pool,
+        group_of,
+        method,
+        blocks,
+        batches,
+        generator,
+        mim_decoder,
+    )
     return optimise(optimizer, losses, steps, on_step=on_step)
 
 
-def _distill_losses(student: UniversalModel, teacher_logits: dict[str, torch.Tensor],
-                    retained_logits: dict[str, torch.Tensor], pool: dict[str, torch.Tensor], group_of: dict[str, str],
-                    method: MethodConfig, blocks: list[tuple[set[str], int]], batches, generator: torch.Generator,
-                    mim_decoder: DecoderHead | None) -> StepLosses:
+def _distill_losses(
+    student: UniversalModel,
+    teacher_logits: dict[str, torch.Tensor],
+    retained_logits: dict[str, torch.Tensor],
+    pool: dict[str, torch.Tensor],
+    group_of: dict[str, str],
+    method: MethodConfig,
+    blocks: list[tuple[set[str], int]],
+    batches,
+    generator: torch.Generator,
+    mim_decoder: DecoderHead | None,
+) -> StepLosses:
     """The loss of each distillation step, block by block (see `distill`)."""
     mixed = method.distill_schedule == "mixed"
     every_head = list(dict.fromkeys(list(teacher_logits) + list(retained_logits)))
     tasks = {t: student.tasks[t].task for t in every_head}
     for active, block_steps in blocks:
-        retained = [t for t in every_head if mixed or t not in active] if method.retention > 0 else []
+        retained = (
+            [t for t in every_head if mixed or t not in active] if method.retention > 0 else []
+        )
         if not mixed and retained:
             retained_logits = pool_logits(student, retained, pool, group_of)
         weight = method.retention if mixed else method.retention / max(len(retained), 1)
@@ -93,18 +139,26 @@ def _distill_losses(student: UniversalModel, teacher_logits: dict[str, torch.Ten
             batch = next(batches)
             loss = torch.zeros(())
             for group, idx in batch.items():
-                heads = [t for t in every_head if group_of[t] == group and (t in active or t in retained)]
+                heads = [
+                    t for t in every_head if group_of[t] == group and (t in active or t in retained)
+                ]
                 if not heads:
                     continue
                 outputs = student.forward_heads(normalize(pool[group][idx]), heads)
                 for t in heads:
                     if t in active:
-                        loss = loss + soft_target_loss(outputs[t], teacher_logits[t][idx].float(), tasks[t],
-                                                       method.temperature)
+                        loss = loss + soft_target_loss(
+                            outputs[t], teacher_logits[t][idx].float(), tasks[t], method.temperature
+                        )
                     if t in retained:
-                        loss = loss + weight * soft_target_loss(outputs[t], retained_logits[t][idx].float(), tasks[t],
-                                                                method.temperature)
+                        loss = loss + weight * soft_target_loss(
+                            outputs[t],
+                            retained_logits[t][idx].float(),
+                            tasks[t],
+                            method.temperature,
+                        )
                 if mim_decoder is not None and method.mim_weight > 0:
-                    loss = loss + method.mim_weight * mim_step_loss(student.encoder, mim_decoder, pool[group][idx],
-                                                                    method, generator)
+                    loss = loss + method.mim_weight * mim_step_loss(
+                        student.encoder, mim_decoder, pool[group][idx], method, generator
+                    )
             yield loss, sum(len(idx) for idx in batch.values())

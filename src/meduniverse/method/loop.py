@@ -1,4 +1,5 @@
-"""The one optimisation loop every training step of the method runs through, and its batching helpers."""
+"""The one optimisation loop every training step of the method runs through, and its batching
+helpers."""
 
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -27,14 +28,19 @@ class TrainStats:
         return self.images / self.seconds if self.seconds else 0.0
 
 
-def optimise(optimizer: torch.optim.Optimizer, losses: StepLosses, steps: int,
-             scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
-             on_step: StepCallback | None = None) -> TrainStats:
+def optimise(
+    optimizer: torch.optim.Optimizer,
+    losses: StepLosses,
+    steps: int,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    on_step: StepCallback | None = None,
+) -> TrainStats:
     """Run `steps` optimiser steps on the losses a generator yields, one per step.
 
     Args:
         optimizer: steps the parameters the losses depend on.
-        losses: yields (loss, images in the batch) per step; it computes each forward pass when asked, so
+        losses: yields (loss, images in the batch) per step; it computes each forward pass when
+        asked, so
             whatever it does between steps (reshuffling, recomputing targets) happens in step order.
         steps: how many steps to take (the generator must yield at least that many).
         scheduler: stepped after every optimiser step, if given.
@@ -60,18 +66,24 @@ def optimise(optimizer: torch.optim.Optimizer, losses: StepLosses, steps: int,
     return stats
 
 
-def make_optimizer(params: Iterable[torch.nn.Parameter], lr: float, weight_decay: float) -> torch.optim.Optimizer:
+def make_optimizer(
+    params: Iterable[torch.nn.Parameter], lr: float, weight_decay: float
+) -> torch.optim.Optimizer:
     """AdamW over the parameters that require gradients."""
-    return torch.optim.AdamW([p for p in params if p.requires_grad], lr=lr, weight_decay=weight_decay)
+    return torch.optim.AdamW(
+        [p for p in params if p.requires_grad], lr=lr, weight_decay=weight_decay
+    )
 
 
-def shuffled_batches(n: int, batch_size: int, steps: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
+def shuffled_batches(
+    n: int, batch_size: int, steps: int, generator: torch.Generator
+) -> Iterator[torch.Tensor]:
     """`steps` batches of indices, reshuffling after every pass over the n examples."""
     order, pos = torch.randperm(n, generator=generator), 0
     for _ in range(steps):
         if pos + batch_size > n and pos > 0:
             order, pos = torch.randperm(n, generator=generator), 0
-        idx = order[pos:pos + batch_size]
+        idx = order[pos : pos + batch_size]
         pos += batch_size
         yield idx
 
@@ -82,7 +94,8 @@ def batch_size(group: str, method: MethodConfig) -> int:
 
 
 def steps_per_epoch(n: int, batch: int, minimum: int, cap: int = 0) -> int:
-    """Enough steps to see every example once, at least `minimum`, at most `cap` if one is set (0: none)."""
+    """Enough steps to see every example once, at least `minimum`, at most `cap` if one is set (0:
+    none)."""
     steps = max(math.ceil(n / batch), minimum)
     return min(steps, cap) if cap else steps
 
@@ -97,9 +110,13 @@ def pool_steps(pool: dict[str, torch.Tensor], sizes: dict[str, int], epochs: int
     return epochs * max(math.ceil(len(x) / sizes[g]) for g, x in pool.items())
 
 
-def cycle_batches(pool: dict[str, torch.Tensor], sizes: dict[str, int], steps: int,
-                  generator: torch.Generator) -> Iterator[dict[str, torch.Tensor]]:
+def cycle_batches(
+    pool: dict[str, torch.Tensor], sizes: dict[str, int], steps: int, generator: torch.Generator
+) -> Iterator[dict[str, torch.Tensor]]:
     """Each step, one batch of indices per input group, every group reshuffled when exhausted."""
-    iters = {g: shuffled_batches(len(x), min(sizes[g], len(x)), steps, generator) for g, x in pool.items()}
+    iters = {
+        g: shuffled_batches(len(x), min(sizes[g], len(x)), steps, generator)
+        for g, x in pool.items()
+    }
     for _ in range(steps):
         yield {g: next(it) for g, it in iters.items()}

@@ -1,6 +1,7 @@
 """Losses of the server step: soft-target distillation and masked-image reconstruction.
 
-Each task type's supervised loss lives in its entry of the task-type registry (`meduniverse.core.tasks`).
+Each task type's supervised loss lives in its entry of the task-type registry
+(`meduniverse.core.tasks`).
 """
 
 import torch
@@ -9,8 +10,11 @@ import torch.nn.functional as F
 from meduniverse.core.tasks import task_type
 
 
-def soft_target_loss(student: torch.Tensor, teacher: torch.Tensor, task: str, temperature: float) -> torch.Tensor:
-    """Distillation towards a teacher's logits: tempered BCE for sigmoid heads, tempered KL for softmax heads.
+def soft_target_loss(
+    student: torch.Tensor, teacher: torch.Tensor, task: str, temperature: float
+) -> torch.Tensor:
+    """Distillation towards a teacher's logits: tempered BCE for sigmoid heads, tempered KL for
+    softmax heads.
 
     Args:
         student, teacher: logits of the same shape, (N,C) or (N,C,H,W).

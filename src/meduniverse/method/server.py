@@ -1,4 +1,5 @@
-"""What the server does with one stage's site models: reject bad updates, then distil them into the universal model."""
+"""What the server does with one stage's site models: reject bad updates, then distil them into the
+universal model."""
 
 from dataclasses import dataclass
 import math
@@ -10,7 +11,13 @@ from meduniverse.core.tasks import task_type
 from meduniverse.method.distill import distill, pool_logits
 from meduniverse.method.loop import StepCallback, TrainStats
 from meduniverse.models.heads import DecoderHead
-from meduniverse.models.universal import UniversalModel, build_model, encoder_part, head_part, part_of
+from meduniverse.models.universal import (
+    UniversalModel,
+    build_model,
+    encoder_part,
+    head_part,
+    part_of,
+)
 
 MAX_NORM_RATIO = 1e3
 
@@ -25,7 +32,8 @@ class SiteUpdate:
 
 
 def update_problem(update: SiteUpdate, reference: dict[str, torch.Tensor]) -> str | None:
-    """Why an update must be rejected (wrong keys/shapes, NaN or inf, norm far beyond the global model's), or None."""
+    """Why an update must be rejected (wrong keys/shapes, NaN or inf, norm far beyond the global
+    model's), or None."""
     expected = part_of(reference, update.site)
     if set(update.state) != set(expected):
         return f"unexpected parameter names ({len(set(update.state) ^ set(expected))} differ)"
@@ -38,34 +46,55 @@ def update_problem(update: SiteUpdate, reference: dict[str, torch.Tensor]) -> st
         norm_new += float(value.double().pow(2).sum())
         norm_ref += float(expected[key].double().pow(2).sum())
     if math.sqrt(norm_new) > MAX_NORM_RATIO * max(math.sqrt(norm_ref), 1e-12):
-        return f"weight norm {math.sqrt(norm_new):.3g} is over {MAX_NORM_RATIO:g} times the global model's"
+        return (
+            f"weight norm {math.sqrt(norm_new):.3g} is over {MAX_NORM_RATIO:g} times "
+            "the global model's"
+        )
     return None
 
 
-def weighted_average(states: list[dict[str, torch.Tensor]], weights: list[float]) -> dict[str, torch.Tensor]:
+def weighted_average(
+    states: list[dict[str, torch.Tensor]], weights: list[float]
+) -> dict[str, torch.Tensor]:
     """Sample-weighted average of state dicts with the same keys (floating tensors only)."""
     total = float(sum(weights))
-    return {k: sum(s[k].float() * (w / total) for s, w in zip(states, weights, strict=True)).to(states[0][k].dtype)
-            for k in states[0]}
+    return {
+        k: sum(s[k].float() * (w / total) for s, w in zip(states, weights, strict=True)).to(
+            states[0][k].dtype
+        )
+        for k in states[0]
+    }
 
 
-def student_for(previous: dict[str, torch.Tensor], updates: list[SiteUpdate], config: FederationConfig) -> UniversalModel:
-    """(a) distil_only: start from G_{s-1}. (b) average_then_distil: the encoder is the sample-weighted
+def student_for(
+    previous: dict[str, torch.Tensor], updates: list[SiteUpdate], config: FederationConfig
+) -> UniversalModel:
+    """(a) distil_only: start from G_{s-1}. (b) average_then_distil: the encoder is the
+    sample-weighted
     average of the site encoders and each site's head comes with it."""
     student = build_model(config)
     student.load_state_dict(previous)
     if config.method.variant == "average_then_distil":
-        state = weighted_average([encoder_part(u.state) for u in updates], [u.num_examples for u in updates])
+        state = weighted_average(
+            [encoder_part(u.state) for u in updates], [u.num_examples for u in updates]
+        )
         for u in updates:
             state.update(head_part(u.state, u.site))
         student.load_state_dict(state, strict=False)
     return student
 
 
-def server_step(previous: dict[str, torch.Tensor], updates: list[SiteUpdate], config: FederationConfig,
-                pool: dict[str, torch.Tensor], seed: int, mim_decoder: DecoderHead | None = None,
-                on_step: StepCallback | None = None) -> tuple[dict[str, torch.Tensor], TrainStats]:
-    """One stage's server step: the teachers' and G_{s-1}'s outputs on the pool, then distillation into the student.
+def server_step(
+    previous: dict[str, torch.Tensor],
+    updates: list[SiteUpdate],
+    config: FederationConfig,
+    pool: dict[str, torch.Tensor],
+    seed: int,
+    mim_decoder: DecoderHead | None = None,
+    on_step: StepCallback | None = None,
+) -> tuple[dict[str, torch.Tensor], TrainStats]:
+    """One stage's server step: the teachers' and G_{s-1}'s outputs on the pool, then distillation
+    into the student.
 
     Args:
         previous: G_{s-1}'s state (encoder and every head).
@@ -82,11 +111,15 @@ def server_step(previous: dict[str, torch.Tensor], updates: list[SiteUpdate], co
     group_of = {s.name: task_type(s.task).group for s in config.sites}
     teacher = build_model(config)
     teacher.load_state_dict(previous)
-    retained = pool_logits(teacher, list(group_of), pool, group_of)  # G_{s-1}'s outputs, before any site model is loaded
+    retained = pool_logits(
+        teacher, list(group_of), pool, group_of
+    )  # G_{s-1}'s outputs, before any site model is loaded
     teacher_logits: dict[str, torch.Tensor] = {}
     for u in updates:
         teacher.load_state_dict(u.state, strict=False)
         teacher_logits.update(pool_logits(teacher, [u.site], pool, group_of))
     student = student_for(previous, updates, config)
-    stats = distill(student, teacher_logits, retained, pool, group_of, config.method, seed, mim_decoder, on_step)
+    stats = distill(
+        student, teacher_logits, retained, pool, group_of, config.method, seed, mim_decoder, on_step
+    )
     return student.state_dict(), stats

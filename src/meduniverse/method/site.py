@@ -1,4 +1,5 @@
-"""What runs at a site: local training of a stage, fine-tuning and probing with early stopping, evaluation.
+"""What runs at a site: local training of a stage, fine-tuning and probing with early stopping,
+evaluation.
 
 None of these needs Flower; the ClientApp only calls them.
 """
@@ -16,26 +17,50 @@ from meduniverse.core.seeds import derive_seed
 from meduniverse.core.tasks import task_type
 from meduniverse.data.splits import Split
 from meduniverse.data.transforms import normalize, random_flip
-from meduniverse.method.loop import (StepLosses, TrainStats, batch_size, make_optimizer, optimise, shuffled_batches,
-                                     steps_per_epoch)
+from meduniverse.method.loop import (
+    StepLosses,
+    TrainStats,
+    batch_size,
+    make_optimizer,
+    optimise,
+    shuffled_batches,
+    steps_per_epoch,
+)
 from meduniverse.models.universal import UniversalModel
 
 Penalty = Callable[[], torch.Tensor]
 
 
-def supervised_losses(model: UniversalModel, task_name: str, data: Split, batches, generator: torch.Generator,
-                      penalty: Penalty | None = None) -> StepLosses:
-    """Per batch of indices, the task's loss on those examples after a random flip (+ `penalty()` if given)."""
+def supervised_losses(
+    model: UniversalModel,
+    task_name: str,
+    data: Split,
+    batches,
+    generator: torch.Generator,
+    penalty: Penalty | None = None,
+) -> StepLosses:
+    """Per batch of indices, the task's loss on those examples after a random flip (+ `penalty()` if
+    given)."""
     kind = task_type(model.tasks[task_name].task)
     for idx in batches:
         masks = data.targets[idx] if kind.segmentation else None
         images, masks = random_flip(data.images[idx], masks, generator)
-        loss = kind.loss(model(normalize(images), task_name), masks if masks is not None else data.targets[idx])
+        loss = kind.loss(
+            model(normalize(images), task_name), masks if masks is not None else data.targets[idx]
+        )
         yield (loss + penalty() if penalty is not None else loss), len(idx)
 
 
-def train_supervised(model: UniversalModel, task_name: str, data: Split, steps: int, batch: int,
-                     optimizer: torch.optim.Optimizer, seed: int, penalty: Penalty | None = None) -> TrainStats:
+def train_supervised(
+    model: UniversalModel,
+    task_name: str,
+    data: Split,
+    steps: int,
+    batch: int,
+    optimizer: torch.optim.Optimizer,
+    seed: int,
+    penalty: Penalty | None = None,
+) -> TrainStats:
     """Train encoder + one head on labelled data.
 
     Args:
@@ -51,50 +76,90 @@ def train_supervised(model: UniversalModel, task_name: str, data: Split, steps: 
     generator = torch.Generator().manual_seed(seed)
     model.train()
     batches = shuffled_batches(len(data), min(batch, len(data)), steps, generator)
-    return optimise(optimizer, supervised_losses(model, task_name, data, batches, generator, penalty), steps)
+    return optimise(
+        optimizer, supervised_losses(model, task_name, data, batches, generator, penalty), steps
+    )
 
 
 def local_steps(task: str, n: int, method: MethodConfig) -> int:
     """Steps of one stage's local training on n examples: local_epochs passes."""
     batch = batch_size(task_type(task).group, method)
-    return method.local_epochs * steps_per_epoch(n, batch, method.min_steps_per_epoch, method.max_steps_per_epoch)
+    return method.local_epochs * steps_per_epoch(
+        n, batch, method.min_steps_per_epoch, method.max_steps_per_epoch
+    )
 
 
-def train_local(model: UniversalModel, task_name: str, data: Split, method: MethodConfig, seed: int,
-                penalty: Penalty | None = None) -> TrainStats:
-    """A site's stage: fine-tune the global encoder + its head on its private train split for `local_epochs`."""
+def train_local(
+    model: UniversalModel,
+    task_name: str,
+    data: Split,
+    method: MethodConfig,
+    seed: int,
+    penalty: Penalty | None = None,
+) -> TrainStats:
+    """A site's stage: fine-tune the global encoder + its head on its private train split for
+    `local_epochs`."""
     task = model.tasks[task_name].task
     optimizer = make_optimizer(model.parameters(), method.lr, method.weight_decay)
-    return train_supervised(model, task_name, data, local_steps(task, len(data), method),
-                            batch_size(task_type(task).group, method), optimizer, seed, penalty)
+    return train_supervised(
+        model,
+        task_name,
+        data,
+        local_steps(task, len(data), method),
+        batch_size(task_type(task).group, method),
+        optimizer,
+        seed,
+        penalty,
+    )
 
 
 def proximal_term(model: nn.Module, reference: dict[str, torch.Tensor], mu: float) -> Penalty:
     """FedProx: mu/2 * ||w - w_global||^2 over the parameters named in `reference`."""
-    pairs = [(p, reference[name].detach().clone()) for name, p in model.named_parameters() if name in reference]
+    pairs = [
+        (p, reference[name].detach().clone())
+        for name, p in model.named_parameters()
+        if name in reference
+    ]
     return lambda: (mu / 2) * sum((p - ref).pow(2).sum() for p, ref in pairs)
 
 
 @torch.no_grad()
-def predict_probs(model: UniversalModel, task_name: str, images: torch.Tensor, batch: int = 128) -> torch.Tensor:
-    """Probabilities of one head for uint8 images (N×C×S×S), batched, in eval mode: (N,C) or (N,C,S,S)."""
+def predict_probs(
+    model: UniversalModel, task_name: str, images: torch.Tensor, batch: int = 128
+) -> torch.Tensor:
+    """Probabilities of one head for uint8 images (N×C×S×S), batched, in eval mode: (N,C) or
+    (N,C,S,S)."""
     model.eval()
     kind = task_type(model.tasks[task_name].task)
-    return torch.cat([kind.probabilities(model(normalize(x), task_name)) for x in images.split(batch)])
+    return torch.cat(
+        [kind.probabilities(model(normalize(x), task_name)) for x in images.split(batch)]
+    )
 
 
 def evaluate(model: UniversalModel, task_name: str, data: Split) -> dict[str, float]:
     """The task type's metrics of one head on a split, e.g. {'auc', 'acc'} or {'dice', 'iou'}."""
     info = model.tasks[task_name]
-    return task_type(info.task).metrics(predict_probs(model, task_name, data.images), data.targets, len(info.classes))
+    return task_type(info.task).metrics(
+        predict_probs(model, task_name, data.images), data.targets, len(info.classes)
+    )
 
 
-def finetune(model: UniversalModel, task_name: str, train: Split, val: Split, method: MethodConfig,
-             schedule: FinetuneConfig, seed: int, frozen_encoder: bool = False) -> dict:
-    """Fine-tune encoder + head (or, with frozen_encoder, the head alone: a probe) with early stopping on the
+def finetune(
+    model: UniversalModel,
+    task_name: str,
+    train: Split,
+    val: Split,
+    method: MethodConfig,
+    schedule: FinetuneConfig,
+    seed: int,
+    frozen_encoder: bool = False,
+) -> dict:
+    """Fine-tune encoder + head (or, with frozen_encoder, the head alone: a probe) with early
+    stopping on the
     validation primary metric; keep the best epoch.
 
-    Every per-task fine-tune and probe (every arm) runs this one function with the same optimiser and schedule.
+    Every per-task fine-tune and probe (every arm) runs this one function with the same optimiser
+    and schedule.
 
     Args:
         model: trained in place; ends with the best epoch's weights.
@@ -102,38 +167,62 @@ def finetune(model: UniversalModel, task_name: str, train: Split, val: Split, me
         train, val: the site's splits; val drives early stopping.
         method: batch sizes, the minimum steps per epoch and the weight decay.
         schedule: epochs, patience, steps per epoch (an 'epoch' is one pass over train, capped at
-            max_steps_per_epoch steps, so that validation runs at least that often on large sites) and lr.
+            max_steps_per_epoch steps, so that validation runs at least that often on large sites)
+            and lr.
         seed: the fine-tune's seed (each epoch derives its own).
         frozen_encoder: train the head only.
 
     Returns:
-        {'best_epoch', 'epochs', 'val_<metric>' (the best), 'history' (per epoch: loss and val metric)}.
+        {'best_epoch', 'epochs', 'val_<metric>' (the best), 'history' (per epoch: loss and val
+        metric)}.
     """
     kind = task_type(model.tasks[task_name].task)
     key, batch = kind.primary, batch_size(kind.group, method)
-    steps = steps_per_epoch(len(train), batch, method.min_steps_per_epoch, schedule.max_steps_per_epoch)
+    steps = steps_per_epoch(
+        len(train), batch, method.min_steps_per_epoch, schedule.max_steps_per_epoch
+    )
     model.encoder.requires_grad_(not frozen_encoder)
     optimizer = make_optimizer(model.parameters(), schedule.lr, method.weight_decay)
     best_score, best_state, best_epoch, waited = -math.inf, copy.deepcopy(model.state_dict()), 0, 0
     history = []
     for epoch in range(1, schedule.max_epochs + 1):
-        stats = train_supervised(model, task_name, train, steps, batch, optimizer, derive_seed(seed, epoch))
+        stats = train_supervised(
+            model, task_name, train, steps, batch, optimizer, derive_seed(seed, epoch)
+        )
         score = evaluate(model, task_name, val)[key]
         history.append({"epoch": epoch, "loss": stats.loss, f"val_{key}": score})
         if score > best_score:
-            best_score, best_state, best_epoch, waited = score, copy.deepcopy(model.state_dict()), epoch, 0
+            best_score, best_state, best_epoch, waited = (
+                score,
+                copy.deepcopy(model.state_dict()),
+                epoch,
+                0,
+            )
         else:
             waited += 1
             if waited >= schedule.patience:
                 break
     model.load_state_dict(best_state)
     model.encoder.requires_grad_(True)
-    return {"best_epoch": best_epoch, "epochs": len(history), f"val_{key}": best_score, "history": history}
+    return {
+        "best_epoch": best_epoch,
+        "epochs": len(history),
+        f"val_{key}": best_score,
+        "history": history,
+    }
 
 
-def evaluate_arm(model: UniversalModel, task_name: str, splits: dict[str, Split], mode: str, method: MethodConfig,
-                 schedule: FinetuneConfig, seed: int) -> dict[str, float | int]:
-    """What a site reports for an evaluation arm: fine-tune or probe first if the arm's mode says so, then the
+def evaluate_arm(
+    model: UniversalModel,
+    task_name: str,
+    splits: dict[str, Split],
+    mode: str,
+    method: MethodConfig,
+    schedule: FinetuneConfig,
+    seed: int,
+) -> dict[str, float | int]:
+    """What a site reports for an evaluation arm: fine-tune or probe first if the arm's mode says
+    so, then the
     metrics on val and test (scalars only: 'val-auc', 'test-auc', ..., 'best-epoch', 'epochs').
 
     Args:
@@ -145,8 +234,16 @@ def evaluate_arm(model: UniversalModel, task_name: str, splits: dict[str, Split]
     """
     metrics: dict[str, float | int] = {"num-examples": len(splits["train"])}
     if mode in (FINETUNE, PROBE):
-        log = finetune(model, task_name, splits["train"], splits["val"], method, schedule, seed,
-                       frozen_encoder=mode == PROBE)
+        log = finetune(
+            model,
+            task_name,
+            splits["train"],
+            splits["val"],
+            method,
+            schedule,
+            seed,
+            frozen_encoder=mode == PROBE,
+        )
         metrics.update({"best-epoch": log["best_epoch"], "epochs": log["epochs"]})
     for split in ("val", "test"):
         for name, value in evaluate(model, task_name, splits[split]).items():

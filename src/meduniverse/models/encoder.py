@@ -1,10 +1,10 @@
 """Shared encoders returning multi-scale features at strides 2, 4, 8 and 16."""
 
+from monai.networks.blocks import Convolution, ResidualUnit
+from monai.networks.nets import ViT
 import torch
 from torch import nn
 import torch.nn.functional as F
-from monai.networks.blocks import Convolution, ResidualUnit
-from monai.networks.nets import ViT
 
 NORM = ("group", {"num_groups": 8})
 
@@ -15,9 +15,20 @@ class CNNEncoder(nn.Module):
     def __init__(self, in_channels: int, widths: tuple[int, ...] = (32, 64, 128, 256)):
         super().__init__()
         self.widths = tuple(widths)
-        self.stem = Convolution(2, in_channels, widths[0], strides=2, kernel_size=3, norm=NORM, act="GELU")
+        self.stem = Convolution(
+            2, in_channels, widths[0], strides=2, kernel_size=3, norm=NORM, act="GELU"
+        )
         self.stages = nn.ModuleList(
-            ResidualUnit(2, widths[i - 1], widths[i], strides=2, kernel_size=3, subunits=2, norm=NORM, act="GELU")
+            ResidualUnit(
+                2,
+                widths[i - 1],
+                widths[i],
+                strides=2,
+                kernel_size=3,
+                subunits=2,
+                norm=NORM,
+                act="GELU",
+            )
             for i in range(1, len(widths))
         )
 
@@ -29,14 +40,33 @@ class CNNEncoder(nn.Module):
 
 
 class ViTEncoder(nn.Module):
-    """MONAI ViT for GPUs; hidden states of four depths are resampled into the same pyramid as the CNN's."""
+    """MONAI ViT for GPUs; hidden states of four depths are resampled into the same pyramid as the
+    CNN's."""
 
-    def __init__(self, in_channels: int, img_size: int, widths: tuple[int, ...], dim: int, depth: int, heads: int, patch: int):
+    def __init__(
+        self,
+        in_channels: int,
+        img_size: int,
+        widths: tuple[int, ...],
+        dim: int,
+        depth: int,
+        heads: int,
+        patch: int,
+    ):
         super().__init__()
         self.widths = tuple(widths)
         self.grid = img_size // patch
-        self.vit = ViT(in_channels, img_size, patch, hidden_size=dim, mlp_dim=4 * dim, num_layers=depth,
-                       num_heads=heads, classification=False, spatial_dims=2)
+        self.vit = ViT(
+            in_channels,
+            img_size,
+            patch,
+            hidden_size=dim,
+            mlp_dim=4 * dim,
+            num_layers=depth,
+            num_heads=heads,
+            classification=False,
+            spatial_dims=2,
+        )
         self.taps = [max(0, round(depth * (i + 1) / len(widths)) - 1) for i in range(len(widths))]
         self.project = nn.ModuleList(nn.Conv2d(dim, w, 1) for w in widths)
 
@@ -47,5 +77,11 @@ class ViTEncoder(nn.Module):
         for level, (tap, proj) in enumerate(zip(self.taps, self.project, strict=True)):
             tokens = hidden[tap]
             grid = tokens.transpose(1, 2).reshape(tokens.shape[0], -1, self.grid, self.grid)
-            out.append(proj(F.interpolate(grid, size=size // 2 ** (level + 1), mode="bilinear", align_corners=False)))
+            out.append(
+                proj(
+                    F.interpolate(
+                        grid, size=size // 2 ** (level + 1), mode="bilinear", align_corners=False
+                    )
+                )
+            )
         return out

@@ -1,9 +1,9 @@
 """Task heads on the encoder's features: pooled linear classifier and a U-Net style decoder."""
 
+from monai.networks.blocks import Convolution
 import torch
 from torch import nn
 import torch.nn.functional as F
-from monai.networks.blocks import Convolution
 
 from meduniverse.models.encoder import NORM
 
@@ -31,7 +31,8 @@ class DecoderHead(nn.Module):
         super().__init__()
         self.lateral = nn.ModuleList(nn.Conv2d(w, channels, 1) for w in widths)
         self.fuse = nn.ModuleList(
-            Convolution(2, channels, channels, kernel_size=3, norm=NORM, act="GELU") for _ in widths[:-1]
+            Convolution(2, channels, channels, kernel_size=3, norm=NORM, act="GELU")
+            for _ in widths[:-1]
         )
         self.out = nn.Conv2d(channels, num_outputs, 1)
 
@@ -41,5 +42,6 @@ class DecoderHead(nn.Module):
             skip = self.lateral[level](features[level])
             x = F.interpolate(x, size=skip.shape[-2:], mode="nearest") + skip
             x = self.fuse[level](x)
-        # logits at stride 2, then upsampled: 16x cheaper on CPU than upsampling the 32 feature channels
+        # logits at stride 2, then upsampled: 16x cheaper on CPU than upsampling the 32 feature
+        # channels
         return F.interpolate(self.out(x), scale_factor=2, mode="bilinear", align_corners=False)

@@ -1,4 +1,5 @@
-"""The universal model on disk: ``model.safetensors`` plus ``card.json`` (tasks, classes, input specs, normalisation)."""
+"""The universal model on disk: ``model.safetensors`` plus ``card.json`` (tasks, classes, input
+specs, normalisation)."""
 
 from dataclasses import asdict
 from pathlib import Path
@@ -11,7 +12,9 @@ from meduniverse.models.universal import TaskInfo, UniversalModel, build_encoder
 CARD_VERSION = 1
 
 
-def save_model(model: UniversalModel, config: FederationConfig, directory: Path, extra: dict | None = None) -> None:
+def save_model(
+    model: UniversalModel, config: FederationConfig, directory: Path, extra: dict | None = None
+) -> None:
     """Write the weights and a card describing every head, atomically (weights first, card last)."""
     directory = Path(directory)
     write_tensors(directory / "model.safetensors", model.state_dict())
@@ -22,7 +25,12 @@ def save_model(model: UniversalModel, config: FederationConfig, directory: Path,
         "model": asdict(config.model),
         "inputs": {group: spec.card() for group, spec in config.inputs},
         "tasks": [
-            {"name": t.name, "type": t.task, "classes": list(t.classes), "input": config.input_spec(t.task).card()}
+            {
+                "name": t.name,
+                "type": t.task,
+                "classes": list(t.classes),
+                "input": config.input_spec(t.task).card(),
+            }
             for t in model.tasks.values()
         ],
         **(extra or {}),
@@ -32,7 +40,9 @@ def save_model(model: UniversalModel, config: FederationConfig, directory: Path,
 
 def model_from_card(card: dict, tasks: list[TaskInfo]) -> UniversalModel:
     """A freshly initialised model with the card's encoder and the given heads."""
-    model_cfg = ModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in card["model"].items()})
+    model_cfg = ModelConfig(
+        **{k: tuple(v) if isinstance(v, list) else v for k, v in card["model"].items()}
+    )
     first = next(iter(card["inputs"].values()))
     return UniversalModel(build_encoder(model_cfg, first["channels"], first["size"]), tasks)
 
@@ -43,11 +53,16 @@ def load_model(directory: Path) -> tuple[UniversalModel, dict]:
     card_path, weights_path = directory / "card.json", directory / "model.safetensors"
     for path in (card_path, weights_path):
         if not path.is_file():
-            raise DataError(f"{path}: not found (is {directory} a model directory written by 'meduniverse run'?)")
+            raise DataError(
+                f"{path}: not found (is {directory} a model directory written by 'meduniverse "
+                "run'?)"
+            )
     card = read_json(card_path)
     if card.get("format") != "meduniverse-universal-model":
         raise DataError(f"{card_path}: not a meduniverse model card")
-    model = model_from_card(card, [TaskInfo(t["name"], t["type"], tuple(t["classes"])) for t in card["tasks"]])
+    model = model_from_card(
+        card, [TaskInfo(t["name"], t["type"], tuple(t["classes"])) for t in card["tasks"]]
+    )
     model.load_state_dict(read_tensors(weights_path))
     model.eval()
     return model, card

@@ -6,9 +6,9 @@ import torch
 from torch import nn
 
 from meduniverse.core.config import FederationConfig, ModelConfig
+from meduniverse.core.tasks import task_type
 from meduniverse.models.encoder import CNNEncoder, ViTEncoder
 from meduniverse.models.heads import ClassificationHead, DecoderHead
-from meduniverse.core.tasks import task_type
 
 
 @dataclass(frozen=True)
@@ -33,8 +33,12 @@ class UniversalModel(nn.Module):
         self.tasks = {t.name: t for t in tasks}
         widths = encoder.widths
         self.heads = nn.ModuleDict(
-            {t.name: DecoderHead(widths, t.num_outputs) if task_type(t.task).segmentation
-             else ClassificationHead(widths, t.num_outputs) for t in tasks}
+            {
+                t.name: DecoderHead(widths, t.num_outputs)
+                if task_type(t.task).segmentation
+                else ClassificationHead(widths, t.num_outputs)
+                for t in tasks
+            }
         )
 
     def forward(self, x: torch.Tensor, task: str) -> torch.Tensor:
@@ -48,7 +52,15 @@ class UniversalModel(nn.Module):
 
 def build_encoder(model: ModelConfig, in_channels: int, img_size: int) -> nn.Module:
     if model.encoder == "vit":
-        return ViTEncoder(in_channels, img_size, model.widths, model.vit_dim, model.vit_depth, model.vit_heads, model.vit_patch)
+        return ViTEncoder(
+            in_channels,
+            img_size,
+            model.widths,
+            model.vit_dim,
+            model.vit_depth,
+            model.vit_heads,
+            model.vit_patch,
+        )
     return CNNEncoder(in_channels, model.widths)
 
 
@@ -56,12 +68,17 @@ def site_tasks(config: FederationConfig) -> list[TaskInfo]:
     return [TaskInfo(s.name, s.task, s.classes) for s in config.sites]
 
 
-def build_model(config: FederationConfig, tasks: list[TaskInfo] | None = None, seed: int | None = None) -> UniversalModel:
-    """A freshly initialised universal model (all the federation's tasks unless `tasks` says otherwise)."""
+def build_model(
+    config: FederationConfig, tasks: list[TaskInfo] | None = None, seed: int | None = None
+) -> UniversalModel:
+    """A freshly initialised universal model (all the federation's tasks unless `tasks` says
+    otherwise)."""
     if seed is not None:
         torch.manual_seed(seed)
     spec = config.inputs[0][1]  # sizes differ only for the CNN, which takes any size
-    return UniversalModel(build_encoder(config.model, spec.channels, spec.size), tasks or site_tasks(config))
+    return UniversalModel(
+        build_encoder(config.model, spec.channels, spec.size), tasks or site_tasks(config)
+    )
 
 
 ENCODER_PREFIX = "encoder."
@@ -88,8 +105,12 @@ LOCAL_PREFIX = "local."
 
 def norm_keys(model: UniversalModel) -> set[str]:
     """State keys of the encoder's normalisation layers (what FedBN keeps at each site)."""
-    return {f"{ENCODER_PREFIX}{name}.{p}" for name, module in model.encoder.named_modules() if isinstance(module, NORM_LAYERS)
-            for p, _ in module.named_parameters(recurse=False)}
+    return {
+        f"{ENCODER_PREFIX}{name}.{p}"
+        for name, module in model.encoder.named_modules()
+        if isinstance(module, NORM_LAYERS)
+        for p, _ in module.named_parameters(recurse=False)
+    }
 
 
 def local_key(site: str, key: str) -> str:
@@ -98,6 +119,10 @@ def local_key(site: str, key: str) -> str:
 
 
 def site_state(state: dict[str, torch.Tensor], site: str) -> dict[str, torch.Tensor]:
-    """A site's model from a server-side state: encoder + its head, with the site's own local copies on top."""
+    """A site's model from a server-side state: encoder + its head, with the site's own local copies
+    on top."""
     prefix = f"{LOCAL_PREFIX}{site}."
-    return {**part_of(state, site), **{k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}}
+    return {
+        **part_of(state, site),
+        **{k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)},
+    }

@@ -1,2 +1,3 @@
-"""Results: run directories and their lifecycle, the results document, statistics, experiments over seeds and
+"""Results: run directories and their lifecycle, the results document, statistics, experiments over
+seeds and
 adaptation to unseen sites."""

@@ -1,5 +1,7 @@
-"""`meduniverse adapt`: how well the universal and the baseline encoder of one run adapt to a site that never
-took part (domain generalisation), by linear probe and full fine-tune on a fraction of its training labels."""
+"""`meduniverse adapt`: how well the universal and the baseline encoder of one run adapt to a site
+that never
+took part (domain generalisation), by linear probe and full fine-tune on a fraction of its training
+labels."""
 
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +43,8 @@ class NewSite:
 
 @dataclass
 class SourceRun:
-    """What adapt takes from a run: both encoders, the model settings, the input specs and the fine-tune schedule."""
+    """What adapt takes from a run: both encoders, the model settings, the input specs and the
+    fine-tune schedule."""
 
     encoders: dict[str, dict[str, torch.Tensor]]
     card: dict
@@ -50,47 +53,73 @@ class SourceRun:
 
 
 def site_from_file(path: Path, task: str, classes: tuple[str, ...] = ()) -> NewSite:
-    """An unseen site from a labelled npz file; without class names, 'class 0'.. up to the largest label found."""
+    """An unseen site from a labelled npz file; without class names, 'class 0'.. up to the largest
+    label found."""
     if task not in TASK_TYPES:
         raise ConfigError(f"--task '{task}' unknown (allowed: {', '.join(TASK_TYPES)})")
     path = Path(path)
     if not classes:
         with open_npz(path) as npz:
-            largest = max(int(np.max(read_array(npz, f"{s}_{task_type(task).target_key}", path))) for s in SPLITS)
-        classes = tuple(f"class {c}" for c in range(max(largest + 1, 1 if task == "multilabel" else 2)))
+            largest = max(
+                int(np.max(read_array(npz, f"{s}_{task_type(task).target_key}", path)))
+                for s in SPLITS
+            )
+        classes = tuple(
+            f"class {c}" for c in range(max(largest + 1, 1 if task == "multilabel" else 2))
+        )
     return NewSite(path.stem, task, tuple(classes), read_labelled_npz(path, task, len(classes)))
 
 
 def read_source_run(path: Path) -> SourceRun:
-    """A run directory (or its model/ folder): model/ (universal), checkpoints/stage_000_model (baseline), config.json."""
+    """A run directory (or its model/ folder): model/ (universal), checkpoints/stage_000_model
+    (baseline), config.json."""
     path = Path(path)
     model_dir = path / "model" if (path / "model" / "card.json").is_file() else path
     run_dir = model_dir.parent
-    stage0, config_path = run_dir / "checkpoints" / "stage_000_model.safetensors", run_dir / "config.json"
+    stage0, config_path = (
+        run_dir / "checkpoints" / "stage_000_model.safetensors",
+        run_dir / "config.json",
+    )
     for needed in (stage0, config_path):
         if not needed.is_file():
-            raise DataError(f"{needed}: not found (adapt needs a run directory written by 'meduniverse run')")
+            raise DataError(
+                f"{needed}: not found (adapt needs a run directory written by 'meduniverse run')"
+            )
     model, card = load_model(model_dir)
     config = read_json(config_path)
-    return SourceRun({"baseline": encoder_part(read_tensors(stage0)), "universal": encoder_part(model.state_dict())}, card,
-                     MethodConfig(**config["method"]), FinetuneConfig(**config["finetune"]))
+    return SourceRun(
+        {
+            "baseline": encoder_part(read_tensors(stage0)),
+            "universal": encoder_part(model.state_dict()),
+        },
+        card,
+        MethodConfig(**config["method"]),
+        FinetuneConfig(**config["finetune"]),
+    )
 
 
 def label_subset(targets: np.ndarray, fraction: float, task: str, seed: int) -> np.ndarray:
-    """Indices of `fraction` of the train split: per class (at least one each) for classification, at random for masks."""
+    """Indices of `fraction` of the train split: per class (at least one each) for classification,
+    at random for masks."""
     rng = np.random.default_rng(seed)
     if fraction >= 1:
         return np.arange(len(targets))
     if task_type(task).segmentation or targets.ndim != 1:
-        return np.sort(rng.permutation(len(targets))[:max(1, round(fraction * len(targets)))])
-    picks = [rng.permutation(np.flatnonzero(targets == c))[:max(1, round(fraction * (targets == c).sum()))]
-             for c in np.unique(targets)]
+        return np.sort(rng.permutation(len(targets))[: max(1, round(fraction * len(targets)))])
+    picks = [
+        rng.permutation(np.flatnonzero(targets == c))[
+            : max(1, round(fraction * (targets == c).sum()))
+        ]
+        for c in np.unique(targets)
+    ]
     return np.sort(np.concatenate(picks))
 
 
-def adapt_once(source: SourceRun, encoder: str, mode: str, site: NewSite, splits: dict[str, Split],
-               seed: int) -> dict[str, float]:
-    """One encoder, probe or fine-tune, one label subset ('train' of `splits`), one seed: scores on val and test."""
+def adapt_once(
+    source: SourceRun, encoder: str, mode: str, site: NewSite, splits: dict[str, Split], seed: int
+) -> dict[str, float]:
+    """One encoder, probe or fine-tune, one label subset ('train' of `splits`), one seed: scores on
+    val and test."""
     torch.manual_seed(seed)
     model = model_from_card(source.card, [TaskInfo(site.name, site.task, site.classes)])
     model.load_state_dict(source.encoders[encoder], strict=False)
@@ -101,14 +130,23 @@ def arm_name(encoder: str, mode: str, fraction: float) -> str:
     return f"{encoder}_{mode}@{fraction:g}"
 
 
-def run_adapt(run_path: Path, site: NewSite, fractions: list[float], seeds: list[int], out_dir: Path,
-              show_progress: bool = True) -> dict:
-    """Every encoder x mode x fraction x seed; writes out_dir/results.json (resumable: done runs are kept)."""
+def run_adapt(
+    run_path: Path,
+    site: NewSite,
+    fractions: list[float],
+    seeds: list[int],
+    out_dir: Path,
+    show_progress: bool = True,
+) -> dict:
+    """Every encoder x mode x fraction x seed; writes out_dir/results.json (resumable: done runs are
+    kept)."""
     if not fractions or any(not 0 < f <= 1 for f in fractions):
         raise ConfigError(f"--fractions must lie in (0, 1], got {fractions}")
     source = read_source_run(run_path)
     if site.name in {t["name"] for t in source.card["tasks"]}:
-        raise ConfigError(f"site '{site.name}' took part in the run at {run_path}: it is not an unseen site")
+        raise ConfigError(
+            f"site '{site.name}' took part in the run at {run_path}: it is not an unseen site"
+        )
     group = task_type(site.task).group
     spec_card = source.card["inputs"].get(group)
     if spec_card is None:
@@ -131,23 +169,56 @@ def run_adapt(run_path: Path, site: NewSite, fractions: list[float], seeds: list
                 write_json(partial_path, runs)  # a crash keeps every finished fine-tune
             on_step(done, len(jobs))
     results = adapt_results(site, fractions, seeds, runs, commit)
-    results.update({"source_run": str(run_path), "command": " ".join(["meduniverse", *sys.argv[1:]]),
-                    "machine": machine_info(), "seconds": time.perf_counter() - started})
+    results.update(
+        {
+            "source_run": str(run_path),
+            "command": " ".join(["meduniverse", *sys.argv[1:]]),
+            "machine": machine_info(),
+            "seconds": time.perf_counter() - started,
+        }
+    )
     write_json(out_dir / "results.json", results)
     log.info("adapt results written to %s", out_dir / "results.json")
     return results
 
 
-def adapt_results(site: NewSite, fractions: list[float], seeds: list[int], runs: dict[str, dict], commit: str) -> dict:
-    """The experiment's results layout for one task, arms ENCODER_MODE@FRACTION, plus tests and the label curves."""
+def adapt_results(
+    site: NewSite, fractions: list[float], seeds: list[int], runs: dict[str, dict], commit: str
+) -> dict:
+    """The experiment's results layout for one task, arms ENCODER_MODE@FRACTION, plus tests and the
+    label curves."""
     kind = task_type(site.task)
     key, second = kind.primary, kind.secondary
-    arms = {arm_name(e, m, f): arm_summary([runs[f"{arm_name(e, m, f)}/seed_{s}"] for s in seeds], key, second)
-            for f in fractions for e in ENCODERS for m in MODES}
-    tests = {f"universal_{m}_vs_baseline_{m}@{f:g}": paired_test(arms[arm_name("universal", m, f)]["per_seed"],
-                                                               arms[arm_name("baseline", m, f)]["per_seed"])
-             for m in MODES for f in fractions}
-    curves = {f"{e}_{m}": {"stages": list(fractions), "mean": [arms[arm_name(e, m, f)]["mean"] for f in fractions]}
-              for e in ENCODERS for m in MODES}
-    return {"name": f"adapt to {site.name}", "tasks": {site.name: task_entry(site.task, arms)},
-            "fractions": fractions, "seeds": seeds, "commit": commit, "tests": tests, "adapt": {site.name: curves}}
+    arms = {
+        arm_name(e, m, f): arm_summary(
+            [runs[f"{arm_name(e, m, f)}/seed_{s}"] for s in seeds], key, second
+        )
+        for f in fractions
+        for e in ENCODERS
+        for m in MODES
+    }
+    tests = {
+        f"universal_{m}_vs_baseline_{m}@{f:g}": paired_test(
+            arms[arm_name("universal", m, f)]["per_seed"],
+            arms[arm_name("baseline", m, f)]["per_seed"],
+        )
+        for m in MODES
+        for f in fractions
+    }
+    curves = {
+        f"{e}_{m}": {
+            "stages": list(fractions),
+            "mean": [arms[arm_name(e, m, f)]["mean"] for f in fractions],
+        }
+        for e in ENCODERS
+        for m in MODES
+    }
+    return {
+        "name": f"adapt to {site.name}",
+        "tasks": {site.name: task_entry(site.task, arms)},
+        "fractions": fractions,
+        "seeds": seeds,
+        "commit": commit,
+        "tests": tests,
+        "adapt": {site.name: curves},
+    }

@@ -1,4 +1,5 @@
-"""The results document (``results.json``): per task and arm, every seed's test metric, its mean and 95% CI."""
+"""The results document (``results.json``): per task and arm, every seed's test metric, its mean and
+95% CI."""
 
 import numpy as np
 
@@ -13,10 +14,15 @@ def summary(values: list[float]) -> dict:
 
 
 def arm_summary(runs: list[dict], key: str, second: str) -> dict:
-    """One arm on one task over seeds: test primary metric (per seed, mean, 95% bootstrap CI), secondary, val."""
+    """One arm on one task over seeds: test primary metric (per seed, mean, 95% bootstrap CI),
+    secondary, val."""
     test = [r[f"test-{key}"] for r in runs]
-    return {**summary(test), "ci95": bootstrap_ci(test), second: summary([r[f"test-{second}"] for r in runs]),
-            "val": summary([r[f"val-{key}"] for r in runs])}
+    return {
+        **summary(test),
+        "ci95": bootstrap_ci(test),
+        second: summary([r[f"test-{second}"] for r in runs]),
+        "val": summary([r[f"val-{key}"] for r in runs]),
+    }
 
 
 def task_entry(task: str, arms: dict[str, dict]) -> dict:
@@ -25,9 +31,15 @@ def task_entry(task: str, arms: dict[str, dict]) -> dict:
     return {"task": task, "metric": kind.primary, "secondary_metric": kind.secondary, "arms": arms}
 
 
-def results_document(config: FederationConfig, evaluation: dict[str, dict[str, dict]], seeds: list[int], extra: dict,
-                     commit: str) -> dict:
-    """{"tasks": {SITE: {"task", "metric", "arms": {ARM: {"per_seed", "mean", "ci95", SECONDARY: {...}, "val": {...}}}}}, ...}.
+def results_document(
+    config: FederationConfig,
+    evaluation: dict[str, dict[str, dict]],
+    seeds: list[int],
+    extra: dict,
+    commit: str,
+) -> dict:
+    """{"tasks": {SITE: {"task", "metric", "arms": {ARM: {"per_seed", "mean", "ci95", SECONDARY:
+    {...}, "val": {...}}}}}, ...}.
 
     Args:
         config: the federation (its sites are the tasks).
@@ -42,8 +54,11 @@ def results_document(config: FederationConfig, evaluation: dict[str, dict[str, d
         kind = task_type(site.task)
         arms = {}
         for arm in names:
-            runs = [evaluation[str(seed)][arm][site.name] for seed in seeds
-                    if site.name in evaluation.get(str(seed), {}).get(arm, {})]
+            runs = [
+                evaluation[str(seed)][arm][site.name]
+                for seed in seeds
+                if site.name in evaluation.get(str(seed), {}).get(arm, {})
+            ]
             if runs:
                 arms[arm] = arm_summary(runs, kind.primary, kind.secondary)
         tasks[site.name] = task_entry(site.task, arms)

@@ -1,8 +1,12 @@
-"""`meduniverse experiment`: every arm for N seeds, then confidence intervals, paired tests, curves, costs and the report.
+"""`meduniverse experiment`: every arm for N seeds, then confidence intervals, paired tests, curves,
+costs and the report.
 
-Each seed is one run directory (DIR/seed_K) holding the method, the federated competitors and every evaluation
-arm, resumable stage by stage; the pooled (centralised) reference trains in this process on every site's private
-data (what privacy forbids in practice: it exists only as the reference) and is evaluated with the same function
+Each seed is one run directory (DIR/seed_K) holding the method, the federated competitors and every
+evaluation
+arm, resumable stage by stage; the pooled (centralised) reference trains in this process on every
+site's private
+data (what privacy forbids in practice: it exists only as the reference) and is evaluated with the
+same function
 the sites use.
 """
 
@@ -12,7 +16,7 @@ import time
 
 import torch
 
-from meduniverse.core.arms import ARMS, POOLED, MODELS, arm_order, describe_arm
+from meduniverse.core.arms import ARMS, MODELS, POOLED, arm_order, describe_arm
 from meduniverse.core.checkpoints import Checkpoints
 from meduniverse.core.config import FederationConfig
 from meduniverse.core.files import write_json
@@ -33,26 +37,38 @@ POOLED_SEED_PART = 999  # the pooled reference's seed: derive_seed(seed, POOLED_
 
 
 def run_pooled(config: FederationConfig, run_dir: Path, seed: int, show_progress: bool) -> None:
-    """The centralised reference: multi-task training from the MIM encoder on every site's pooled private data
-    (the sites' local step budget), checkpointed as stage S of 'centralized'; then each of its arms, evaluated per
+    """The centralised reference: multi-task training from the MIM encoder on every site's pooled
+    private data
+    (the sites' local step budget), checkpointed as stage S of 'centralized'; then each of its arms,
+    evaluated per
     site with the sites' own `evaluate_arm`."""
     ckpt, last = Checkpoints(run_dir), config.method.stages
     arms = [a for a in config.arms(True) if MODELS[a.model].training == POOLED]
     if all(a.name in ckpt.evaluation(last) for a in arms):
         return
     torch.set_num_threads(config.runtime.server_threads)
-    data = {s.name: load_site(s, config.pool, config.input_spec(s.task), config.seed) for s in config.sites}
+    data = {
+        s.name: load_site(s, config.pool, config.input_spec(s.task), config.seed)
+        for s in config.sites
+    }
     if ckpt.last_stage("centralized") != last:
         started = time.perf_counter()
         model = build_model(config, seed=seed)
         model.load_state_dict(ckpt.load_stage(0))
         with RunProgress(show_progress) as progress:
-            stats = train_multitask(model, {n: d.splits["train"] for n, d in data.items()}, config.method,
-                                    derive_seed(seed, POOLED_SEED_PART),
-                                    progress.phase("centralized: multi-task training on pooled data"))
-        ckpt.save_stage(last, {"centralized": model.state_dict()},
-                        {"seconds": time.perf_counter() - started, "loss": stats.loss, "steps": stats.steps},
-                        "centralized")
+            stats = train_multitask(
+                model,
+                {n: d.splits["train"] for n, d in data.items()},
+                config.method,
+                derive_seed(seed, POOLED_SEED_PART),
+                progress.phase("centralized: multi-task training on pooled data"),
+            )
+        ckpt.save_stage(
+            last,
+            {"centralized": model.state_dict()},
+            {"seconds": time.perf_counter() - started, "loss": stats.loss, "steps": stats.steps},
+            "centralized",
+        )
     state = ckpt.load_stage(last, "centralized")
     for arm in arms:
         if arm.name in ckpt.evaluation(last):
@@ -60,18 +76,23 @@ def run_pooled(config: FederationConfig, run_dir: Path, seed: int, show_progress
         started, per_site = time.perf_counter(), {}
         for name, site in data.items():
             model = site_model(config, site, site_state(state, name), seed)
-            per_site[name] = evaluate_arm(model, name, site.splits, arm.mode, config.method, config.finetune, seed)
+            per_site[name] = evaluate_arm(
+                model, name, site.splits, arm.mode, config.method, config.finetune, seed
+            )
         ckpt.save_evaluation(arm.name, last, per_site, time.perf_counter() - started)
 
 
 def seed_evaluation(ckpt: Checkpoints, last: int) -> dict[str, dict]:
-    """The arms a seed evaluated, plus the aliases of computed arms (`local` is the baseline's computation)."""
+    """The arms a seed evaluated, plus the aliases of computed arms (`local` is the baseline's
+    computation)."""
     evaluation = ckpt.evaluation(last)
     aliases = {a.name: evaluation[a.same_as] for a in ARMS.values() if a.same_as in evaluation}
     return {**evaluation, **aliases}
 
 
-def experiment_results(config: FederationConfig, out_dir: Path, seeds: list[int], commit: str, seconds: float) -> dict:
+def experiment_results(
+    config: FederationConfig, out_dir: Path, seeds: list[int], commit: str, seconds: float
+) -> dict:
     """Assemble DIR/results.json from the seed directories."""
     S = config.method.stages
     ckpts = [Checkpoints(out_dir / f"seed_{s}") for s in seeds]
@@ -80,18 +101,36 @@ def experiment_results(config: FederationConfig, out_dir: Path, seeds: list[int]
     fidelity(config, ckpts, results["tasks"])
     tests, per_task = statistics(results["tasks"])
     names = arm_order(a for e in results["tasks"].values() for a in e["arms"])
-    results.update({
-        "name": config.name, "command": " ".join(["meduniverse", *sys.argv[1:]]), "machine": machine_info(),
-        "arms": {a: {"description": describe_arm(a), "budget": budget(a, config) if a in ARMS else {}} for a in names},
-        "tests": tests, "per_task_tests": per_task, "curves": curves(config, ckpts), "cost": costs(config, ckpts),
-        "experiment_seconds": seconds,
-        "seed_seconds": {str(s): seed_seconds(c) for s, c in zip(seeds, ckpts, strict=True)},
-    })
+    results.update(
+        {
+            "name": config.name,
+            "command": " ".join(["meduniverse", *sys.argv[1:]]),
+            "machine": machine_info(),
+            "arms": {
+                a: {
+                    "description": describe_arm(a),
+                    "budget": budget(a, config) if a in ARMS else {},
+                }
+                for a in names
+            },
+            "tests": tests,
+            "per_task_tests": per_task,
+            "curves": curves(config, ckpts),
+            "cost": costs(config, ckpts),
+            "experiment_seconds": seconds,
+            "seed_seconds": {str(s): seed_seconds(c) for s, c in zip(seeds, ckpts, strict=True)},
+        }
+    )
     return results
 
 
-def run_experiment(config: FederationConfig, out_dir: Path, seeds: list[int], show_progress: bool = True,
-                   pool: Pool | None = None) -> dict:
+def run_experiment(
+    config: FederationConfig,
+    out_dir: Path,
+    seeds: list[int],
+    show_progress: bool = True,
+    pool: Pool | None = None,
+) -> dict:
     """Every arm for every seed (each resumable), then DIR/results.json.
 
     Args:
@@ -99,7 +138,8 @@ def run_experiment(config: FederationConfig, out_dir: Path, seeds: list[int], sh
         out_dir: the experiment directory; seed K runs in out_dir/seed_K.
         seeds: the seeds.
         show_progress: progress bars.
-        pool: the server's pool if the caller built it (built here otherwise), the same for every seed.
+        pool: the server's pool if the caller built it (built here otherwise), the same for every
+        seed.
     """
     out_dir = Path(out_dir)
     started, commit = time.perf_counter(), git_commit()

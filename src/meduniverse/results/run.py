@@ -1,4 +1,5 @@
-"""A run's lifecycle, the same under both of Flower's engines: the run directory, its log, the same-run check, and
+"""A run's lifecycle, the same under both of Flower's engines: the run directory, its log, the
+same-run check, and
 the end of a run (the model with its card, and results.json)."""
 
 from collections.abc import Iterator
@@ -40,7 +41,8 @@ class _RunLogFile(logging.FileHandler):
 def run_log(run_dir: Path, deployed: bool = False) -> Iterator[None]:
     """The run's log file, RUN_DIR/log.txt, for the duration of the block.
 
-    In a simulation the package's and Flower's records go there and Flower's console output is kept to warnings;
+    In a simulation the package's and Flower's records go there and Flower's console output is kept
+    to warnings;
     a deployed server also sends the package's records to Flower's own log (`flwr log RUN_ID`).
     """
     handler = _RunLogFile(Path(run_dir) / "log.txt")
@@ -77,13 +79,23 @@ def check_same_run(run_dir: Path, config: FederationConfig) -> None:
         d.pop("source", None)
     changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
     if changed:
-        raise ConfigError(f"{run_dir}: was run with a different configuration (differs in: {', '.join(changed)}); "
-                          f"use a new --out directory")
+        raise ConfigError(
+            f"{run_dir}: was run with a different configuration (differs in: "
+            f"{', '.join(changed)}); "
+            f"use a new --out directory"
+        )
 
 
-def finish_run(run_dir: Path, config: FederationConfig, seed: int, started: float, commit: str,
-               extra: dict | None = None) -> dict:
-    """The end of a run: the last stage's model with its card in RUN_DIR/model, and RUN_DIR/results.json.
+def finish_run(
+    run_dir: Path,
+    config: FederationConfig,
+    seed: int,
+    started: float,
+    commit: str,
+    extra: dict | None = None,
+) -> dict:
+    """The end of a run: the last stage's model with its card in RUN_DIR/model, and
+    RUN_DIR/results.json.
 
     Args:
         run_dir: the run directory (its checkpoints hold every stage and evaluation).
@@ -97,9 +109,18 @@ def finish_run(run_dir: Path, config: FederationConfig, seed: int, started: floa
     model = build_model(config)
     model.load_state_dict(ckpt.load_stage(last))
     save_model(model, config, Path(run_dir) / "model", {"stage": last, "seed": seed})
-    results = results_document(config, {str(seed): ckpt.evaluation(last)}, [seed],
-                               {"stages": ckpt.records(), "evaluation_seconds": ckpt.evaluation_seconds(),
-                                "run_seconds": time.perf_counter() - started, **(extra or {})}, commit)
+    results = results_document(
+        config,
+        {str(seed): ckpt.evaluation(last)},
+        [seed],
+        {
+            "stages": ckpt.records(),
+            "evaluation_seconds": ckpt.evaluation_seconds(),
+            "run_seconds": time.perf_counter() - started,
+            **(extra or {}),
+        },
+        commit,
+    )
     write_json(Path(run_dir) / "results.json", results)
     log.info("results written to %s", Path(run_dir) / "results.json")
     return results
@@ -108,12 +129,21 @@ def finish_run(run_dir: Path, config: FederationConfig, seed: int, started: floa
 def evaluation_done(ckpt: Checkpoints, config: FederationConfig, competitors: bool = False) -> bool:
     last = ckpt.last_stage()
     done = ckpt.evaluation(config.method.stages)
-    return last is not None and last >= config.method.stages and all(
-        a.name in done for a in filter(computed_in_federation, config.arms(competitors)))
+    return (
+        last is not None
+        and last >= config.method.stages
+        and all(a.name in done for a in filter(computed_in_federation, config.arms(competitors)))
+    )
 
 
-def run(config: FederationConfig, run_dir: Path, seed: int | None = None, show_progress: bool = True,
-        competitors: bool = False, pool: Pool | None = None) -> dict:
+def run(
+    config: FederationConfig,
+    run_dir: Path,
+    seed: int | None = None,
+    show_progress: bool = True,
+    competitors: bool = False,
+    pool: Pool | None = None,
+) -> dict:
     """Run (or resume) the whole method on the Simulation Engine and write
     run_dir/{results.json, model/, log.txt, config.json, checkpoints/}.
 
@@ -123,16 +153,24 @@ def run(config: FederationConfig, run_dir: Path, seed: int | None = None, show_p
         seed: the run's seed (default: the configuration's).
         show_progress: progress bars on the console.
         competitors: train and evaluate every arm of an experiment too (`meduniverse.core.arms`).
-        pool: the server's pool when the caller already built it (an experiment builds it once for every seed).
+        pool: the server's pool when the caller already built it (an experiment builds it once for
+        every seed).
     """
     run_dir = Path(run_dir)
     seed = config.seed if seed is None else seed
-    started, commit = time.perf_counter(), git_commit()  # the code that runs, not what HEAD is at the end
+    started, commit = (
+        time.perf_counter(),
+        git_commit(),
+    )  # the code that runs, not what HEAD is at the end
     with run_log(run_dir):
         pool = pool or build_pool(config)
         pool_size = verify_disjoint(config, pool)
-        log.info("run %s: %d sites, pool of %d images disjoint from every private split", config.name,
-                 len(config.sites), pool_size)
+        log.info(
+            "run %s: %d sites, pool of %d images disjoint from every private split",
+            config.name,
+            len(config.sites),
+            pool_size,
+        )
         check_same_run(run_dir, config)
         write_json(run_dir / "config.json", config.to_dict())
         if not evaluation_done(Checkpoints(run_dir), config, competitors):

@@ -6,12 +6,16 @@ import numpy as np
 from scipy import stats
 
 
-def bootstrap_ci(values: list[float], level: float = 0.95, resamples: int = 10000, seed: int = 0) -> list[float]:
+def bootstrap_ci(
+    values: list[float], level: float = 0.95, resamples: int = 10000, seed: int = 0
+) -> list[float]:
     """Percentile bootstrap CI of the mean (over seeds); a single value gives [v, v]."""
     x = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=float)
     if x.size == 0:
         return [math.nan, math.nan]
-    means = np.random.default_rng(seed).choice(x, size=(resamples, x.size), replace=True).mean(axis=1)
+    means = (
+        np.random.default_rng(seed).choice(x, size=(resamples, x.size), replace=True).mean(axis=1)
+    )
     tail = (1 - level) / 2 * 100
     return [float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))]
 
@@ -22,8 +26,13 @@ def paired_test(a: list[float], b: list[float]) -> dict:
     diff = diff[np.isfinite(diff)]
     nonzero = diff[diff != 0]
     p = float(stats.wilcoxon(nonzero).pvalue) if nonzero.size else 1.0
-    return {"wilcoxon_p": p, "n_pairs": int(diff.size), "wins": int((diff > 0).sum()), "losses": int((diff < 0).sum()),
-            "mean_difference": float(diff.mean()) if diff.size else math.nan}
+    return {
+        "wilcoxon_p": p,
+        "n_pairs": int(diff.size),
+        "wins": int((diff > 0).sum()),
+        "losses": int((diff < 0).sum()),
+        "mean_difference": float(diff.mean()) if diff.size else math.nan,
+    }
 
 
 def per_task_test(a: list[float], b: list[float]) -> dict:

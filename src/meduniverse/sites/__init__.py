@@ -1,1 +1,2 @@
-"""A site's private data and the server's public pool, as tensors in memory at the input specification."""
+"""A site's private data and the server's public pool, as tensors in memory at the input
+specification."""

@@ -1,6 +1,8 @@
-"""The server's unlabelled pool, built once per run, and the check that it shares no image with any site.
+"""The server's unlabelled pool, built once per run, and the check that it shares no image with any
+site.
 
-The pool holds the images that pool sites lend (`meduniverse.sites.sources.pool_indices`) and the images
+The pool holds the images that pool sites lend (`meduniverse.sites.sources.pool_indices`) and the
+images
 of extra unlabelled files; the server reads image arrays only, never labels.
 """
 
@@ -14,7 +16,14 @@ from meduniverse.core.errors import DataError, PrivacyError
 from meduniverse.core.tasks import task_type
 from meduniverse.data.npz import read_images_npz
 from meduniverse.data.transforms import images_to_spec
-from meduniverse.sites.sources import image_hashes, pool_indices, private_part, read_raw, read_raw_images, split_hashes
+from meduniverse.sites.sources import (
+    image_hashes,
+    pool_indices,
+    private_part,
+    read_raw,
+    read_raw_images,
+    split_hashes,
+)
 
 
 @dataclass
@@ -22,8 +31,10 @@ class Pool:
     """The pool of one run.
 
     Args:
-        sources: per source (a pool site's data source, or an extra file), its images as stored (N,H,W[,C]).
-        images: per input group ('classification', 'segmentation'), uint8 N×C×S×S at that group's input spec:
+        sources: per source (a pool site's data source, or an extra file), its images as stored
+        (N,H,W[,C]).
+        images: per input group ('classification', 'segmentation'), uint8 N×C×S×S at that group's
+        input spec:
             at most the group's limit, shared evenly between the sources.
     """
 
@@ -41,14 +52,17 @@ def pool_sources(config: FederationConfig) -> dict[str, np.ndarray]:
     for name in config.pool.sites:
         site = config.site(name)
         images = read_raw_images(site, config.seed)
-        out[site.source] = images["train"][pool_indices(split_hashes(images), config.pool.fraction, config.pool.seed)]
+        out[site.source] = images["train"][
+            pool_indices(split_hashes(images), config.pool.fraction, config.pool.seed)
+        ]
     for path in config.pool.files:
         out[str(path)] = read_images_npz(path, "images")
     return out
 
 
 def balanced_subset(sizes: list[int], limit: int, seed: int) -> list[np.ndarray]:
-    """Indices per source keeping at most `limit` in all, the room shared as evenly as the sizes allow."""
+    """Indices per source keeping at most `limit` in all, the room shared as evenly as the sizes
+    allow."""
     keep, room = [0] * len(sizes), limit
     order = sorted(range(len(sizes)), key=sizes.__getitem__)
     for rank, pos in enumerate(order):
@@ -64,17 +78,23 @@ def build_pool(config: FederationConfig) -> Pool:
     if not sources:
         raise DataError(f"{config.source}: the server pool is empty (set pool.sites or pool.files)")
     parts = list(sources.values())
-    limits = {"classification": config.pool.max_images, "segmentation": config.pool.segmentation_max}
+    limits = {
+        "classification": config.pool.max_images,
+        "segmentation": config.pool.segmentation_max,
+    }
     images = {}
     for group in sorted({task_type(s.task).group for s in config.sites}):
         picks = balanced_subset([len(p) for p in parts], limits[group], config.pool.seed)
         spec = dict(config.inputs)[group]
-        images[group] = torch.cat([images_to_spec(p[idx], spec) for p, idx in zip(parts, picks, strict=True) if len(idx)])
+        images[group] = torch.cat(
+            [images_to_spec(p[idx], spec) for p, idx in zip(parts, picks, strict=True) if len(idx)]
+        )
     return Pool(sources, images)
 
 
 def verify_disjoint(config: FederationConfig, pool: Pool) -> int:
-    """Hash every private image against the pool; raise PrivacyError on any overlap. Returns the pool's size
+    """Hash every private image against the pool; raise PrivacyError on any overlap. Returns the
+    pool's size
     (distinct images)."""
     pool_hashes = pool.hashes()
     for site in config.sites:
@@ -86,7 +106,9 @@ def verify_disjoint(config: FederationConfig, pool: Pool) -> int:
             overlap = [h for h in own if h in pool_hashes]
             if overlap:
                 raise PrivacyError(
-                    f"site '{site.name}' ({site.source}) [{split}]: {len(overlap)} private image(s) also in the "
-                    f"server pool (from {pool_hashes[overlap[0]]}); pool and private data must be disjoint"
+                    f"site '{site.name}' ({site.source}) [{split}]: {len(overlap)} private "
+                    "image(s) also in the "
+                    f"server pool (from {pool_hashes[overlap[0]]}); pool and private data must be "
+                    "disjoint"
                 )
     return len(pool_hashes)

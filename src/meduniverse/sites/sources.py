@@ -62,14 +62,20 @@ def read_raw(site: SiteConfig, seed: int = 0) -> dict[str, RawSplit]:
 def read_raw_images(site: SiteConfig, seed: int = 0) -> dict[str, np.ndarray]:
     """Images of every split, never the labels: what the server may read of a pool site."""
     if site.synthetic:
-        return {k: v.images for k, v in make_synthetic(site.synthetic, site.task, len(site.classes), seed).items()}
+        return {
+            k: v.images
+            for k, v in make_synthetic(site.synthetic, site.task, len(site.classes), seed).items()
+        }
     path = data_file(site)
     with open_npz(path) as npz:
-        return {s: check_images(read_array(npz, f"{s}_images", path), f"{path} [{s}]") for s in SPLITS}
+        return {
+            s: check_images(read_array(npz, f"{s}_images", path), f"{path} [{s}]") for s in SPLITS
+        }
 
 
 def pool_indices(hashes: dict[str, list[str]], fraction: float, seed: int) -> np.ndarray:
-    """Train indices lent to the pool: whole groups of identical images, none equal to a val/test image.
+    """Train indices lent to the pool: whole groups of identical images, none equal to a val/test
+    image.
 
     Args:
         hashes: per split ('train', 'val', 'test'), the `image_hashes` of its images.
@@ -83,7 +89,7 @@ def pool_indices(hashes: dict[str, list[str]], fraction: float, seed: int) -> np
     candidates = [h for h in groups if h not in held_out]
     order = np.random.default_rng(seed).permutation(len(candidates))
     chosen: list[int] = []
-    target = int(round(fraction * len(hashes["train"])))
+    target = round(fraction * len(hashes["train"]))
     for j in order:
         if len(chosen) >= target:
             break
@@ -95,16 +101,23 @@ def split_hashes(images: dict[str, np.ndarray]) -> dict[str, list[str]]:
     return {split: image_hashes(x) for split, x in images.items()}
 
 
-def private_part(site: SiteConfig, raw: dict[str, RawSplit], pool: PoolConfig,
-                 hashes: dict[str, list[str]] | None = None) -> dict[str, RawSplit]:
-    """A site's private splits: its train split minus the images it lends to the pool (if it is a pool site)."""
+def private_part(
+    site: SiteConfig,
+    raw: dict[str, RawSplit],
+    pool: PoolConfig,
+    hashes: dict[str, list[str]] | None = None,
+) -> dict[str, RawSplit]:
+    """A site's private splits: its train split minus the images it lends to the pool (if it is a
+    pool site)."""
     if site.name not in pool.sites:
         return raw
     hashes = hashes or split_hashes({k: v.images for k, v in raw.items()})
     lent = pool_indices(hashes, pool.fraction, pool.seed)
     keep = np.setdiff1d(np.arange(len(raw["train"].images)), lent)
     if keep.size == 0:
-        raise DataError(f"{site.source}: pool.fraction {pool.fraction} leaves no private train images")
+        raise DataError(
+            f"{site.source}: pool.fraction {pool.fraction} leaves no private train images"
+        )
     return {**raw, "train": RawSplit(raw["train"].images[keep], raw["train"].targets[keep])}
 
 
@@ -114,8 +127,13 @@ def private_raw(site: SiteConfig, pool: PoolConfig, seed: int = 0) -> dict[str, 
 
 
 def to_split(raw: RawSplit, spec: InputSpec, task: str) -> Split:
-    """A stored split at the input spec: images resized once, masks nearest-neighbour, labels as they are."""
-    targets = masks_to_spec(raw.targets, spec) if task_type(task).segmentation else torch.from_numpy(raw.targets)
+    """A stored split at the input spec: images resized once, masks nearest-neighbour, labels as
+    they are."""
+    targets = (
+        masks_to_spec(raw.targets, spec)
+        if task_type(task).segmentation
+        else torch.from_numpy(raw.targets)
+    )
     return Split(images_to_spec(raw.images, spec), targets)
 
 
@@ -126,5 +144,6 @@ def to_site_data(site: SiteConfig, raw: dict[str, RawSplit], spec: InputSpec) ->
 
 @lru_cache(maxsize=16)
 def load_site(site: SiteConfig, pool: PoolConfig, spec: InputSpec, seed: int = 0) -> SiteData:
-    """A site's private data at the input spec (cached per process: Flower reuses the process across stages)."""
+    """A site's private data at the input spec (cached per process: Flower reuses the process across
+    stages)."""
     return to_site_data(site, private_raw(site, pool, seed), spec)
