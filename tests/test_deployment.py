@@ -49,17 +49,14 @@ from meduniverse.deploy.environment import flower_env
 from meduniverse.deploy.flower import (
     list_nodes,
     register_sites,
-    run_status,
-    start_run,
     supernode_argv,
     wait_for_nodes,
-    wait_for_run,
-    write_app,
     write_connection,
 )
 from meduniverse.deploy.network import check_superlink
 from meduniverse.deploy.prepare import prepare
 from meduniverse.deploy.processes import spawn, stop
+from meduniverse.deploy.runs import run_status, start_run, wait_for_run, write_app
 from meduniverse.federation.shared import federation_text, server_config, site_config
 from meduniverse.interfaces.cli import demo_config_path
 import poison_app

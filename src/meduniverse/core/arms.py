@@ -161,7 +161,14 @@ def selected_arms(
 ) -> list[Arm]:
     """The arms of a run: the method's; with `competitors`, each federated competitor as is, the
     probes of the
-    listed models, the centralised arms and the aliases of computed arms."""
+    listed models, the centralised arms and the aliases of computed arms.
+
+    Args:
+        federated: the federated competitors trained (model names).
+        probes: the models whose encoders are probed.
+        centralized: whether the pooled reference runs.
+        competitors: False for the method's arms only (`meduniverse run`).
+    """
     names = list(METHOD_ARMS)
     if competitors:
         names += [

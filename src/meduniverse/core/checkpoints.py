@@ -58,7 +58,14 @@ class Checkpoints:
         model: str = UNIVERSAL,
     ) -> None:
         """Write each part's weights (e.g. 'model', 'mim_decoder'), then mark the model's stage
-        completed."""
+        completed.
+
+        Args:
+            stage: the stage number (0: the MIM stage).
+            parts: weights by part name (`part(model)`, plus e.g. 'mim_decoder').
+            record: what the stage did (seconds, sites' metrics, bytes), kept in progress.json.
+            model: whose stage it is ('universal' or another model's name).
+        """
         for part, state in parts.items():
             write_tensors(self.weights_path(stage, part), state)
         progress = self.progress()
@@ -86,6 +93,14 @@ class Checkpoints:
         return {arm: entry["seconds"] for arm, entry in self.progress()["evaluation"].items()}
 
     def save_evaluation(self, arm: str, stage: int, per_site: dict, seconds: float) -> None:
+        """Record an arm's evaluation.
+
+        Args:
+            arm: the arm's name.
+            stage: the stage whose models were evaluated.
+            per_site: per site, the scalar metrics it reported.
+            seconds: how long the arm's evaluation took.
+        """
         progress = self.progress()
         progress["evaluation"][arm] = {"stage": stage, "sites": per_site, "seconds": seconds}
         write_json(self.progress_path, progress)

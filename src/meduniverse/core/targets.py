@@ -20,7 +20,14 @@ def _whole_numbers(labels: np.ndarray, where: str) -> None:
 def check_class_labels(
     labels: np.ndarray, images: np.ndarray, num_classes: int, where: str
 ) -> np.ndarray:
-    """One class id per image: int64 (N,) from (N,) or (N,1), every id in 0..C-1."""
+    """One class id per image: int64 (N,) from (N,) or (N,1), every id in 0..C-1.
+
+    Args:
+        labels: as stored, (N,) or (N,1), integer or whole floats.
+        images: the split's images (N,...), for the count.
+        num_classes: C.
+        where: the file and split, for the error message.
+    """
     _whole_numbers(labels, where)
     if labels.shape[0] != images.shape[0]:
         raise DataError(f"{where}: {labels.shape[0]} labels for {images.shape[0]} images")
@@ -41,7 +48,14 @@ def check_class_labels(
 def check_multilabels(
     labels: np.ndarray, images: np.ndarray, num_classes: int, where: str
 ) -> np.ndarray:
-    """One 0/1 column per class: int64 (N,C)."""
+    """One 0/1 column per class: int64 (N,C).
+
+    Args:
+        labels: as stored, (N,C) of 0/1.
+        images: the split's images (N,...), for the count.
+        num_classes: C.
+        where: the file and split, for the error message.
+    """
     _whole_numbers(labels, where)
     if labels.shape[0] != images.shape[0]:
         raise DataError(f"{where}: {labels.shape[0]} labels for {images.shape[0]} images")
@@ -56,7 +70,14 @@ def check_multilabels(
 
 
 def check_masks(masks: np.ndarray, images: np.ndarray, num_classes: int, where: str) -> np.ndarray:
-    """A class-id mask per image, the image's height and width: uint8 (N,H,W)."""
+    """A class-id mask per image, the image's height and width: uint8 (N,H,W).
+
+    Args:
+        masks: as stored, (N,H,W) or (N,H,W,1) class ids.
+        images: the split's images (N,H,W[,C]), whose height and width the masks must have.
+        num_classes: C; every value must lie in 0..C-1.
+        where: the file and split, for the error message.
+    """
     if masks.ndim == 4 and masks.shape[-1] == 1:
         masks = masks[..., 0]
     if masks.ndim != 3:

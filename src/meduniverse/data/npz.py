@@ -56,7 +56,15 @@ def check_images(images: np.ndarray, where: str) -> np.ndarray:
 def check_split(
     images: np.ndarray, targets: np.ndarray, task: str, num_classes: int, where: str
 ) -> RawSplit:
-    """Images checked, then the targets by the task type's own check."""
+    """Images checked, then the targets by the task type's own check.
+
+    Args:
+        images: as stored, (N,H,W) or (N,H,W,1|3).
+        targets: labels or masks as stored.
+        task: the site's task type (its registry entry checks the targets).
+        num_classes: C.
+        where: the file and split, for the error message.
+    """
     images = check_images(images, where)
     return RawSplit(images, task_type(task).check_targets(targets, images, num_classes, where))
 
@@ -64,7 +72,14 @@ def check_split(
 def read_labelled_npz(
     path: Path, task: str, num_classes: int, splits: tuple[str, ...] = SPLITS
 ) -> dict[str, RawSplit]:
-    """Read and check every split of a labelled npz file."""
+    """Read and check every split of a labelled npz file.
+
+    Args:
+        path: the npz file.
+        task: the site's task type (labels or masks).
+        num_classes: C.
+        splits: which splits to read.
+    """
     kind = task_type(task).target_key
     out = {}
     with open_npz(path) as npz:

@@ -113,7 +113,14 @@ SPLIT_SIZES = {"train": 300, "val": 60, "test": 100}
 
 
 def make_synthetic(name: str, task: str, num_classes: int, seed: int = 0) -> dict[str, RawSplit]:
-    """All splits of one synthetic site, generated deterministically from its name and seed."""
+    """All splits of one synthetic site, generated deterministically from its name and seed.
+
+    Args:
+        name: the generator (a key of GENERATORS).
+        task: the task type the site declares.
+        num_classes: the number of class names it declares.
+        seed: the federation's seed.
+    """
     generator = GENERATORS[name]
     out = {}
     for k, split in enumerate(SPLITS):

@@ -20,14 +20,13 @@ from meduniverse.deploy.flower import (
     CONNECTION,
     FINISHED,
     register_sites,
-    start_run,
     superlink_argv,
     supernode_argv,
-    wait_for_run,
     write_connection,
 )
 from meduniverse.deploy.network import check_site_data, check_superlink
 from meduniverse.deploy.prepare import prepare
+from meduniverse.deploy.runs import start_run, wait_for_run
 from meduniverse.federation.shared import federation_text
 from meduniverse.interfaces.console import fail, print_table, say
 from meduniverse.results.document import format_table

@@ -114,6 +114,12 @@ def generate_credentials(
                                         local API)
 
     `hosts`: the names and addresses the SuperLink is reached at (its certificate's subjectAltName).
+
+    Args:
+        out: a new directory (an existing non-empty one is refused; nothing is written on failure).
+        sites: the sites' names.
+        hosts: the names and addresses the SuperLink is reached at (its certificate's SANs).
+        days: validity of the certificates.
     """
     sites = _check_sites(list(sites))
     hosts = list(hosts or ["127.0.0.1", "localhost"])

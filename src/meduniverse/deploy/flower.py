@@ -1,11 +1,9 @@
 """Flower's own commands for a deployment: the SuperLink and SuperNode command lines, the CLI's
-connection, node
-registration, the Flower App that `flwr run` ships, and a run's status."""
+connection to the SuperLink, and node registration."""
 
 import json
 from pathlib import Path
 import subprocess
-import tempfile
 import time
 
 import tomli_w
@@ -17,30 +15,6 @@ from meduniverse.deploy.network import existing_file
 CONNECTION = "meduniverse"  # the SuperLink connection's name in FLWR_HOME/config.toml
 FINISHED = "finished"
 
-APP_PYPROJECT = """\
-# The Flower App that `flwr run` ships: only this file. The code is the installed meduniverse
-# package, which must be importable wherever the SuperLink and the SuperNodes run.
-[project]
-name = "meduniverse-app"
-version = "0.1.0"
-description = "meduniverse: a universal medical imaging model from many hospitals' private data"
-license = "Apache-2.0"
-dependencies = []
-
-[tool.flwr.app]
-publisher = "meduniverse"
-fab-include = ["pyproject.toml"{extra_include}]
-
-[tool.flwr.app.components]
-serverapp = "{serverapp}"
-clientapp = "{clientapp}"
-
-[tool.flwr.app.config]
-federation = ""   # the shared federation TOML, as text (meduniverse deploy run fills it in)
-run-dir = ""      # absolute path on the server machine
-seed = -1         # -1: the federation's seed
-"""
-
 
 def superlink_argv(
     server_dir: Path, state: Path | None = None, host: str = "127.0.0.1", port: int = 8000
@@ -48,7 +22,14 @@ def superlink_argv(
     """flower-superlink with TLS on its one API (Fleet, Control, Runtime), node authentication, no
     runtime
     dependency installation, and its state (registered nodes, runs) in `state` so that it survives a
-    restart."""
+    restart.
+
+    Args:
+        server_dir: the server's credentials (ca.crt, server.pem, server.key).
+        state: SQLite file for the SuperLink's state (None: in memory).
+        host: address to listen on.
+        port: port of its HTTPS API.
+    """
     server_dir = Path(server_dir)
     files = [
         existing_file(server_dir / n, "server credential")
@@ -84,7 +65,16 @@ def supernode_argv(
 ) -> list[str]:
     """flower-supernode for one site: its key, the CA to check the SuperLink, TLS on its own local
     API,
-    and a node config naming its site and its own data file only."""
+    and a node config naming its site and its own data file only.
+
+    Args:
+        site_dir: the site's credentials (ca.crt, node.key, tls.pem, tls.key).
+        site: the site's name.
+        data: the site's own data file (None for a synthetic site).
+        superlink: HOST:PORT of the SuperLink.
+        port: port of this SuperNode's local API.
+        extra_node_config: more node config entries (tests use it).
+    """
     site_dir = Path(site_dir)
     ca, key, pem, tls_key = (
         existing_file(site_dir / n, f"site '{site}' credential")
@@ -136,7 +126,8 @@ def write_connection(flwr_home: Path, superlink: str, ca: Path) -> Path:
     return path
 
 
-def _flwr_json(args: list[str], flwr_home: Path, what: str, timeout: float = 120) -> dict:
+def flwr_json(args: list[str], flwr_home: Path, what: str, timeout: float = 120) -> dict:
+    """`flwr ARGS --format json` in Flower's environment; DeployError naming `what` on failure."""
     out = subprocess.run(
         [tool("flwr"), *args, "--format", "json"],
         capture_output=True,
@@ -181,7 +172,7 @@ def register_sites(
     for site in sites:
         if site not in keys:
             raise DeployError(f"site '{site}': no public key {folder / (site + '.pub')}")
-        doc = _flwr_json(
+        doc = flwr_json(
             ["supernode", "register", str(keys[site]), CONNECTION, "--name", site],
             flwr_home,
             f"registering site '{site}'",
@@ -191,7 +182,7 @@ def register_sites(
 
 
 def list_nodes(flwr_home: Path) -> list[dict]:
-    return _flwr_json(["supernode", "list", CONNECTION], flwr_home, "listing SuperNodes").get(
+    return flwr_json(["supernode", "list", CONNECTION], flwr_home, "listing SuperNodes").get(
         "nodes", []
     )
 
@@ -210,65 +201,3 @@ def wait_for_nodes(flwr_home: Path, nodes: dict[str, int], timeout: float = 120)
         if time.monotonic() > deadline:
             raise DeployError(f"SuperNodes not online after {timeout:.0f} s: {missing}")
         time.sleep(2.0)
-
-
-def write_app(
-    directory: Path,
-    serverapp: str = "meduniverse.deploy.apps:server_app",
-    clientapp: str = "meduniverse.deploy.apps:client_app",
-    include: list[str] = (),
-) -> Path:
-    """The Flower App directory `flwr run` ships (a pyproject.toml, plus `include`d modules)."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    extra = "".join(f', "{name}"' for name in include)
-    text = APP_PYPROJECT.format(serverapp=serverapp, clientapp=clientapp, extra_include=extra)
-    path = directory / "pyproject.toml"
-    if not path.is_file() or path.read_text() != text:
-        path.write_text(text)
-    return directory
-
-
-def start_run(
-    federation: str, run_dir: Path, flwr_home: Path, seed: int = -1, app: Path | None = None
-) -> int:
-    """`flwr run` of the meduniverse app with the shared federation text, the run directory and the
-    seed."""
-    app = app or write_app(Path(flwr_home) / "meduniverse-app")
-    with tempfile.NamedTemporaryFile("w", suffix=".toml", prefix="run-config-", delete=False) as f:
-        f.write(
-            tomli_w.dumps(
-                {"federation": federation, "run-dir": str(Path(run_dir).resolve()), "seed": seed}
-            )
-        )
-    try:
-        doc = _flwr_json(
-            ["run", str(app), CONNECTION, "--run-config", f.name], flwr_home, "flwr run"
-        )
-    finally:
-        Path(f.name).unlink(missing_ok=True)
-    return int(doc["run-id"])
-
-
-def run_status(run_id: int, flwr_home: Path) -> dict:
-    runs = _flwr_json(
-        ["ls", CONNECTION, "--run-id", str(run_id)], flwr_home, f"status of run {run_id}"
-    ).get("runs", [])
-    if not runs:
-        raise DeployError(f"run {run_id}: unknown to the SuperLink")
-    return runs[0]
-
-
-def wait_for_run(run_id: int, flwr_home: Path, timeout: float = 86400, poll: float = 2.0) -> dict:
-    """Until the run is finished; returns its `flwr ls` record (status
-    finished:completed|failed|stopped)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        run = run_status(run_id, flwr_home)
-        if str(run.get("status", "")).startswith(FINISHED):
-            return run
-        if time.monotonic() > deadline:
-            raise DeployError(
-                f"run {run_id} not finished after {timeout:.0f} s (status {run.get('status')})"
-            )
-        time.sleep(poll)

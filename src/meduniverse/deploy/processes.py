@@ -13,7 +13,14 @@ from meduniverse.deploy.environment import flower_env
 def spawn(
     cmd: list[str], log: Path, flwr_home: Path | None = None, cwd: Path | None = None
 ) -> subprocess.Popen:
-    """Start a long-running command in its own session, its output appended to `log`."""
+    """Start a long-running command in its own session, its output appended to `log`.
+
+    Args:
+        cmd: the command line.
+        log: file its output is appended to.
+        flwr_home: Flower's home for the process (FLWR_HOME).
+        cwd: its working directory.
+    """
     log = Path(log)
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as sink:

@@ -34,7 +34,14 @@ def site_data(context: Context, config: FederationConfig) -> SiteData:
 
 
 def site_model(config: FederationConfig, data: SiteData, state: dict[str, torch.Tensor], seed: int):
-    """Encoder + this site's head from the weights the server sent (a missing head starts fresh)."""
+    """Encoder + this site's head from the weights the server sent (a missing head starts fresh).
+
+    Args:
+        config: the federation (the model's settings).
+        data: the site's data (its name, task and classes).
+        state: the weights received (encoder and, unless it starts fresh, the site's head).
+        seed: the seed of a fresh head's initialisation.
+    """
     model = build_model(config, [TaskInfo(data.name, data.task, data.config.classes)], seed=seed)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected or any(not k.startswith("heads.") for k in missing):

@@ -153,5 +153,12 @@ def competitor_strategy(
     arm: str, roster: dict[int, str], seed: int, config: FederationConfig
 ) -> SiteHeads:
     """The strategy that trains federated competitor `arm` (a model of
-    `meduniverse.core.arms.COMPETITORS`)."""
+    `meduniverse.core.arms.COMPETITORS`).
+
+    Args:
+        arm: the competitor's model name.
+        roster: node id -> site name.
+        seed: the run's seed.
+        config: the federation (min_sites, the competitors' settings).
+    """
     return STRATEGIES[arm](roster, seed, config)

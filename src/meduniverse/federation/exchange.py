@@ -25,6 +25,12 @@ def exchange(
     An error the SuperLink sends on behalf of a node that went away (NODE_UNAVAILABLE: its sender is
     the
     SuperLink) is turned into that node's own error reply, so that callers can name the site.
+
+    Args:
+        grid: Flower's grid.
+        messages: one per node.
+        timeout: seconds to wait for the replies.
+        on_reply: called with each reply as it arrives.
     """
     ids = list(grid.push_messages(messages))
     if len(ids) != len(messages) or not all(ids):
@@ -58,7 +64,15 @@ def exchange_with_progress(
     config: FederationConfig,
     progress: RunProgress,
 ) -> list[Message]:
-    """exchange() with a progress bar counting the sites that have answered."""
+    """exchange() with a progress bar counting the sites that have answered.
+
+    Args:
+        grid: Flower's grid.
+        messages: one per node.
+        description: the progress bar's label.
+        config: the federation (runtime.reply_timeout).
+        progress: the run's progress bars.
+    """
     on_site = progress.phase(description, len(messages))
     done: list[Message] = []
     return exchange(

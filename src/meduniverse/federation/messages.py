@@ -18,7 +18,14 @@ def from_arrays(record: ArrayRecord) -> dict[str, torch.Tensor]:
 def request(
     message_type: str, node_id: int, config: dict, state: dict[str, torch.Tensor] | None = None
 ) -> Message:
-    """A server -> site message: optional weights plus a ConfigRecord."""
+    """A server -> site message: optional weights plus a ConfigRecord.
+
+    Args:
+        message_type: Flower's message type (query, train, evaluate).
+        node_id: the destination node.
+        config: settings (scalars and short strings).
+        state: weights to send, if any.
+    """
     content = RecordDict({CONFIG: ConfigRecord(config)})
     if state is not None:
         content[ARRAYS] = to_arrays(state)
@@ -32,7 +39,14 @@ def reply(
     info: dict[str, str] | None = None,
 ) -> Message:
     """A site -> server message: optional weights, scalar metrics and short text fields; nothing
-    else."""
+    else.
+
+    Args:
+        to: the request answered.
+        metrics: scalar metrics.
+        state: the site model's weights (train replies only).
+        info: short text fields (the handshake's site name and task type).
+    """
     content = RecordDict({METRICS: MetricRecord(metrics)})
     if state is not None:
         content[ARRAYS] = to_arrays(state)

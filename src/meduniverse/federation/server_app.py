@@ -10,24 +10,24 @@ from functools import partial
 from pathlib import Path
 import time
 
-from flwr.app import ConfigRecord, Context, MessageType
+from flwr.app import ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 import torch
 
-from meduniverse.core.arms import FEDERATED, MODELS, PROBE, Arm, computed_in_federation
+from meduniverse.core.arms import computed_in_federation
 from meduniverse.core.checkpoints import Checkpoints
 from meduniverse.core.config import FederationConfig
-from meduniverse.core.errors import StageError
 from meduniverse.core.progress import RunProgress, log
 from meduniverse.core.seeds import derive_seed
 from meduniverse.federation.competitors import SiteHeads, competitor_strategy
+from meduniverse.federation.evaluation import evaluate_arm
 from meduniverse.federation.exchange import exchange_with_progress, handshake, message_bytes
-from meduniverse.federation.messages import METRICS, from_arrays, request, to_arrays
-from meduniverse.federation.strategy import UniversalDistillation, brief
+from meduniverse.federation.messages import from_arrays, to_arrays
+from meduniverse.federation.strategy import UniversalDistillation
 from meduniverse.method.mim import pretrain_mim
 from meduniverse.method.server import server_step
 from meduniverse.models.heads import DecoderHead
-from meduniverse.models.universal import build_model, encoder_part, site_state
+from meduniverse.models.universal import build_model
 from meduniverse.sites.pool import Pool
 
 
@@ -38,7 +38,15 @@ def stage_zero(
     ckpt: Checkpoints,
     progress: RunProgress,
 ) -> None:
-    """MIM-pretrain the encoder on the pool: the baseline encoder, and G_0."""
+    """MIM-pretrain the encoder on the pool: the baseline encoder, and G_0.
+
+    Args:
+        config: the federation (model and MIM settings).
+        pool: per input group, uint8 images N×C×S×S.
+        seed: the run's seed.
+        ckpt: where stage 0 is checkpointed (the model and the MIM decoder).
+        progress: the run's progress bars.
+    """
     model = build_model(config, seed=seed)
     spec = config.inputs[0][1]
     decoder = DecoderHead(model.encoder.widths, spec.channels)
@@ -76,6 +84,15 @@ def run_stage(
 
     Returns the new state and the stage's record: the strategy's report plus seconds and bytes each
     way.
+
+    Args:
+        grid: Flower's grid.
+        strategy: the model's strategy.
+        stage: the stage number.
+        state: the model's state after the previous stage.
+        seed: the run's seed (the aggregation's random draws derive from it).
+        config: the federation.
+        progress: the run's progress bars.
     """
     started = time.perf_counter()
     messages = list(strategy.configure_train(stage, to_arrays(state), ConfigRecord(), grid))
@@ -117,57 +134,6 @@ def run_stage(
     return from_arrays(arrays), record
 
 
-def arm_weights(arm: Arm, ckpt: Checkpoints, last: int) -> Callable[[str], dict[str, torch.Tensor]]:
-    """What a site gets for an arm: the stage-0 encoder (fresh head), or its model's last-stage
-    weights for that
-    site (only the encoder for a probe)."""
-    if MODELS[arm.model].training != FEDERATED:
-        encoder = encoder_part(ckpt.load_stage(0))
-        return lambda site: encoder
-    state = ckpt.load_stage(last, ckpt.part(arm.model))
-    if arm.mode == PROBE:
-        return lambda site: encoder_part(site_state(state, site))
-    return lambda site: site_state(state, site)
-
-
-def evaluate_arm(
-    grid: Grid,
-    roster: dict[int, str],
-    arm: Arm,
-    ckpt: Checkpoints,
-    last: int,
-    seed: int,
-    config: FederationConfig,
-    progress: RunProgress,
-) -> dict[str, dict]:
-    """Every site evaluates one arm on its own test split and returns scalar metrics."""
-    settings = {"arm": arm.name, "mode": arm.mode, "seed": seed}
-    weights_for = arm_weights(arm, ckpt, last)
-    messages = [
-        request(MessageType.EVALUATE, n, settings, weights_for(s)) for n, s in roster.items()
-    ]
-    replies = exchange_with_progress(grid, messages, f"evaluation: {arm.name}", config, progress)
-    out, failed = {}, {}
-    for msg in replies:
-        site = roster[msg.metadata.src_node_id]
-        if msg.has_error():
-            failed[site] = f"failed: {brief(msg.error.reason)}"
-            continue
-        out[site] = dict(msg.content[METRICS])
-    for site in sorted(set(roster.values()) - set(out) - set(failed)):
-        failed[site] = "no reply (dropped out)"
-    if len(out) < (
-        config.runtime.min_sites or len(roster)
-    ):  # runtime.min_sites (0: every site) must answer
-        raise StageError(
-            f"evaluation '{arm.name}': "
-            + "; ".join(f"site '{s}' {why}" for s, why in failed.items())
-        )
-    for site, why in failed.items():
-        log.warning("evaluation '%s': site '%s' %s", arm.name, site, why)
-    return out
-
-
 def run_stages(
     grid: Grid,
     strategy: UniversalDistillation | SiteHeads,
@@ -178,7 +144,17 @@ def run_stages(
     extra_parts: Callable[[], dict[str, dict[str, torch.Tensor]]] = dict,
 ) -> None:
     """A federated model's stages after its last completed one (stage 0: the shared MIM model), each
-    checkpointed."""
+    checkpointed.
+
+    Args:
+        grid: Flower's grid.
+        strategy: the model's strategy (its `arm` names the model).
+        ckpt: the run's checkpoints.
+        seed: the run's seed.
+        config: the federation (method.stages).
+        progress: the run's progress bars.
+        extra_parts: more weights to checkpoint with each stage (the MIM decoder).
+    """
     part = ckpt.part(strategy.arm)
     last = ckpt.last_stage(strategy.arm) or 0
     state = ckpt.load_stage(last, part if last else ckpt.part("universal"))
@@ -270,7 +246,17 @@ def make_server_app(
     competitors: bool = False,
 ) -> ServerApp:
     """A ServerApp for the Simulation Engine; exceptions are kept in `errors` for the caller to
-    re-raise."""
+    re-raise.
+
+    Args:
+        config: the federation.
+        run_dir: the run directory.
+        seed: the run's seed.
+        pool: the server's pool.
+        progress: the run's progress bars.
+        errors: receives the exception that ended the flow, if any.
+        competitors: also train and evaluate every arm of an experiment.
+    """
     app = ServerApp()
 
     @app.main()

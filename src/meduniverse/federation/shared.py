@@ -94,7 +94,14 @@ def site_config(
     text: str, site: str, data: str | None, base: Path | None = None
 ) -> FederationConfig:
     """The federation as one node sees it: only its own site, reading only its own data file
-    (`data`)."""
+    (`data`).
+
+    Args:
+        text: the shared federation's text.
+        site: this node's site.
+        data: this node's own data file (None: a synthetic site).
+        base: what a relative data path is resolved against (default: the working directory).
+    """
     raw = federation_document(text)
     tables = {str(t.get("name")): t for t in _site_tables(raw)}
     if site not in tables:

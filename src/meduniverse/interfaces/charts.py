@@ -41,7 +41,14 @@ def bars_by_task(tasks: dict, out_dir: Path) -> str:
 
 
 def cost_bars(cost: dict, arms: list[str], megabytes: list[float], out_dir: Path) -> str:
-    """Seconds and megabytes moved per arm, side by side."""
+    """Seconds and megabytes moved per arm, side by side.
+
+    Args:
+        cost: results.json's `cost` block.
+        arms: the arms, in order.
+        megabytes: per arm, megabytes to and from the sites.
+        out_dir: where figures/cost_by_arm.png goes.
+    """
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.8))
     left.bar(arms, [np.nan_to_num(num(cost[a].get("seconds"))) for a in arms], color="#55a868")
     left.set_ylabel("seconds")
@@ -61,7 +68,15 @@ def curves_chart(
     xlabel: str = "stage",
     log_x: bool = False,
 ) -> str:
-    """One subplot per task, one line per arm: the mean against the stage (or label fraction)."""
+    """One subplot per task, one line per arm: the mean against the stage (or label fraction).
+
+    Args:
+        curves: {TASK: {ARM: {'stages', 'mean'}}}.
+        out_dir: where figures/NAME.png goes.
+        name: the figure's file name.
+        title, ylabel, xlabel: the section title and axis labels.
+        log_x: a logarithmic x axis (label fractions).
+    """
     if not curves:
         return f"<h2>{html.escape(title)}</h2>" + na(title)
     fig, axes = grid(len(curves))

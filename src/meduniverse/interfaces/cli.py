@@ -26,6 +26,14 @@ def demo_config_path() -> Path:
 
 
 def run_config(config: FederationConfig, out_dir: Path, seed: int | None, progress: bool) -> None:
+    """Run a federation on the Simulation Engine and print its per-task table.
+
+    Args:
+        config: the federation.
+        out_dir: the run directory.
+        seed: the run's seed (None: the configuration's).
+        progress: show progress bars.
+    """
     from meduniverse.results.run import run  # imports torch and Flower: keep `--help` fast
 
     results = run(config, out_dir, seed, show_progress=progress)

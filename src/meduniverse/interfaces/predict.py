@@ -26,7 +26,14 @@ def task_card(card: dict, task: str) -> dict:
 
 
 def predict_image(model: UniversalModel, card: dict, task: str, path: Path) -> torch.Tensor:
-    """Probabilities (C,) for classification or (C,H,W) at the image's own size for segmentation."""
+    """Probabilities (C,) for classification or (C,H,W) at the image's own size for segmentation.
+
+    Args:
+        model: the universal model.
+        card: its card (the task's input spec and type).
+        task: the head to use.
+        path: the image file.
+    """
     entry = task_card(card, task)
     spec = InputSpec(entry["input"]["size"], entry["input"]["channels"])
     image = read_image(path)

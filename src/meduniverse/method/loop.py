@@ -78,7 +78,14 @@ def make_optimizer(
 def shuffled_batches(
     n: int, batch_size: int, steps: int, generator: torch.Generator
 ) -> Iterator[torch.Tensor]:
-    """`steps` batches of indices, reshuffling after every pass over the n examples."""
+    """`steps` batches of indices, reshuffling after every pass over the n examples.
+
+    Args:
+        n: number of examples.
+        batch_size: indices per batch.
+        steps: number of batches.
+        generator: the shuffles' random source.
+    """
     order, pos = torch.randperm(n, generator=generator), 0
     for _ in range(steps):
         if pos + batch_size > n and pos > 0:
@@ -95,7 +102,14 @@ def batch_size(group: str, method: MethodConfig) -> int:
 
 def steps_per_epoch(n: int, batch: int, minimum: int, cap: int = 0) -> int:
     """Enough steps to see every example once, at least `minimum`, at most `cap` if one is set (0:
-    none)."""
+    none).
+
+    Args:
+        n: number of examples.
+        batch: batch size.
+        minimum: fewest steps.
+        cap: most steps (0: no cap).
+    """
     steps = max(math.ceil(n / batch), minimum)
     return min(steps, cap) if cap else steps
 
@@ -113,7 +127,14 @@ def pool_steps(pool: dict[str, torch.Tensor], sizes: dict[str, int], epochs: int
 def cycle_batches(
     pool: dict[str, torch.Tensor], sizes: dict[str, int], steps: int, generator: torch.Generator
 ) -> Iterator[dict[str, torch.Tensor]]:
-    """Each step, one batch of indices per input group, every group reshuffled when exhausted."""
+    """Each step, one batch of indices per input group, every group reshuffled when exhausted.
+
+    Args:
+        pool: per input group, the images.
+        sizes: per group, the batch size.
+        steps: number of steps.
+        generator: the shuffles' random source.
+    """
     iters = {
         g: shuffled_batches(len(x), min(sizes[g], len(x)), steps, generator)
         for g, x in pool.items()

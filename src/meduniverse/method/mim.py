@@ -21,7 +21,15 @@ from meduniverse.models.heads import DecoderHead
 def random_patch_mask(
     n: int, size: int, patch: int, ratio: float, generator: torch.Generator
 ) -> torch.Tensor:
-    """N×1×size×size mask, 1 on a random `ratio` of the patch×patch squares."""
+    """N×1×size×size mask, 1 on a random `ratio` of the patch×patch squares.
+
+    Args:
+        n: masks to draw.
+        size: image side in pixels.
+        patch: side of a masked square.
+        ratio: share of squares hidden.
+        generator: the random source.
+    """
     cells = size // patch
     scores = torch.rand(n, cells * cells, generator=generator)
     hidden = scores.argsort(1) < round(ratio * cells * cells)
@@ -37,7 +45,15 @@ def mim_step_loss(
     generator: torch.Generator,
 ) -> torch.Tensor:
     """SimMIM on a uint8 batch: hide random patches (set to 0 after normalisation), reconstruct
-    their pixels."""
+    their pixels.
+
+    Args:
+        encoder: gives the feature pyramid.
+        decoder: reconstructs pixels from it.
+        images: uint8 N×C×S×S.
+        method: mask ratio and patch size.
+        generator: the masks' random source.
+    """
     x = normalize(images)
     size = x.shape[-1]
     mask = random_patch_mask(

@@ -40,7 +40,16 @@ def supervised_losses(
     penalty: Penalty | None = None,
 ) -> StepLosses:
     """Per batch of indices, the task's loss on those examples after a random flip (+ `penalty()` if
-    given)."""
+    given).
+
+    Args:
+        model: the model.
+        task_name: the head.
+        data: the labelled split.
+        batches: batches of indices into `data`.
+        generator: the flips' random source.
+        penalty: added to every loss (FedProx).
+    """
     kind = task_type(model.tasks[task_name].task)
     for idx in batches:
         masks = data.targets[idx] if kind.segmentation else None
@@ -98,7 +107,16 @@ def train_local(
     penalty: Penalty | None = None,
 ) -> TrainStats:
     """A site's stage: fine-tune the global encoder + its head on its private train split for
-    `local_epochs`."""
+    `local_epochs`.
+
+    Args:
+        model: encoder + the site's head, trained in place.
+        task_name: the site's head.
+        data: its private train split.
+        method: local_epochs, batch sizes, lr, weight decay.
+        seed: shuffling and flips.
+        penalty: added to every step's loss (FedProx).
+    """
     task = model.tasks[task_name].task
     optimizer = make_optimizer(model.parameters(), method.lr, method.weight_decay)
     return train_supervised(
@@ -128,7 +146,14 @@ def predict_probs(
     model: UniversalModel, task_name: str, images: torch.Tensor, batch: int = 128
 ) -> torch.Tensor:
     """Probabilities of one head for uint8 images (N×C×S×S), batched, in eval mode: (N,C) or
-    (N,C,S,S)."""
+    (N,C,S,S).
+
+    Args:
+        model: the model.
+        task_name: the head.
+        images: uint8 N×C×S×S.
+        batch: images per forward pass.
+    """
     model.eval()
     kind = task_type(model.tasks[task_name].task)
     return torch.cat(

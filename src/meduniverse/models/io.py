@@ -15,7 +15,14 @@ CARD_VERSION = 1
 def save_model(
     model: UniversalModel, config: FederationConfig, directory: Path, extra: dict | None = None
 ) -> None:
-    """Write the weights and a card describing every head, atomically (weights first, card last)."""
+    """Write the weights and a card describing every head, atomically (weights first, card last).
+
+    Args:
+        model: the universal model.
+        config: the federation (inputs, model settings, name).
+        directory: where model.safetensors and card.json go.
+        extra: more card fields (stage, seed).
+    """
     directory = Path(directory)
     write_tensors(directory / "model.safetensors", model.state_dict())
     card = {

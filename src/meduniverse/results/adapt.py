@@ -100,7 +100,14 @@ def read_source_run(path: Path) -> SourceRun:
 
 def label_subset(targets: np.ndarray, fraction: float, task: str, seed: int) -> np.ndarray:
     """Indices of `fraction` of the train split: per class (at least one each) for classification,
-    at random for masks."""
+    at random for masks.
+
+    Args:
+        targets: the train split's labels (N,) or masks.
+        fraction: share of the examples to keep.
+        task: the task type.
+        seed: the draw's seed.
+    """
     rng = np.random.default_rng(seed)
     if fraction >= 1:
         return np.arange(len(targets))
@@ -119,7 +126,16 @@ def adapt_once(
     source: SourceRun, encoder: str, mode: str, site: NewSite, splits: dict[str, Split], seed: int
 ) -> dict[str, float]:
     """One encoder, probe or fine-tune, one label subset ('train' of `splits`), one seed: scores on
-    val and test."""
+    val and test.
+
+    Args:
+        source: the run's encoders and schedule.
+        encoder: 'baseline' or 'universal'.
+        mode: probe or finetune.
+        site: the unseen site.
+        splits: its splits at the run's input spec ('train' is the label subset).
+        seed: the fine-tune's seed.
+    """
     torch.manual_seed(seed)
     model = model_from_card(source.card, [TaskInfo(site.name, site.task, site.classes)])
     model.load_state_dict(source.encoders[encoder], strict=False)
@@ -139,7 +155,16 @@ def run_adapt(
     show_progress: bool = True,
 ) -> dict:
     """Every encoder x mode x fraction x seed; writes out_dir/results.json (resumable: done runs are
-    kept)."""
+    kept).
+
+    Args:
+        run_path: a run directory (or its model/ folder).
+        site: the unseen site.
+        fractions: fractions of its training labels, each in (0, 1].
+        seeds: seeds per fraction.
+        out_dir: where runs.json and results.json go.
+        show_progress: progress bars.
+    """
     if not fractions or any(not 0 < f <= 1 for f in fractions):
         raise ConfigError(f"--fractions must lie in (0, 1], got {fractions}")
     source = read_source_run(run_path)
@@ -186,7 +211,15 @@ def adapt_results(
     site: NewSite, fractions: list[float], seeds: list[int], runs: dict[str, dict], commit: str
 ) -> dict:
     """The experiment's results layout for one task, arms ENCODER_MODE@FRACTION, plus tests and the
-    label curves."""
+    label curves.
+
+    Args:
+        site: the unseen site.
+        fractions: the label fractions.
+        seeds: the seeds.
+        runs: per 'ARM/seed_K', the metrics of that fine-tune.
+        commit: the code's commit.
+    """
     kind = task_type(site.task)
     key, second = kind.primary, kind.secondary
     arms = {

@@ -41,7 +41,14 @@ def run_pooled(config: FederationConfig, run_dir: Path, seed: int, show_progress
     private data
     (the sites' local step budget), checkpointed as stage S of 'centralized'; then each of its arms,
     evaluated per
-    site with the sites' own `evaluate_arm`."""
+    site with the sites' own `evaluate_arm`.
+
+    Args:
+        config: the federation.
+        run_dir: the seed's run directory (its stage-0 checkpoint is the start).
+        seed: the seed.
+        show_progress: progress bars.
+    """
     ckpt, last = Checkpoints(run_dir), config.method.stages
     arms = [a for a in config.arms(True) if MODELS[a.model].training == POOLED]
     if all(a.name in ckpt.evaluation(last) for a in arms):
@@ -93,7 +100,15 @@ def seed_evaluation(ckpt: Checkpoints, last: int) -> dict[str, dict]:
 def experiment_results(
     config: FederationConfig, out_dir: Path, seeds: list[int], commit: str, seconds: float
 ) -> dict:
-    """Assemble DIR/results.json from the seed directories."""
+    """Assemble DIR/results.json from the seed directories.
+
+    Args:
+        config: the federation.
+        out_dir: the experiment directory.
+        seeds: the seeds.
+        commit: the code's commit.
+        seconds: the experiment's wall time.
+    """
     S = config.method.stages
     ckpts = [Checkpoints(out_dir / f"seed_{s}") for s in seeds]
     evaluation = {str(s): seed_evaluation(c, S) for s, c in zip(seeds, ckpts, strict=True)}

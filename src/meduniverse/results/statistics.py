@@ -9,7 +9,14 @@ from scipy import stats
 def bootstrap_ci(
     values: list[float], level: float = 0.95, resamples: int = 10000, seed: int = 0
 ) -> list[float]:
-    """Percentile bootstrap CI of the mean (over seeds); a single value gives [v, v]."""
+    """Percentile bootstrap CI of the mean (over seeds); a single value gives [v, v].
+
+    Args:
+        values: one value per seed (NaN and None are dropped).
+        level: the interval's coverage.
+        resamples: bootstrap resamples.
+        seed: the resampling's seed.
+    """
     x = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=float)
     if x.size == 0:
         return [math.nan, math.nan]

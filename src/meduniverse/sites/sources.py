@@ -108,7 +108,14 @@ def private_part(
     hashes: dict[str, list[str]] | None = None,
 ) -> dict[str, RawSplit]:
     """A site's private splits: its train split minus the images it lends to the pool (if it is a
-    pool site)."""
+    pool site).
+
+    Args:
+        site: the site.
+        raw: its splits as stored.
+        pool: the pool settings (which sites lend, how much).
+        hashes: the splits' image hashes, when already computed.
+    """
     if site.name not in pool.sites:
         return raw
     hashes = hashes or split_hashes({k: v.images for k, v in raw.items()})
@@ -145,5 +152,12 @@ def to_site_data(site: SiteConfig, raw: dict[str, RawSplit], spec: InputSpec) ->
 @lru_cache(maxsize=16)
 def load_site(site: SiteConfig, pool: PoolConfig, spec: InputSpec, seed: int = 0) -> SiteData:
     """A site's private data at the input spec (cached per process: Flower reuses the process across
-    stages)."""
+    stages).
+
+    Args:
+        site: the site.
+        pool: the pool settings (what the site lends).
+        spec: the input spec of its task's group.
+        seed: the federation's seed (synthetic sites).
+    """
     return to_site_data(site, private_raw(site, pool, seed), spec)
