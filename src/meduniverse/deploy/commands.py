@@ -99,8 +99,7 @@ def superlink_command(
     host: str = typer.Option("127.0.0.1", help="Address to listen on"),
     port: int = typer.Option(8000, help="Port of its HTTPS API (Fleet, Control, Runtime)"),
 ) -> None:
-    """Start the server: Flower's SuperLink with TLS and node authentication (runs in the
-    foreground)."""
+    """Start the server: Flower's SuperLink with TLS and node authentication (foreground)."""
     try:
         cmd = superlink_argv(server_dir, state, host, port)
         state.parent.mkdir(parents=True, exist_ok=True)

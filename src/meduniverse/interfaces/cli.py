@@ -50,8 +50,7 @@ def demo_command(
     out_dir: Path = typer.Option(Path("runs/demo"), "--out", help="Run directory"),
     progress: bool = typer.Option(True, help="Show progress bars"),
 ) -> None:
-    """Run the whole method on the embedded SYNTHETIC federation (offline, a few minutes on 2
-    cores)."""
+    """The whole method on the embedded SYNTHETIC federation (offline, minutes on 2 cores)."""
     try:
         run_config(load_config(demo_config_path()), out_dir, None, progress)
     except MeduniverseError as exc:
@@ -91,8 +90,7 @@ def experiment_command(
     leave_out: str = typer.Option(None, "--leave-out", help="Run without this site"),
     progress: bool = typer.Option(True, help="Show progress bars"),
 ) -> None:
-    """Every arm (method, FedAvg/FedProx/FedBN, local, centralised, probes) for N seeds, with CIs,
-    tests and a report."""
+    """Every arm for N seeds (method, federated, centralised, probes): CIs, tests, report."""
     from meduniverse.interfaces.report import build_report
     from meduniverse.results.experiment import run_experiment
     from meduniverse.sites.pool import build_pool
