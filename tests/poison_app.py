@@ -1,6 +1,5 @@
 """Test-only ClientApp for tests/test_deployment.py, never part of the product: meduniverse's
-deployed ClientApp,
-except that a node's --node-config can make it misbehave.
+deployed ClientApp, except that a node's --node-config can make it misbehave.
 
     poison = 'nan' | 'inf' | 'huge'   its training reply carries NaN, inf, or its weights times 1e6
     poison-stage = S                  ... only at stage S (default 0: every stage)

@@ -1,10 +1,9 @@
 """Deployment across hospitals on Flower's Deployment Engine, with real processes on 127.0.0.1.
 
 One SuperLink (TLS, node authentication, state in SQLite) and one SuperNode per site (three
-synthetic sites,
-exported to files by `deploy prepare`: each node reads only its own file, the server only the pool
-files).
-One deployed run goes through three faults, and the tests below check one fault each:
+synthetic sites, exported to files by `deploy prepare`: each node reads only its own file, the
+server only the pool files). One deployed run goes through three faults, and the tests below check
+one fault each:
 
     stage 1   site C sends a poisoned update (weights x 1e6): rejected before distillation
     then      the server (SuperLink, SuperExec, ServerApp) is SIGKILLed and restarted on the same
@@ -15,10 +14,8 @@ One deployed run goes through three faults, and the tests below check one fault 
               (runtime.min_sites = 2), the log names B, and the evaluation goes on without it
 
 The reference is the same federation run uninterrupted in one process (the same ServerApp flow and
-ClientApp
-code through tests/loopback.py), where C's stage-1 training fails and B fails from stage 2 on: a
-poisoned update
-must leave the global model exactly as if C had sent nothing.
+ClientApp code through tests/loopback.py), where C's stage-1 training fails and B fails from stage 2
+on: a poisoned update must leave the global model exactly as if C had sent nothing.
 """
 
 from dataclasses import dataclass, field
@@ -298,9 +295,8 @@ def faulty_run(cluster, workspace) -> dict:
 
 class ProcessLikeGrid(LoopbackGrid):
     """The loopback grid, but the server does not inherit the sites' torch state, as with a process
-    per site: its
-    thread count is restored after each site and its global random generator is left in an
-    unforeseeable state."""
+    per site: its thread count is restored after each site and its global random generator is left
+    in an unforeseeable state."""
 
     def push_messages(self, messages):
         threads = torch.get_num_threads()

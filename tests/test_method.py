@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 import torch
 
+from meduniverse.core.device import Compute, resolve_device, resolve_precision
+from meduniverse.core.errors import ConfigError
 from meduniverse.core.metrics import classification_metrics, segmentation_metrics
 from meduniverse.core.tasks import task_type
 from meduniverse.method.distill import pool_logits
@@ -19,7 +21,7 @@ from meduniverse.method.server import (
     update_problem,
     weighted_average,
 )
-from meduniverse.method.site import evaluate, finetune, train_local
+from meduniverse.method.site import evaluate, finetune, predict_probs, train_local
 from meduniverse.models.heads import DecoderHead
 from meduniverse.models.universal import build_model, part_of
 from meduniverse.sites.pool import build_pool
@@ -267,3 +269,29 @@ def test_variant_c_adds_the_mim_loss_and_trains_the_mim_decoder(demo_config):
     _, without = server_step(previous, updates, config, pool, seed=0)
     assert with_mim.loss > without.loss  # same distillation terms, plus the (positive) MIM loss
     assert any(not torch.equal(before[k], v) for k, v in decoder.state_dict().items())
+
+
+def test_bf16_autocast_trains_and_predicts_on_the_cpu(demo_config):
+    """The mixed-precision path (CUDA's default) runs end to end; on this CPU it is only slower."""
+    data, model = site_and_model(demo_config, 0)
+    small = data.splits["train"].subset(torch.arange(32))
+    method = replace(
+        demo_config.method, local_epochs=1, min_steps_per_epoch=2, max_steps_per_epoch=2
+    )
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with Compute(torch.device("cpu"), "bf16").autocast():
+        stats = train_local(model, data.name, small, method, seed=0)
+        probs = predict_probs(model, data.name, small.images)
+    assert np.isfinite(stats.loss) and probs.dtype == torch.float32 and probs.device.type == "cpu"
+    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_device_and_precision_settings_are_checked():
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_precision("auto", torch.device("cuda")) == "bf16"
+    assert resolve_precision("fp32", torch.device("cuda")) == "fp32"
+    with pytest.raises(ConfigError, match=r"runtime\.device 'tpu' unknown"):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="no CUDA device"):
+            resolve_device("cuda")

@@ -1,6 +1,5 @@
 """The HTML report: every section present, figures embedded as valid PNGs and saved, text escaped,
-and
-(marked `browser`) every image loads in headless Chromium without console errors."""
+and (marked `browser`) every image loads in headless Chromium without console errors."""
 
 import base64
 import math

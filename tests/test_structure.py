@@ -1,6 +1,5 @@
 """The package's shape stays as the README's Layout describes it: layers along the data path, no
-import circles,
-short modules, and the project's ruff rules."""
+import circles, short modules, and the project's ruff rules."""
 
 import ast
 from pathlib import Path

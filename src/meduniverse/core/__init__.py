@@ -1,3 +1,2 @@
 """Plumbing every layer uses: errors, files and checkpoints, seeds, logging and progress,
-provenance, the task-type
-and arm registries, and the federation configuration."""
+provenance, the task-type and arm registries, and the federation configuration."""

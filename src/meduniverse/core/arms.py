@@ -1,13 +1,10 @@
 """The comparison arms, in one registry.
 
 A *model* is a set of weights that some process trains: the stage-0 MIM encoder, the universal
-model, each
-federated competitor, the centralised ceiling. An *arm* is what every site scores on its own test
-split: one
-model as is, fine-tuned per task, or probed (its encoder frozen, a fresh head trained). Adding an
-arm is one
-entry in `ARMS` (and, for a new federated model, one entry in `MODELS` plus its strategy in
-`meduniverse.federation.competitors.STRATEGIES`).
+model, each federated competitor, the centralised ceiling. An *arm* is what every site scores on its
+own test split: one model as is, fine-tuned per task, or probed (its encoder frozen, a fresh head
+trained). Adding an arm is one entry in `ARMS` (and, for a new federated model, one entry in
+`MODELS` plus its strategy in `meduniverse.federation.competitors.STRATEGIES`).
 """
 
 from collections.abc import Iterable
@@ -23,15 +20,13 @@ class Model:
 
     Args:
         name: the model's name; also the checkpoint part its stages are saved under (``model`` for
-        ours).
+            ours).
         training: ``mim`` (stage 0 on the pool), ``federated`` (stages 1..S on Flower, the same
-        stages and local
-            epochs for every federated model) or ``pooled`` (every site's data in one process: a
-            reference that
-            privacy forbids, run by ``meduniverse experiment`` only).
+            stages and local epochs for every federated model) or ``pooled`` (every site's data in
+            one process: a reference that privacy forbids, run by ``meduniverse experiment`` only).
         description: one line for results.json and the report.
         settings: configuration fields (section.key) that belong to its budget beyond the shared
-        ones.
+            ones.
     """
 
     name: str
@@ -48,8 +43,8 @@ class Arm:
         name: the arm's name in results.json.
         model: the `Model` whose weights the sites get (its encoder and the site's head).
         mode: ``as_is``, ``finetune`` (encoder + head, early stopping on validation) or ``probe``
-        (encoder frozen,
-            a fresh head); every fine-tune and probe runs the same `finetune()` schedule.
+            (encoder frozen, a fresh head); every fine-tune and probe runs the same `finetune()`
+            schedule.
         same_as: another arm whose computation this one is, reported under both names.
         description: one line for results.json and the report.
     """
@@ -160,8 +155,7 @@ def selected_arms(
     federated: Iterable[str], probes: Iterable[str], centralized: bool, competitors: bool
 ) -> list[Arm]:
     """The arms of a run: the method's; with `competitors`, each federated competitor as is, the
-    probes of the
-    listed models, the centralised arms and the aliases of computed arms.
+    probes of the listed models, the centralised arms and the aliases of computed arms.
 
     Args:
         federated: the federated competitors trained (model names).

@@ -2,15 +2,14 @@
 progress file.
 
 A stage counts as completed only once its weights and its entry in ``progress.json`` are both
-written
-(weights first, each atomically), so a crash at any moment leaves the last completed stage intact.
+written (weights first, each atomically), so a crash at any moment leaves the last completed stage
+intact.
 
 Layout: ``stage_XXX_model.safetensors`` (the universal model; stage 0 is the shared MIM model),
 ``stage_XXX_mim_decoder.safetensors``, ``stage_XXX_MODEL.safetensors`` for every other federated
-model;
-``progress.json`` holds ``stages`` (the universal model's stage records), ``arms`` (per other model,
-its stage
-records) and ``evaluation`` (per evaluated arm: the stage, the sites' metrics and the seconds).
+model; ``progress.json`` holds ``stages`` (the universal model's stage records), ``arms`` (per other
+model, its stage records) and ``evaluation`` (per evaluated arm: the stage, the sites' metrics and
+the seconds).
 """
 
 from pathlib import Path

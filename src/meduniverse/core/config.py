@@ -1,6 +1,6 @@
 """The federation's configuration: the sites, the server pool, the inputs, the model, the method,
-the fine-tune
-schedule, the runtime and the comparison arms. `meduniverse.core.config_file` reads it from TOML."""
+the fine-tune schedule, the runtime and the comparison arms. `meduniverse.core.config_file` reads it
+from TOML."""
 
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -117,8 +117,12 @@ class FinetuneConfig:
 
 @dataclass(frozen=True)
 class RuntimeConfig:
-    """How the Simulation Engine runs: sites in parallel, threads each."""
+    """How a process computes (device, precision, threads) and how the Simulation Engine runs (sites
+    in parallel). `device`: auto (CUDA if present), cpu or cuda; `precision`: auto (bf16 autocast on
+    CUDA, fp32 on a CPU without bf16 matrix units), fp32 or bf16."""
 
+    device: str = "auto"
+    precision: str = "auto"
     parallel_sites: int = 2
     threads_per_site: int = 1
     server_threads: int = 2

@@ -1,7 +1,6 @@
 """Reading a federation TOML file into a `FederationConfig`: unknown keys and wrong types refused,
-paths resolved,
-`--set section.key=value` overrides applied, and the whole checked, every error naming the file and
-the field."""
+paths resolved, `--set section.key=value` overrides applied, and the whole checked, every error
+naming the file and the field."""
 
 from dataclasses import fields
 from pathlib import Path
@@ -23,6 +22,7 @@ from meduniverse.core.config import (
     RuntimeConfig,
     SiteConfig,
 )
+from meduniverse.core.device import DEVICES, PRECISIONS
 from meduniverse.core.errors import ConfigError
 from meduniverse.core.tasks import GROUPS, TASK_TYPES
 
@@ -130,6 +130,11 @@ def parse_config(raw: dict[str, Any], source: str, base: Path) -> FederationConf
     return config
 
 
+def _choice(value: str, allowed: tuple[str, ...], where: str) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{where} '{value}' unknown (allowed: {', '.join(allowed)})")
+
+
 def check_config(config: FederationConfig) -> None:
     """Refuse configurations that cannot run, naming the file and the field."""
     src = config.source
@@ -138,10 +143,7 @@ def check_config(config: FederationConfig) -> None:
         raise ConfigError(f"{src}: site names must be unique, got {names}")
     for s in config.sites:
         where = f"{src}: site '{s.name}'"
-        if s.task not in TASK_TYPES:
-            raise ConfigError(
-                f"{where}: task '{s.task}' unknown (allowed: {', '.join(TASK_TYPES)})"
-            )
+        _choice(s.task, tuple(TASK_TYPES), f"{where}: task")
         kind = TASK_TYPES[s.task]
         if len(s.classes) < kind.min_classes:
             raise ConfigError(
@@ -164,21 +166,13 @@ def check_config(config: FederationConfig) -> None:
     if not 0 < config.pool.fraction < 1 and config.pool.sites:
         raise ConfigError(f"{src}: pool.fraction must lie in (0,1), got {config.pool.fraction}")
     m = config.method
-    if m.variant not in VARIANTS:
-        raise ConfigError(
-            f"{src}: method.variant '{m.variant}' unknown (allowed: {', '.join(VARIANTS)})"
-        )
-    if m.distill_schedule not in SCHEDULES:
-        raise ConfigError(
-            f"{src}: method.distill_schedule '{m.distill_schedule}' unknown (allowed: "
-            f"{', '.join(SCHEDULES)})"
-        )
+    _choice(m.variant, VARIANTS, f"{src}: method.variant")
+    _choice(m.distill_schedule, SCHEDULES, f"{src}: method.distill_schedule")
+    _choice(config.runtime.device, DEVICES, f"{src}: runtime.device")
+    _choice(config.runtime.precision, PRECISIONS, f"{src}: runtime.precision")
     c = config.competitors
     for arm in c.federated:
-        if arm not in COMPETITORS:
-            raise ConfigError(
-                f"{src}: competitors.federated '{arm}' unknown (allowed: {', '.join(COMPETITORS)})"
-            )
+        _choice(arm, COMPETITORS, f"{src}: competitors.federated")
     for encoder in c.probes:
         if encoder not in ("baseline", "universal", *c.federated):
             raise ConfigError(
@@ -187,10 +181,7 @@ def check_config(config: FederationConfig) -> None:
             )
     if m.stages < 1:
         raise ConfigError(f"{src}: method.stages must be at least 1")
-    if config.model.encoder not in ("cnn", "vit"):
-        raise ConfigError(
-            f"{src}: model.encoder '{config.model.encoder}' unknown (allowed: cnn, vit)"
-        )
+    _choice(config.model.encoder, ("cnn", "vit"), f"{src}: model.encoder")
     sizes = {spec.size for _, spec in config.inputs}
     if config.model.encoder == "vit" and len(sizes) != 1:
         raise ConfigError(

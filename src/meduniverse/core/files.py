@@ -41,7 +41,7 @@ def read_json(path: Path) -> Any:
 def write_tensors(
     path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
 ) -> None:
-    contiguous = {k: v.detach().contiguous() for k, v in tensors.items()}
+    contiguous = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     atomic_write(path, lambda tmp: save_file(contiguous, str(tmp), metadata=metadata))
 
 

@@ -72,4 +72,4 @@ def multilabel_metrics(
 
 def mask_metrics(probs: torch.Tensor, targets: torch.Tensor, num_classes: int) -> dict[str, float]:
     """Dice and IoU of the most probable class per pixel: probabilities (N,C,H,W), masks (N,H,W)."""
-    return segmentation_metrics(probs.argmax(1), targets, num_classes)
+    return segmentation_metrics(probs.argmax(1).cpu(), targets.cpu(), num_classes)

@@ -2,10 +2,8 @@
 
 A task type fixes the head's output width, the supervised loss, how logits become probabilities, the
 metrics (MedMNIST conventions: macro one-vs-rest AUC, per-label mean AUC; foreground Dice and IoU),
-which
-input group (and so which input specification and pool) a site uses, and how its stored targets are
-checked.
-Add a task type by adding one `TaskType` to `TASK_TYPES`.
+which input group (and so which input specification and pool) a site uses, and how its stored
+targets are checked. Add a task type by adding one `TaskType` to `TASK_TYPES`.
 """
 
 from collections.abc import Callable
@@ -27,20 +25,19 @@ class TaskType:
     Args:
         name: the name sites use in their configuration (``task = "binary"``).
         group: input group, ``"classification"`` or ``"segmentation"``: which input spec and pool
-        images.
+            images.
         activation: ``"sigmoid"`` (independent probabilities, BCE-style distillation) or
-        ``"softmax"``.
+            ``"softmax"``.
         primary, secondary: metric names; the primary one ranks arms and drives early stopping.
         min_classes: fewest class names a site of this type may declare.
         max_classes: most class names it may declare (0: no limit).
         outputs: number of classes -> logit channels of the head.
         loss: (logits, targets) -> scalar loss. Targets: (N,) labels, (N,C) multilabel or (N,H,W)
-        masks.
+            masks.
         probabilities: logits -> class probabilities, (N,C) or (N,C,H,W).
         metrics: (probabilities, targets, number of classes) -> {primary: ..., secondary: ...}.
         check_targets: (targets, images, number of classes, where) -> checked targets as stored in
-        memory
-            (int64 labels, or uint8 masks); raises DataError naming `where`.
+            memory (int64 labels, or uint8 masks); raises DataError naming `where`.
     """
 
     name: str

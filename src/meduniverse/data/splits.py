@@ -31,3 +31,7 @@ class Split:
         """The examples at `index`, in that order."""
         index = torch.as_tensor(index)
         return Split(self.images[index], self.targets[index])
+
+    def to(self, device: torch.device) -> "Split":
+        """The split on `device` (itself if it is there already)."""
+        return Split(self.images.to(device), self.targets.to(device))

@@ -15,8 +15,7 @@ own
   data file. Only that node ever sees that path.
 
 The server never opens a site's data: its pool comes from ``pool.files`` (``meduniverse deploy
-prepare``
-exports it), and a shared federation that names a site's data file is refused.
+prepare`` exports it), and a shared federation that names a site's data file is refused.
 """
 
 from pathlib import Path
@@ -90,8 +89,7 @@ def serve(grid: Grid, context: Context) -> None:
     and results.
 
     Nothing is written to the run directory before the run config, the pool files and every site's
-    handshake
-    have passed. Every error propagates, so Flower marks the run failed (`flwr ls`:
+    handshake have passed. Every error propagates, so Flower marks the run failed (`flwr ls`:
     finished:failed).
     """
     started, commit = time.perf_counter(), git_commit()

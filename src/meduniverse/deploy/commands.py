@@ -1,8 +1,7 @@
 """`meduniverse deploy` (also `python -m meduniverse.deploy`): the deployment steps as commands.
 
 Each step checks what it needs first (files, keys, the SuperLink's reachability and certificate) and
-stops
-with an error naming what is wrong, before it starts or writes anything.
+stops with an error naming what is wrong, before it starts or writes anything.
 """
 
 import json

@@ -1,6 +1,5 @@
 """Credentials: a CA, the SuperLink's TLS certificate, and per site a node key pair (OpenSSH ECDSA
-P-384, registered
-with the SuperLink) and a TLS certificate for the node's own local API."""
+P-384, registered with the SuperLink) and a TLS certificate for the node's own local API."""
 
 from pathlib import Path
 import re

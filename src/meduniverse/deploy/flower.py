@@ -20,9 +20,8 @@ def superlink_argv(
     server_dir: Path, state: Path | None = None, host: str = "127.0.0.1", port: int = 8000
 ) -> list[str]:
     """flower-superlink with TLS on its one API (Fleet, Control, Runtime), node authentication, no
-    runtime
-    dependency installation, and its state (registered nodes, runs) in `state` so that it survives a
-    restart.
+    runtime dependency installation, and its state (registered nodes, runs) in `state` so that it
+    survives a restart.
 
     Args:
         server_dir: the server's credentials (ca.crt, server.pem, server.key).
@@ -64,8 +63,7 @@ def supernode_argv(
     extra_node_config: str = "",
 ) -> list[str]:
     """flower-supernode for one site: its key, the CA to check the SuperLink, TLS on its own local
-    API,
-    and a node config naming its site and its own data file only.
+    API, and a node config naming its site and its own data file only.
 
     Args:
         site_dir: the site's credentials (ca.crt, node.key, tls.pem, tls.key).
@@ -155,9 +153,8 @@ def register_sites(
     credentials: Path, flwr_home: Path, sites: list[str] | None = None
 ) -> dict[str, int]:
     """Register each site's public key (credentials/server/nodes/SITE.pub, or
-    credentials/sites/SITE/node.pub)
-    with the SuperLink under the site's name. Only registered keys can join. Returns site -> node
-    id."""
+    credentials/sites/SITE/node.pub) with the SuperLink under the site's name. Only registered keys
+    can join. Returns site -> node id."""
     credentials = Path(credentials)
     folder = (
         credentials / "nodes"

@@ -1,6 +1,5 @@
 """Checks before a deployment step starts: the SuperLink answers over TLS with a certificate the CA
-vouches for,
-and a site's data file has the layout a node needs."""
+vouches for, and a site's data file has the layout a node needs."""
 
 from pathlib import Path
 import ssl

@@ -37,8 +37,7 @@ def spawn(
 
 def process_tree(pid: int) -> list[int]:
     """`pid` and its descendants (Flower starts its SuperExec in a session of its own, and the
-    SuperExec starts
-    the ServerApp or ClientApp processes). Linux /proc; elsewhere only `pid`."""
+    SuperExec starts the ServerApp or ClientApp processes). Linux /proc; elsewhere only `pid`."""
     children: dict[int, list[int]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -64,8 +63,7 @@ def stop(process: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 
     """Stop a spawned SuperLink or SuperNode and everything it started.
 
     SIGTERM lets it shut down cleanly (a SuperNode leaves the federation at once); SIGKILL kills the
-    whole
-    tree at once, like a machine that dies. Whatever is left after `timeout` s is killed."""
+    whole tree at once, like a machine that dies. Whatever is left after `timeout` s is killed."""
     tree = process_tree(process.pid)
     _signal(tree if sig == signal.SIGKILL else [process.pid], sig)
     with contextlib.suppress(subprocess.TimeoutExpired):

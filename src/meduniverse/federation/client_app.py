@@ -12,6 +12,7 @@ from flwr.clientapp import ClientApp
 import torch
 
 from meduniverse.core.config import FederationConfig, SiteConfig
+from meduniverse.core.device import Compute
 from meduniverse.core.tasks import task_type
 from meduniverse.federation.messages import ARRAYS, CONFIG, from_arrays, reply
 from meduniverse.method.site import evaluate, evaluate_arm, proximal_term, train_local
@@ -28,13 +29,15 @@ def site_of(context: Context, config: FederationConfig) -> SiteConfig:
     return config.sites[int(context.node_config["partition-id"])]
 
 
-def site_data(context: Context, config: FederationConfig) -> SiteData:
+def site_data(context: Context, config: FederationConfig, device: torch.device) -> SiteData:
+    """This node's private data at its input spec, on `device` (loaded once per process)."""
     site = site_of(context, config)
-    return load_site(site, config.pool, config.input_spec(site.task), config.seed)
+    return load_site(site, config.pool, config.input_spec(site.task), config.seed, device)
 
 
 def site_model(config: FederationConfig, data: SiteData, state: dict[str, torch.Tensor], seed: int):
-    """Encoder + this site's head from the weights the server sent (a missing head starts fresh).
+    """Encoder + this site's head from the weights the server sent (a missing head starts fresh), on
+    the device of the site's data.
 
     Args:
         config: the federation (the model's settings).
@@ -49,7 +52,7 @@ def site_model(config: FederationConfig, data: SiteData, state: dict[str, torch.
             f"site '{data.name}': weights do not fit the model (missing {missing[:3]}, unexpected "
             f"{unexpected[:3]})"
         )
-    return model
+    return model.to(data.device)
 
 
 def describe(data: SiteData) -> dict[str, int]:
@@ -70,8 +73,8 @@ def handle_train(msg: Message, config: FederationConfig, data: SiteData) -> Mess
     weights back.
 
     Scores on the validation split before training (the previous stage's model, for the stage
-    curves) and on
-    validation and test after it (the stage's teacher); FedProx adds its proximal term to the loss.
+    curves) and on validation and test after it (the stage's teacher); FedProx adds its proximal
+    term to the loss.
     """
     settings = msg.content[CONFIG]
     seed = int(settings["seed"])
@@ -118,7 +121,9 @@ def make_client_app(get_config: ConfigSource) -> ClientApp:
         def wrapped(msg: Message, context: Context) -> Message:
             config = get_config(context)
             torch.set_num_threads(config.runtime.threads_per_site)
-            return handler(msg, config, site_data(context, config))
+            compute = Compute.of(config.runtime)
+            with compute.autocast():
+                return handler(msg, config, site_data(context, config, compute.device))
 
         return wrapped
 

@@ -21,9 +21,8 @@ from meduniverse.models.universal import build_model, local_key, norm_keys, site
 
 class SiteHeads:
     """Mixin for Flower's FedAvg/FedProx: the shared encoder is aggregated by the Flower strategy;
-    each site's head
-    (and the `site_local` keys, e.g. FedBN's normalisation layers) is only ever sent back to that
-    site.
+    each site's head (and the `site_local` keys, e.g. FedBN's normalisation layers) is only ever
+    sent back to that site.
 
     The server-side state is a full universal model plus `local.SITE.KEY` copies of site-local
     shared keys.

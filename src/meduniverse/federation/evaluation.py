@@ -20,8 +20,7 @@ from meduniverse.models.universal import encoder_part, site_state
 
 def arm_weights(arm: Arm, ckpt: Checkpoints, last: int) -> Callable[[str], dict[str, torch.Tensor]]:
     """What a site gets for an arm: the stage-0 encoder (fresh head), or its model's last-stage
-    weights for that
-    site (only the encoder for a probe)."""
+    weights for that site (only the encoder for a probe)."""
     if MODELS[arm.model].training != FEDERATED:
         encoder = encoder_part(ckpt.load_stage(0))
         return lambda site: encoder

@@ -23,8 +23,7 @@ def exchange(
     """Grid.send_and_receive, reporting each reply as it arrives (for progress and per-site logs).
 
     An error the SuperLink sends on behalf of a node that went away (NODE_UNAVAILABLE: its sender is
-    the
-    SuperLink) is turned into that node's own error reply, so that callers can name the site.
+    the SuperLink) is turned into that node's own error reply, so that callers can name the site.
 
     Args:
         grid: Flower's grid.

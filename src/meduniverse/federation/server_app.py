@@ -1,6 +1,5 @@
 """The server side: a Flower ServerApp running stage 0 (MIM), stages 1..S of every federated model
-and the
-evaluation arms.
+and the evaluation arms.
 
 Every stage is checkpointed; a restarted run resumes after the last completed stage.
 """
@@ -17,6 +16,7 @@ import torch
 from meduniverse.core.arms import computed_in_federation
 from meduniverse.core.checkpoints import Checkpoints
 from meduniverse.core.config import FederationConfig
+from meduniverse.core.device import Compute
 from meduniverse.core.progress import RunProgress, log
 from meduniverse.core.seeds import derive_seed
 from meduniverse.federation.competitors import SiteHeads, competitor_strategy
@@ -42,14 +42,15 @@ def stage_zero(
 
     Args:
         config: the federation (model and MIM settings).
-        pool: per input group, uint8 images N×C×S×S.
+        pool: per input group, uint8 images N×C×S×S, on the device to compute on.
         seed: the run's seed.
         ckpt: where stage 0 is checkpointed (the model and the MIM decoder).
         progress: the run's progress bars.
     """
-    model = build_model(config, seed=seed)
+    device = next(iter(pool.values())).device  # the models compute where the pool lives
+    model = build_model(config, seed=seed).to(device)
     spec = config.inputs[0][1]
-    decoder = DecoderHead(model.encoder.widths, spec.channels)
+    decoder = DecoderHead(model.encoder.widths, spec.channels).to(device)
     stats = pretrain_mim(
         model.encoder,
         decoder,
@@ -165,14 +166,16 @@ def run_stages(
         ckpt.save_stage(stage, {part: state, **extra_parts()}, record, strategy.arm)
 
 
-def mim_decoder(config: FederationConfig, ckpt: Checkpoints) -> DecoderHead | None:
+def mim_decoder(
+    config: FederationConfig, ckpt: Checkpoints, device: torch.device
+) -> DecoderHead | None:
     """With method.mim_weight > 0 (variant c), the stage-0 pixel decoder that the distillation
-    trains along."""
+    trains along, on `device`."""
     if config.method.mim_weight <= 0:
         return None
     decoder = DecoderHead(config.model.widths, config.inputs[0][1].channels)
     decoder.load_state_dict(ckpt.load_stage(0, "mim_decoder"))
-    return decoder
+    return decoder.to(device)
 
 
 def run_federation(
@@ -195,19 +198,34 @@ def run_federation(
         pool: the server's unlabelled pool, built once for the run.
         progress: progress bars.
         competitors: also train the federated competitors (the same stages from the same stage-0
-        encoder) and
-            evaluate every arm of an experiment (`meduniverse.core.arms`).
+            encoder) and evaluate every arm of an experiment (`meduniverse.core.arms`).
         roster: node id -> site from an earlier handshake (the deployed server checks it before
-        writing anything).
+            writing anything).
     """
     torch.set_num_threads(config.runtime.server_threads)
+    compute = Compute.of(config.runtime)
+    with compute.autocast():
+        _serve(grid, config, run_dir, seed, pool.on(compute.device), progress, competitors, roster)
+
+
+def _serve(
+    grid: Grid,
+    config: FederationConfig,
+    run_dir: Path,
+    seed: int,
+    pool: dict[str, torch.Tensor],
+    progress: RunProgress,
+    competitors: bool,
+    roster: dict[int, str] | None,
+) -> None:
+    """run_federation's flow, with the pool's images on the device to compute on."""
     ckpt = Checkpoints(run_dir)
     roster = roster or handshake(grid, config)
     log.info("sites connected: %s", ", ".join(sorted(roster.values())))
     if ckpt.last_stage() is None:
-        stage_zero(config, pool.images, seed, ckpt, progress)
-    decoder = mim_decoder(config, ckpt)
-    step = partial(server_step, config=config, pool=pool.images, mim_decoder=decoder)
+        stage_zero(config, pool, seed, ckpt, progress)
+    decoder = mim_decoder(config, ckpt, next(iter(pool.values())).device)
+    step = partial(server_step, config=config, pool=pool, mim_decoder=decoder)
     strategy = UniversalDistillation(
         roster,
         lambda prev, updates, s, on_step: step(prev, updates, seed=s, on_step=on_step),

@@ -1,12 +1,10 @@
 """The shared federation: the document every party of a deployment may read (sites' names, tasks and
-classes, the
-input specs, the model, the method, the pool as files on the server), and the two readings of it:
-the server's
-(no site's data) and a node's (its own site and its own data file only).
+classes, the input specs, the model, the method, the pool as files on the server), and the two
+readings of it: the server's (no site's data) and a node's (its own site and its own data file
+only).
 
 `meduniverse deploy prepare` writes it (`shared_document`); the deployed ServerApp and ClientApp
-read it
-(`server_config`, `site_config`).
+read it (`server_config`, `site_config`).
 """
 
 from dataclasses import asdict, replace
@@ -47,10 +45,8 @@ def server_config(text: str, check_files: bool = True) -> FederationConfig:
     data.
 
     A site's data source may only be `synthetic` (generated, nothing private on disk); sites without
-    a source
-    hold their data on their own node. The pool must come from files (or synthetic sites), which
-    must exist
-    (`check_files`) on the server machine.
+    a source hold their data on their own node. The pool must come from files (or synthetic sites),
+    which must exist (`check_files`) on the server machine.
     """
     raw = federation_document(text)
     private = []

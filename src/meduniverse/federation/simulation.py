@@ -5,6 +5,7 @@ from pathlib import Path
 from flwr.simulation import run_simulation
 
 from meduniverse.core.config import FederationConfig
+from meduniverse.core.device import Compute
 from meduniverse.core.progress import RunProgress
 from meduniverse.federation.client_app import make_client_app
 from meduniverse.federation.server_app import make_server_app
@@ -33,9 +34,14 @@ def simulate(
     errors: list[BaseException] = []
     server = make_server_app(config, run_dir, seed, pool, progress, errors, competitors)
     client = make_client_app(lambda context: config)
-    backend = {
-        "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-        "init_args": {"num_cpus": config.runtime.parallel_sites, "include_dashboard": False},
+    gpus = 1 if Compute.of(config.runtime).device.type == "cuda" else 0
+    backend = {  # with a GPU, `parallel_sites` sites share it
+        "client_resources": {"num_cpus": 1, "num_gpus": gpus / config.runtime.parallel_sites},
+        "init_args": {
+            "num_cpus": config.runtime.parallel_sites,
+            "num_gpus": gpus,
+            "include_dashboard": False,
+        },
     }
     run_simulation(server, client, num_supernodes=len(config.sites), backend_config=backend)
     if errors:

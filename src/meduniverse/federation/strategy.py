@@ -1,6 +1,6 @@
 """Our server strategy: Flower's FedAvg node handling, with aggregation replaced by distillation of
-the site models
-into the universal model. The checks that every strategy applies to incoming replies live here too.
+the site models into the universal model. The checks that every strategy applies to incoming replies
+live here too.
 """
 
 from collections.abc import Callable, Iterable
@@ -89,17 +89,16 @@ class UniversalDistillation(FedAvg):
 
     Args:
         roster: node id -> site name, in the configuration's order (the order updates are distilled
-        in).
+            in).
         server_step: (G_{s-1}'s state, accepted updates, seed, progress callback) -> (G_s's state,
-        stats).
+            stats).
         seed: the run's seed; stage s sends and distils with `derive_seed(seed, s)`.
         min_sites: fewest usable site models a stage accepts (0: every site).
         phase: makes the progress callback of a stage's distillation from its description (None: no
-        progress).
+            progress).
 
     After each stage, `reports[stage]` holds what the stage did: each site's metrics, the rejected
-    sites and
-    the distillation's loss, steps and seconds.
+    sites and the distillation's loss, steps and seconds.
     """
 
     arm = "universal"

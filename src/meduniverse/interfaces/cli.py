@@ -232,14 +232,17 @@ def predict_command(
     out_dir: Path = typer.Option(
         Path("."), "--out-dir", help="Where segmentation masks are written"
     ),
+    device: str = typer.Option("auto", help="auto (CUDA if present), cpu or cuda"),
 ) -> None:
     """Class probabilities (classification) or a PNG mask (segmentation) for each image."""
+    from meduniverse.core.device import resolve_device
     from meduniverse.core.tasks import task_type
     from meduniverse.interfaces.predict import predict_image, task_card, write_mask
     from meduniverse.models.io import load_model
 
     try:
         model, card = load_model(model_dir)
+        model.to(resolve_device(device))
         entry = task_card(card, task)
         for path in images:
             probs = predict_image(model, card, task, path)

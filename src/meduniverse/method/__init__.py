@@ -1,3 +1,2 @@
 """The method's steps as plain functions, testable without Flower: site training, fine-tuning and
-evaluation,
-MIM pretraining, distillation and the server step."""
+evaluation, MIM pretraining, distillation and the server step."""

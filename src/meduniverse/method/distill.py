@@ -1,6 +1,5 @@
 """Server-side distillation: the site models' outputs on the public pool become targets for the
-universal model's
-heads, with a retention term that keeps what the heads knew before."""
+universal model's heads, with a retention term that keeps what the heads knew before."""
 
 import torch
 
@@ -137,7 +136,7 @@ def _distill_losses(
         student.train()
         for _ in range(block_steps):
             batch = next(batches)
-            loss = torch.zeros(())
+            loss = torch.zeros((), device=pool[next(iter(pool))].device)
             for group, idx in batch.items():
                 heads = [
                     t for t in every_head if group_of[t] == group and (t in active or t in retained)

@@ -40,8 +40,8 @@ def optimise(
     Args:
         optimizer: steps the parameters the losses depend on.
         losses: yields (loss, images in the batch) per step; it computes each forward pass when
-        asked, so
-            whatever it does between steps (reshuffling, recomputing targets) happens in step order.
+            asked, so whatever it does between steps (reshuffling, recomputing targets) happens in
+            step order.
         steps: how many steps to take (the generator must yield at least that many).
         scheduler: stepped after every optimiser step, if given.
         on_step: called with (step, steps) after each step (progress bars).

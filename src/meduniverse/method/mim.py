@@ -63,6 +63,7 @@ def mim_step_loss(
         method.mask_ratio,
         generator,
     )
+    mask = mask.to(x.device)
     return mim_loss(decoder(encoder(x * (1 - mask))), x, mask)
 
 

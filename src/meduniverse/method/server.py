@@ -20,6 +20,7 @@ from meduniverse.models.universal import (
 )
 
 MAX_NORM_RATIO = 1e3
+CPU_DEVICE = torch.device("cpu")
 
 
 @dataclass
@@ -67,12 +68,14 @@ def weighted_average(
 
 
 def student_for(
-    previous: dict[str, torch.Tensor], updates: list[SiteUpdate], config: FederationConfig
+    previous: dict[str, torch.Tensor],
+    updates: list[SiteUpdate],
+    config: FederationConfig,
+    device: torch.device = CPU_DEVICE,
 ) -> UniversalModel:
     """(a) distil_only: start from G_{s-1}. (b) average_then_distil: the encoder is the
-    sample-weighted
-    average of the site encoders and each site's head comes with it."""
-    student = build_model(config)
+    sample-weighted average of the site encoders and each site's head comes with it."""
+    student = build_model(config).to(device)
     student.load_state_dict(previous)
     if config.method.variant == "average_then_distil":
         state = weighted_average(
@@ -100,7 +103,7 @@ def server_step(
         previous: G_{s-1}'s state (encoder and every head).
         updates: the accepted site models of this stage, in the configuration's site order.
         config: the federation (model, sites' task types, method settings).
-        pool: per input group, uint8 images N×C×S×S.
+        pool: per input group, uint8 images N×C×S×S, on the device the step computes on.
         seed: the distillation's seed.
         mim_decoder: with method.mim_weight > 0, the pixel decoder of the MIM term (trained along).
         on_step: progress callback (step, steps).
@@ -109,7 +112,8 @@ def server_step(
         G_s's state and the distillation's TrainStats.
     """
     group_of = {s.name: task_type(s.task).group for s in config.sites}
-    teacher = build_model(config)
+    device = next(iter(pool.values())).device  # the models compute where the pool lives
+    teacher = build_model(config).to(device)
     teacher.load_state_dict(previous)
     retained = pool_logits(
         teacher, list(group_of), pool, group_of
@@ -118,7 +122,7 @@ def server_step(
     for u in updates:
         teacher.load_state_dict(u.state, strict=False)
         teacher_logits.update(pool_logits(teacher, [u.site], pool, group_of))
-    student = student_for(previous, updates, config)
+    student = student_for(previous, updates, config, device)
     stats = distill(
         student, teacher_logits, retained, pool, group_of, config.method, seed, mim_decoder, on_step
     )

@@ -134,7 +134,7 @@ def train_local(
 def proximal_term(model: nn.Module, reference: dict[str, torch.Tensor], mu: float) -> Penalty:
     """FedProx: mu/2 * ||w - w_global||^2 over the parameters named in `reference`."""
     pairs = [
-        (p, reference[name].detach().clone())
+        (p, reference[name].detach().to(p.device).clone())
         for name, p in model.named_parameters()
         if name in reference
     ]
@@ -145,8 +145,8 @@ def proximal_term(model: nn.Module, reference: dict[str, torch.Tensor], mu: floa
 def predict_probs(
     model: UniversalModel, task_name: str, images: torch.Tensor, batch: int = 128
 ) -> torch.Tensor:
-    """Probabilities of one head for uint8 images (N×C×S×S), batched, in eval mode: (N,C) or
-    (N,C,S,S).
+    """Probabilities of one head for uint8 images (N×C×S×S), batched, in eval mode, on the model's
+    device; returned in float32 on the CPU: (N,C) or (N,C,S,S).
 
     Args:
         model: the model.
@@ -156,8 +156,12 @@ def predict_probs(
     """
     model.eval()
     kind = task_type(model.tasks[task_name].task)
+    device = next(model.parameters()).device
     return torch.cat(
-        [kind.probabilities(model(normalize(x), task_name)) for x in images.split(batch)]
+        [
+            kind.probabilities(model(normalize(x.to(device)), task_name).float()).cpu()
+            for x in images.split(batch)
+        ]
     )
 
 
@@ -180,8 +184,7 @@ def finetune(
     frozen_encoder: bool = False,
 ) -> dict:
     """Fine-tune encoder + head (or, with frozen_encoder, the head alone: a probe) with early
-    stopping on the
-    validation primary metric; keep the best epoch.
+    stopping on the validation primary metric; keep the best epoch.
 
     Every per-task fine-tune and probe (every arm) runs this one function with the same optimiser
     and schedule.
@@ -199,7 +202,7 @@ def finetune(
 
     Returns:
         {'best_epoch', 'epochs', 'val_<metric>' (the best), 'history' (per epoch: loss and val
-        metric)}.
+            metric)}.
     """
     kind = task_type(model.tasks[task_name].task)
     key, batch = kind.primary, batch_size(kind.group, method)
@@ -247,8 +250,8 @@ def evaluate_arm(
     seed: int,
 ) -> dict[str, float | int]:
     """What a site reports for an evaluation arm: fine-tune or probe first if the arm's mode says
-    so, then the
-    metrics on val and test (scalars only: 'val-auc', 'test-auc', ..., 'best-epoch', 'epochs').
+    so, then the metrics on val and test (scalars only: 'val-auc', 'test-auc', ..., 'best-epoch',
+    'epochs').
 
     Args:
         model: the arm's weights for this site (trained in place by a fine-tune or probe).

@@ -1,7 +1,6 @@
 """`meduniverse adapt`: how well the universal and the baseline encoder of one run adapt to a site
-that never
-took part (domain generalisation), by linear probe and full fine-tune on a fraction of its training
-labels."""
+that never took part (domain generalisation), by linear probe and full fine-tune on a fraction of
+its training labels."""
 
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +11,8 @@ import numpy as np
 import torch
 
 from meduniverse.core.arms import FINETUNE, PROBE
-from meduniverse.core.config import FinetuneConfig, InputSpec, MethodConfig
+from meduniverse.core.config import FinetuneConfig, InputSpec, MethodConfig, RuntimeConfig
+from meduniverse.core.device import Compute
 from meduniverse.core.errors import ConfigError, DataError
 from meduniverse.core.files import read_json, read_tensors, write_json
 from meduniverse.core.progress import RunProgress, log
@@ -43,13 +43,15 @@ class NewSite:
 
 @dataclass
 class SourceRun:
-    """What adapt takes from a run: both encoders, the model settings, the input specs and the
-    fine-tune schedule."""
+    """What adapt takes from a run: both encoders, the model settings, the input specs, the
+    fine-tune schedule and where to compute (the run's runtime settings, resolved on this machine).
+    """
 
     encoders: dict[str, dict[str, torch.Tensor]]
     card: dict
     method: MethodConfig
     finetune: FinetuneConfig
+    compute: Compute
 
 
 def site_from_file(path: Path, task: str, classes: tuple[str, ...] = ()) -> NewSite:
@@ -95,6 +97,7 @@ def read_source_run(path: Path) -> SourceRun:
         card,
         MethodConfig(**config["method"]),
         FinetuneConfig(**config["finetune"]),
+        Compute.of(RuntimeConfig(**config.get("runtime", {}))),
     )
 
 
@@ -139,7 +142,16 @@ def adapt_once(
     torch.manual_seed(seed)
     model = model_from_card(source.card, [TaskInfo(site.name, site.task, site.classes)])
     model.load_state_dict(source.encoders[encoder], strict=False)
-    return evaluate_arm(model, site.name, splits, mode, source.method, source.finetune, seed)
+    with source.compute.autocast():
+        return evaluate_arm(
+            model.to(source.compute.device),
+            site.name,
+            splits,
+            mode,
+            source.method,
+            source.finetune,
+            seed,
+        )
 
 
 def arm_name(encoder: str, mode: str, fraction: float) -> str:
@@ -177,7 +189,10 @@ def run_adapt(
     if spec_card is None:
         raise ConfigError(f"{run_path}: the run has no {group} input spec for a '{site.task}' site")
     spec = InputSpec(spec_card["size"], spec_card["channels"])
-    splits = {name: to_split(raw, spec, site.task) for name, raw in site.raw.items()}
+    splits = {
+        name: to_split(raw, spec, site.task).to(source.compute.device)
+        for name, raw in site.raw.items()
+    }
     out_dir = Path(out_dir)
     partial_path = out_dir / "runs.json"
     runs: dict[str, dict] = read_json(partial_path) if partial_path.is_file() else {}

@@ -1,6 +1,5 @@
 """What an experiment's checkpoints and results say beyond the per-task table: validation curves
-over stages,
-costs, distillation fidelity, paired tests and the arms' budgets."""
+over stages, costs, distillation fidelity, paired tests and the arms' budgets."""
 
 import numpy as np
 
@@ -56,8 +55,7 @@ def curves(config: FederationConfig, ckpts: list[Checkpoints]) -> dict:
 
 def costs(config: FederationConfig, ckpts: list[Checkpoints]) -> dict:
     """Seconds per federated model (mean over seeds) and, per stage, bytes each way and each site's
-    training seconds
-    (first seed); seconds of stage 0 and of every evaluation."""
+    training seconds (first seed); seconds of stage 0 and of every evaluation."""
     first, out = ckpts[0], {}
     for model in federated_models(config):
         stages = {}
@@ -162,8 +160,7 @@ def budget(arm: str, config: FederationConfig) -> dict:
 
 def seed_seconds(ckpt: Checkpoints) -> float:
     """Seconds of work of one seed, from its checkpoint records (so also right for a resumed run):
-    every stage
-    of every model and every evaluation (without the engine's start-up)."""
+    every stage of every model and every evaluation (without the engine's start-up)."""
     progress = ckpt.progress()
     stages = [r for r in progress["stages"].values()] + [
         r for arm in progress["arms"].values() for r in arm.values()

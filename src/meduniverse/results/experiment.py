@@ -2,12 +2,9 @@
 costs and the report.
 
 Each seed is one run directory (DIR/seed_K) holding the method, the federated competitors and every
-evaluation
-arm, resumable stage by stage; the pooled (centralised) reference trains in this process on every
-site's private
-data (what privacy forbids in practice: it exists only as the reference) and is evaluated with the
-same function
-the sites use.
+evaluation arm, resumable stage by stage; the pooled (centralised) reference trains in this process
+on every site's private data (what privacy forbids in practice: it exists only as the reference) and
+is evaluated with the same function the sites use.
 """
 
 from pathlib import Path
@@ -16,9 +13,10 @@ import time
 
 import torch
 
-from meduniverse.core.arms import ARMS, MODELS, POOLED, arm_order, describe_arm
+from meduniverse.core.arms import ARMS, MODELS, POOLED, Arm, arm_order, describe_arm
 from meduniverse.core.checkpoints import Checkpoints
 from meduniverse.core.config import FederationConfig
+from meduniverse.core.device import Compute
 from meduniverse.core.files import write_json
 from meduniverse.core.progress import RunProgress, log
 from meduniverse.core.provenance import git_commit, machine_info
@@ -38,10 +36,8 @@ POOLED_SEED_PART = 999  # the pooled reference's seed: derive_seed(seed, POOLED_
 
 def run_pooled(config: FederationConfig, run_dir: Path, seed: int, show_progress: bool) -> None:
     """The centralised reference: multi-task training from the MIM encoder on every site's pooled
-    private data
-    (the sites' local step budget), checkpointed as stage S of 'centralized'; then each of its arms,
-    evaluated per
-    site with the sites' own `evaluate_arm`.
+    private data (the sites' local step budget), checkpointed as stage S of 'centralized'; then each
+    of its arms, evaluated per site with the sites' own `evaluate_arm`.
 
     Args:
         config: the federation.
@@ -54,13 +50,28 @@ def run_pooled(config: FederationConfig, run_dir: Path, seed: int, show_progress
     if all(a.name in ckpt.evaluation(last) for a in arms):
         return
     torch.set_num_threads(config.runtime.server_threads)
+    compute = Compute.of(config.runtime)
+    with compute.autocast():
+        _pooled_arms(config, ckpt, seed, arms, compute.device, show_progress)
+
+
+def _pooled_arms(
+    config: FederationConfig,
+    ckpt: Checkpoints,
+    seed: int,
+    arms: list[Arm],
+    device: torch.device,
+    show_progress: bool,
+) -> None:
+    """run_pooled's training and evaluations on `device`."""
+    last = config.method.stages
     data = {
-        s.name: load_site(s, config.pool, config.input_spec(s.task), config.seed)
+        s.name: load_site(s, config.pool, config.input_spec(s.task), config.seed, device)
         for s in config.sites
     }
     if ckpt.last_stage("centralized") != last:
         started = time.perf_counter()
-        model = build_model(config, seed=seed)
+        model = build_model(config, seed=seed).to(device)
         model.load_state_dict(ckpt.load_stage(0))
         with RunProgress(show_progress) as progress:
             stats = train_multitask(

@@ -1,7 +1,6 @@
 """What the report's model figures show, computed from a run's checkpoints and the public pool: the
-encoders'
-features of pool images (PCA) and the universal model's masks on pool images. The report only draws
-them."""
+encoders' features of pool images (PCA) and the universal model's masks on pool images. The report
+only draws them."""
 
 from dataclasses import dataclass
 from pathlib import Path

@@ -1,6 +1,5 @@
 """A run's lifecycle, the same under both of Flower's engines: the run directory, its log, the
-same-run check, and
-the end of a run (the model with its card, and results.json)."""
+same-run check, and the end of a run (the model with its card, and results.json)."""
 
 from collections.abc import Iterator
 from contextlib import contextmanager

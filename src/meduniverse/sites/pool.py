@@ -2,8 +2,7 @@
 site.
 
 The pool holds the images that pool sites lend (`meduniverse.sites.sources.pool_indices`) and the
-images
-of extra unlabelled files; the server reads image arrays only, never labels.
+images of extra unlabelled files; the server reads image arrays only, never labels.
 """
 
 from dataclasses import dataclass
@@ -40,6 +39,10 @@ class Pool:
 
     sources: dict[str, np.ndarray]
     images: dict[str, torch.Tensor]
+
+    def on(self, device: torch.device) -> dict[str, torch.Tensor]:
+        """The images of every input group on `device`."""
+        return {group: x.to(device) for group, x in self.images.items()}
 
     def hashes(self) -> dict[str, str]:
         """SHA-256 of every pool image -> its source."""
@@ -94,8 +97,7 @@ def build_pool(config: FederationConfig) -> Pool:
 
 def verify_disjoint(config: FederationConfig, pool: Pool) -> int:
     """Hash every private image against the pool; raise PrivacyError on any overlap. Returns the
-    pool's size
-    (distinct images)."""
+    pool's size (distinct images)."""
     pool_hashes = pool.hashes()
     for site in config.sites:
         raw = read_raw(site, config.seed)

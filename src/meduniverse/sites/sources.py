@@ -22,6 +22,8 @@ from meduniverse.data.splits import SPLITS, RawSplit, Split
 from meduniverse.data.synthetic import make_synthetic
 from meduniverse.data.transforms import images_to_spec, masks_to_spec
 
+CPU_DEVICE = torch.device("cpu")
+
 
 @dataclass
 class SiteData:
@@ -39,6 +41,10 @@ class SiteData:
     @property
     def task(self) -> str:
         return self.config.task
+
+    @property
+    def device(self) -> torch.device:
+        return self.splits["train"].images.device
 
 
 def image_hashes(images: np.ndarray) -> list[str]:
@@ -150,7 +156,13 @@ def to_site_data(site: SiteConfig, raw: dict[str, RawSplit], spec: InputSpec) ->
 
 
 @lru_cache(maxsize=16)
-def load_site(site: SiteConfig, pool: PoolConfig, spec: InputSpec, seed: int = 0) -> SiteData:
+def load_site(
+    site: SiteConfig,
+    pool: PoolConfig,
+    spec: InputSpec,
+    seed: int = 0,
+    device: torch.device = CPU_DEVICE,
+) -> SiteData:
     """A site's private data at the input spec (cached per process: Flower reuses the process across
     stages).
 
@@ -159,5 +171,8 @@ def load_site(site: SiteConfig, pool: PoolConfig, spec: InputSpec, seed: int = 0
         pool: the pool settings (what the site lends).
         spec: the input spec of its task's group.
         seed: the federation's seed (synthetic sites).
+        device: where the tensors are placed, once.
     """
-    return to_site_data(site, private_raw(site, pool, seed), spec)
+    data = to_site_data(site, private_raw(site, pool, seed), spec)
+    data.splits = {name: split.to(device) for name, split in data.splits.items()}
+    return data

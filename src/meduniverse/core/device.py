@@ -1,0 +1,78 @@
+"""Where the tensors live and at which precision the model computes: `runtime.device` and
+`runtime.precision`.
+
+`auto` picks CUDA when it is there, else the CPU; precision `auto` picks bf16 autocast on CUDA and
+fp32 on the CPU, where bf16 is measured slower unless the processor has bf16 matrix units (AMX): on
+the AVX2 machines this project is tested on, a bf16 convolution takes 14x and a bf16 matrix product
+90x the fp32 time (bench/results/speed.json).
+"""
+
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+import torch
+
+from meduniverse.core.config import RuntimeConfig
+from meduniverse.core.errors import ConfigError
+
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def resolve_device(name: str) -> torch.device:
+    """The device `runtime.device` names: 'auto' (CUDA if available, else CPU), 'cpu' or 'cuda'."""
+    if name not in DEVICES:
+        raise ConfigError(f"runtime.device '{name}' unknown (allowed: {', '.join(DEVICES)})")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            "runtime.device is 'cuda' but this machine has no CUDA device PyTorch can use; "
+            "set runtime.device = 'auto' or 'cpu'"
+        )
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+@cache
+def cpu_has_bf16_matrix_units() -> bool:
+    """Whether the processor reports AMX bf16 tiles (Linux /proc/cpuinfo; False elsewhere)."""
+    try:
+        return "amx_bf16" in Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    """'fp32' or 'bf16' for `runtime.precision` on `device`."""
+    if name not in PRECISIONS:
+        raise ConfigError(f"runtime.precision '{name}' unknown (allowed: {', '.join(PRECISIONS)})")
+    if name != "auto":
+        return name
+    return "bf16" if device.type == "cuda" or cpu_has_bf16_matrix_units() else "fp32"
+
+
+@dataclass(frozen=True)
+class Compute:
+    """Where a process computes: its device and precision ('fp32' or 'bf16')."""
+
+    device: torch.device
+    precision: str
+
+    @classmethod
+    def of(cls, runtime: RuntimeConfig) -> "Compute":
+        """The process's compute from `runtime.device` and `runtime.precision`."""
+        device = resolve_device(runtime.device)
+        return cls(device, resolve_precision(runtime.precision, device))
+
+    @contextmanager
+    def autocast(self) -> Iterator[None]:
+        """bf16 autocast of the eligible operations (convolutions, matrix products), or nothing."""
+        bf16 = self.precision == "bf16"
+        with torch.autocast(self.device.type, dtype=torch.bfloat16) if bf16 else nullcontext():
+            yield
+
+
+CPU = Compute(torch.device("cpu"), "fp32")
