@@ -2,6 +2,7 @@
 
 import os
 from pathlib import Path
+import shutil
 
 import pytest
 import torch
@@ -25,6 +26,26 @@ TINY = [
     "pool.max_images=96",
     "pool.segmentation_max=16",
 ]
+
+
+BROWSERS = ["chromium", "chromium-browser", "google-chrome", "chrome"]
+
+
+@pytest.fixture(scope="session")
+def browser() -> str:
+    """A headless Chromium for the browser tests. Without one they are skipped, with the reason in
+    the summary, except where the environment sets CI (.ci/run installs Chromium, then requires it).
+    """
+    for name in BROWSERS:
+        if found := shutil.which(name):
+            return found
+    why = (
+        f"no headless browser found (tried {', '.join(BROWSERS)}); install Chromium, e.g. "
+        "`apt-get install -y chromium` on Debian/Ubuntu (.ci/run does this)"
+    )
+    if os.environ.get("CI"):
+        pytest.fail(why)
+    pytest.skip(why)
 
 
 @pytest.fixture(autouse=True)

@@ -5,7 +5,6 @@ import base64
 import math
 from pathlib import Path
 import re
-import shutil
 import subprocess
 
 import pytest
@@ -27,7 +26,6 @@ SECTIONS = [
     "Ablation",
     "Adaptation",
 ]
-BROWSERS = ["chromium", "chromium-browser", "google-chrome", "chrome"]
 
 
 def arm(per_seed: list[float], secondary: str) -> dict:
@@ -180,16 +178,6 @@ def test_report_without_config_or_checkpoints(tmp_path, demo_config):
     assert "no checkpoint" in page and "embedding_pca" not in page
 
 
-def find_browser() -> str:
-    for name in BROWSERS:
-        if found := shutil.which(name):
-            return found
-    pytest.fail(
-        f"no headless browser found (tried {', '.join(BROWSERS)}); install Chromium, e.g. "
-        "`apt-get install -y chromium` on Debian/Ubuntu (.ci/run does this)"
-    )
-
-
 CHECK_SCRIPT = """<script>
 var errors = [];
 window.onerror = function (msg) { errors.push(String(msg)); };
@@ -209,8 +197,7 @@ window.addEventListener("load", function () {
 
 
 @pytest.mark.browser
-def test_report_renders_in_chromium(tmp_path, demo_config):
-    browser = find_browser()
+def test_report_renders_in_chromium(tmp_path, demo_config, browser):
     write_checkpoints(tmp_path, demo_config)
     page = build_report(tmp_path, synthetic_results(), demo_config).read_text()
     expected = page.count("<img ")

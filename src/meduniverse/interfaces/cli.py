@@ -227,34 +227,43 @@ def predict_command(
     model_dir: Path = typer.Argument(..., help="A run's model/ directory"),
     task: str = typer.Option(..., help="Task (site) name"),
     images: list[Path] = typer.Argument(
-        ..., help="Image files (PNG/JPEG/BMP/TIFF, DICOM, NIfTI, .npy)"
+        ..., help="Image files or folders (PNG/JPEG/BMP/TIFF, DICOM, NIfTI, .npy)"
     ),
-    out_dir: Path = typer.Option(
-        Path("."), "--out-dir", help="Where segmentation masks are written"
-    ),
+    out_dir: Path = typer.Option(Path("."), "--out-dir", help="Where masks are written"),
+    frame: int = typer.Option(None, help="Only this frame (DICOM) or slice (NIfTI) of each file"),
+    axis: int = typer.Option(2, help="NIfTI slice axis"),
+    masks: str = typer.Option("png", help="Segmentation masks: png (per frame) or nifti"),
+    csv_path: Path = typer.Option(None, "--csv", help="Write class probabilities to this CSV"),
     device: str = typer.Option("auto", help="auto (CUDA if present), cpu or cuda"),
+    progress: bool = typer.Option(True, help="Show a progress bar"),
 ) -> None:
-    """Class probabilities (classification) or a PNG mask (segmentation) for each image."""
+    """Class probabilities or segmentation masks for every frame of every image."""
     from meduniverse.core.device import resolve_device
+    from meduniverse.core.progress import RunProgress
     from meduniverse.core.tasks import task_type
-    from meduniverse.interfaces.predict import predict_image, task_card, write_mask
+    from meduniverse.interfaces.predict import output_stem, run_predict, task_card, write_csv
     from meduniverse.models.io import load_model
 
     try:
         model, card = load_model(model_dir)
         model.to(resolve_device(device))
         entry = task_card(card, task)
-        for path in images:
-            probs = predict_image(model, card, task, path)
-            if task_type(entry["type"]).segmentation:
-                mask_path = out_dir / f"{path.stem}_{task}_mask.png"
-                write_mask(probs, mask_path)
-                say(f"{path}: mask written to {mask_path}")
-            else:
-                names = entry["classes"]
-                say(
-                    f"{path}: "
-                    + "  ".join(f"{n}={p:.3f}" for n, p in zip(names, probs.tolist(), strict=True))
+        with RunProgress(progress) as bars:
+            on_file = bars.phase(f"predict {task}")
+            results = run_predict(model, card, task, images, out_dir, frame, axis, masks, on_file)
+        if task_type(entry["type"]).segmentation:
+            say(f"{len(results)} mask(s) written to {out_dir} ({masks})")
+            for r in results if masks == "png" else ():
+                mask = out_dir / f"{output_stem(r.frame, task)}_mask.png"
+                say(f"{r.frame.path}{' ' + r.frame.label if r.frame.label else ''}: mask {mask}")
+        else:
+            for r in results:
+                probs = "  ".join(
+                    f"{n}={p:.3f}" for n, p in zip(entry["classes"], r.probs.tolist(), strict=True)
                 )
+                say(f"{r.frame.path}{' ' + r.frame.label if r.frame.label else ''}: {probs}")
+            if csv_path is not None:
+                write_csv(results, entry["classes"], csv_path)
+                say(f"probabilities written to {csv_path}")
     except MeduniverseError as exc:
         fail(exc)

@@ -1,0 +1,384 @@
+"""Speed against the machine's own limit: matmul peak, model FLOP utilisation per phase, bf16,
+channels_last and torch.compile, the federation's overhead against a plain loop, and scaling.
+
+    python bench/speed.py peak phases variants       # minutes, one process, nothing else running
+    python bench/speed.py overhead --config demo     # a Flower run against a plain in-process loop
+    python bench/speed.py scaling                     # 8 -> 32 -> 64 sites, pool x1 and x4
+
+Each part merges its figures into bench/results/speed.json (with the command, commit and machine);
+`python bench/speed.py plot` draws bench/results/speed.png from it.
+"""
+
+from collections.abc import Callable
+from dataclasses import replace
+import gc
+import json
+from pathlib import Path
+import resource
+import sys
+import time
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from meduniverse.core.checkpoints import Checkpoints
+from meduniverse.core.config import FederationConfig
+from meduniverse.core.config_file import load_config
+from meduniverse.core.files import read_json, write_json
+from meduniverse.core.progress import RunProgress
+from meduniverse.core.provenance import git_commit, machine_info
+from meduniverse.core.seeds import derive_seed
+from meduniverse.core.tasks import task_type
+from meduniverse.federation.client_app import site_model
+from meduniverse.federation.server_app import stage_zero
+from meduniverse.interfaces.cli import demo_config_path
+from meduniverse.method.distill import pool_logits
+from meduniverse.method.mim import pretrain_mim
+from meduniverse.method.server import SiteUpdate, server_step
+from meduniverse.method.site import evaluate, evaluate_arm, finetune, train_local
+from meduniverse.models.heads import DecoderHead
+from meduniverse.models.universal import build_model, encoder_part, part_of, site_state
+from meduniverse.results.run import run
+from meduniverse.sites.pool import build_pool
+from meduniverse.sites.sources import SiteData, load_site
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "bench" / "results" / "speed.json"
+SHARED = ROOT.parent / "shared" / "data"
+
+
+def shared8(*overrides: str) -> FederationConfig:
+    return load_config(ROOT / "configs" / "shared8.toml", [f"data_root='{SHARED}'", *overrides])
+
+
+def save(part: str, figures: dict) -> None:
+    doc = read_json(OUT) if OUT.is_file() else {}
+    doc[part] = {
+        "command": " ".join(["python", "bench/speed.py", *sys.argv[1:]]),
+        "commit": git_commit(),
+        "machine": machine_info(),
+        **figures,
+    }
+    write_json(OUT, doc)
+    print(json.dumps(figures, indent=1)[:3000], file=sys.stderr)
+
+
+def timed(call: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    call()
+    return time.perf_counter() - start
+
+
+def counted(call: Callable[[], object]) -> float:
+    """FLOPs of one call (forward and backward matrix products and convolutions)."""
+    with FlopCounterMode(display=False) as counter:
+        call()
+    return float(counter.get_total_flops())
+
+
+# ---------------------------------------------------------------------------------------- peak
+
+
+def peak() -> dict:
+    """GFLOP/s of a large matrix product, fp32 and bf16, 1 and 2 threads."""
+    out = {}
+    for dtype, n in ((torch.float32, 2048), (torch.bfloat16, 512)):
+        a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            a @ b
+            seconds = min(timed(lambda a=a, b=b: a @ b) for _ in range(3))
+            out[f"{str(dtype)[6:]}_{threads}_threads_gflops"] = 2 * n**3 / seconds / 1e9
+    return out
+
+
+# ---------------------------------------------------------------------------------------- phases
+
+
+def phase_cases(config: FederationConfig) -> dict[str, tuple[int, Callable[[], object]]]:
+    """Per phase of a run: the thread count it runs with and a call that does a small, real piece
+    of it on shared8 (each call builds its own fresh model, so repeated calls do the same work)."""
+    pool = build_pool(config).images
+    site = {s.name: s for s in config.sites}
+
+    def data(name: str) -> SiteData:
+        s = site[name]
+        return load_site(s, config.pool, config.input_spec(s.task), config.seed)
+
+    one_epoch = replace(config.method, mim_epochs=1, local_epochs=1, distill_epochs=1)
+    schedule = replace(config.finetune, max_epochs=1)
+    group_of = {s.name: task_type(s.task).group for s in config.sites}
+
+    def mim() -> None:
+        model = build_model(config, seed=0)
+        pretrain_mim(model.encoder, DecoderHead(model.encoder.widths, 3), pool, one_epoch, 0)
+
+    def local(name: str) -> Callable[[], None]:
+        def call() -> None:
+            d = data(name)
+            model = site_model(config, d, encoder_part(build_model(config, seed=0).state_dict()), 0)
+            train_local(model, name, d.splits["train"], one_epoch, 0)
+
+        return call
+
+    def distill() -> None:
+        state = build_model(config, seed=0).state_dict()
+        updates = [SiteUpdate(s.name, part_of(state, s.name), 100) for s in config.sites]
+        server_step(state, updates, replace(config, method=one_epoch), pool, seed=0)
+
+    def tune(name: str) -> Callable[[], None]:
+        def call() -> None:
+            d = data(name)
+            model = site_model(
+                config, d, part_of(build_model(config, seed=0).state_dict(), name), 0
+            )
+            finetune(model, name, d.splits["train"], d.splits["val"], config.method, schedule, 0)
+
+        return call
+
+    def test(name: str) -> Callable[[], None]:
+        return lambda: evaluate(build_model(config, seed=0), name, data(name).splits["test"])
+
+    def teachers() -> None:
+        pool_logits(build_model(config, seed=0), list(group_of), pool, group_of)
+
+    server, site_threads = config.runtime.server_threads, config.runtime.threads_per_site
+    return {
+        "mim (server)": (server, mim),
+        "local training, classification (pneumonia_xray)": (site_threads, local("pneumonia_xray")),
+        "local training, segmentation (fetal_head_us)": (site_threads, local("fetal_head_us")),
+        "distillation (server, one epoch)": (server, distill),
+        "teacher outputs on the pool (server)": (server, teachers),
+        "fine-tune, segmentation (fetal_head_us, one epoch)": (site_threads, tune("fetal_head_us")),
+        "evaluation, segmentation (fetal_head_us test)": (site_threads, test("fetal_head_us")),
+        "evaluation, classification (pneumonia_xray test)": (site_threads, test("pneumonia_xray")),
+    }
+
+
+def phases() -> dict:
+    """Per phase: seconds, model FLOPs and the share of the measured peak at its thread count."""
+    config = shared8()
+    top = read_json(OUT)["peak"] if OUT.is_file() and "peak" in read_json(OUT) else peak()
+    rows = []
+    for name, (threads, call) in phase_cases(config).items():
+        torch.set_num_threads(threads)
+        call()  # warm-up (data loading, allocator)
+        flops = counted(call)
+        seconds = min(timed(call) for _ in range(2))
+        gflops = flops / seconds / 1e9
+        peak_gflops = top[f"float32_{threads}_threads_gflops"]
+        rows.append(
+            {
+                "phase": name,
+                "threads": threads,
+                "seconds": seconds,
+                "gflop": flops / 1e9,
+                "gflops_per_second": gflops,
+                "share_of_peak": gflops / peak_gflops,
+            }
+        )
+        print(rows[-1], file=sys.stderr)
+    return {"rows": rows, "peak": top}
+
+
+# ---------------------------------------------------------------------------------------- variants
+
+
+def step_time(size: int, batch: int, threads: int, variant: str, reps: int = 5) -> dict:
+    """One training step of encoder + segmentation decoder (or classification head at 32 px)."""
+    torch.set_num_threads(threads)
+    config = shared8()
+    model = build_model(config, seed=0)
+    name = "fetal_head_us" if size == 128 else "pneumonia_xray"
+    x = torch.randn(batch, 3, size, size)
+    if variant == "channels_last":
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    forward = torch.compile(model) if variant == "compile" else model
+    optimizer = torch.optim.AdamW(model.parameters())
+
+    def step() -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=variant == "bf16"):
+            loss = forward(x, name).float().pow(2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    first = timed(step)
+    seconds = min(timed(step) for _ in range(reps if variant != "bf16" else 1))
+    return {
+        "variant": variant,
+        "size": size,
+        "batch": batch,
+        "threads": threads,
+        "first_step_seconds": first,
+        "images_per_second": batch / seconds,
+    }
+
+
+def variants() -> dict:
+    """fp32 against bf16 autocast, channels_last and torch.compile on one training step."""
+    rows = []
+    for size, batch in ((32, 64), (128, 16)):
+        for variant in ("fp32", "bf16", "channels_last", "compile"):
+            rows.append(step_time(size, batch, 2, variant))
+            print(rows[-1], file=sys.stderr)
+            gc.collect()
+    return {"rows": rows}
+
+
+# ---------------------------------------------------------------------------------------- overhead
+
+
+def plain_loop(config: FederationConfig, out: Path, seed: int) -> dict:
+    """The run's stages and evaluation arms as a plain loop in this process (no Flower, no Ray):
+    the same functions and steps, one site after the other with every thread."""
+    torch.set_num_threads(config.runtime.server_threads)
+    started = time.perf_counter()
+    pool = build_pool(config)
+    sites = {
+        s.name: load_site(s, config.pool, config.input_spec(s.task), config.seed)
+        for s in config.sites
+    }
+    ckpt = Checkpoints(out)
+    stage_zero(config, pool.images, seed, ckpt, RunProgress(enabled=False))
+    state = ckpt.load_stage(0)
+    timings = {"stage_0": time.perf_counter() - started}
+    for stage in range(1, config.method.stages + 1):
+        began, updates = time.perf_counter(), []
+        for name, data in sites.items():
+            model = site_model(config, data, part_of(state, name), derive_seed(seed, stage))
+            train_local(model, name, data.splits["train"], config.method, derive_seed(seed, stage))
+            key = task_type(data.task).primary
+            evaluate(model, name, data.splits["val"])[key]
+            evaluate(model, name, data.splits["test"])[key]
+            updates.append(SiteUpdate(name, model.state_dict(), len(data.splits["train"])))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(derive_seed(seed, stage))
+            state, _ = server_step(state, updates, config, pool.images, derive_seed(seed, stage))
+        timings[f"stage_{stage}"] = time.perf_counter() - began
+    for arm in config.arms(False):
+        began = time.perf_counter()
+        for name, data in sites.items():
+            weights = (
+                encoder_part(ckpt.load_stage(0))
+                if arm.model == "baseline"
+                else site_state(state, name)
+            )
+            model = site_model(config, data, weights, seed)
+            evaluate_arm(model, name, data.splits, arm.mode, config.method, config.finetune, seed)
+        timings[f"evaluation:{arm.name}"] = time.perf_counter() - began
+    timings["total"] = time.perf_counter() - started
+    return timings
+
+
+def work(which: str) -> dict:
+    """The model FLOPs of one whole run (the plain loop under a FLOP counter), and the least time
+    they take at the measured fp32 peak of every thread."""
+    config = load_config(demo_config_path()) if which == "demo" else shared8()
+    scratch = ROOT / "runs" / "bench-speed" / f"{which}-counted"
+    if scratch.exists():
+        import shutil
+
+        shutil.rmtree(scratch)
+    with FlopCounterMode(display=False) as counter:
+        plain_loop(config, scratch, config.seed)
+    flops = float(counter.get_total_flops())
+    top = read_json(OUT)["peak"]["float32_2_threads_gflops"] * 1e9
+    return {
+        "config": which,
+        "tflop": flops / 1e12,
+        "seconds_at_peak": flops / top,
+        "peak_gflops": top / 1e9,
+    }
+
+
+def overhead(which: str) -> dict:
+    """Wall time of a whole run on Flower's Simulation Engine against the plain loop."""
+    config = load_config(demo_config_path()) if which == "demo" else shared8()
+    scratch = ROOT / "runs" / "bench-speed"
+    flower_dir, loop_dir = scratch / f"{which}-flower", scratch / f"{which}-loop"
+    for d in (flower_dir, loop_dir):
+        if d.exists():
+            import shutil
+
+            shutil.rmtree(d)
+    flower_seconds = timed(lambda: run(config, flower_dir, show_progress=False))
+    loop = plain_loop(config, loop_dir, config.seed)
+    return {
+        "config": which,
+        "flower_seconds": flower_seconds,
+        "plain_loop_seconds": loop["total"],
+        "ratio": flower_seconds / loop["total"],
+        "plain_loop_phases": loop,
+        "flower_phases": phase_seconds(flower_dir),
+    }
+
+
+def phase_seconds(run_dir: Path) -> dict:
+    ckpt = Checkpoints(run_dir)
+    out = {f"stage_{s}": r["seconds"] for s, r in ckpt.records().items()}
+    out.update({f"evaluation:{a}": s for a, s in ckpt.evaluation_seconds().items()})
+    return out
+
+
+# ---------------------------------------------------------------------------------------- scaling
+
+
+def scaling() -> dict:
+    """Time of one server step and its peak memory for 8, 32 and 64 site models, pool x1 and x4."""
+    rows = []
+    for factor in (1, 4):
+        config = shared8(
+            f"pool.max_images={4000 * factor}",
+            f"pool.segmentation_max={384 * factor}",
+            "method.distill_epochs=1",
+        )
+        pool = build_pool(config).images
+        if factor > 1:  # the shared datasets hold no more public images: repeat them, flipped
+            pool = {
+                g: torch.cat([x if i % 2 == 0 else x.flip(-1) for i in range(factor)])
+                for g, x in pool.items()
+            }
+        for sites in (8, 32, 64):
+            shards = sites // len(config.sites)
+            many = replace(
+                config,
+                sites=tuple(
+                    replace(s, name=f"{s.name}_{k}") for s in config.sites for k in range(shards)
+                ),
+            )
+            state = build_model(many, seed=0).state_dict()
+            updates = [SiteUpdate(s.name, part_of(state, s.name), 100) for s in many.sites]
+            gc.collect()
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            torch.set_num_threads(many.runtime.server_threads)
+            seconds = timed(
+                lambda m=many, u=updates, st=state, p=pool: server_step(st, u, m, p, seed=0)
+            )
+            after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            rows.append(
+                {
+                    "sites": sites,
+                    "pool_factor": factor,
+                    "pool_images": {g: len(x) for g, x in pool.items()},
+                    "server_step_seconds": seconds,
+                    "peak_rss_mb": after / 1024,
+                    "peak_rss_growth_mb": (after - before) / 1024,
+                }
+            )
+            print(rows[-1], file=sys.stderr)
+            del updates, state
+    return {"rows": rows}
+
+
+PARTS = {"peak": peak, "phases": phases, "variants": variants, "scaling": scaling}
+
+if __name__ == "__main__":
+    args = sys.argv[1:]
+    if args[:1] in (["overhead"], ["work"]):
+        which = args[args.index("--config") + 1] if "--config" in args else "demo"
+        save(f"{args[0]}_{which}", (overhead if args[0] == "overhead" else work)(which))
+    else:
+        for part in args:
+            save(part, PARTS[part]())
