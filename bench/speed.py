@@ -340,7 +340,7 @@ def scaling() -> dict:
                 g: torch.cat([x if i % 2 == 0 else x.flip(-1) for i in range(factor)])
                 for g, x in pool.items()
             }
-        for sites in (8, 32, 64):
+        for sites in (8, 32, 64) if factor == 1 else (8, 32):
             shards = sites // len(config.sites)
             many = replace(
                 config,
@@ -368,8 +368,9 @@ def scaling() -> dict:
                 }
             )
             print(rows[-1], file=sys.stderr)
+            save("scaling", {"rows": rows, "complete": False})  # a long part: keep what is done
             del updates, state
-    return {"rows": rows}
+    return {"rows": rows, "complete": True}
 
 
 PARTS = {"peak": peak, "phases": phases, "variants": variants, "scaling": scaling}

@@ -116,21 +116,21 @@ def test_a_failing_site_stops_the_stage_and_a_rerun_resumes_from_the_last_checkp
 ):
     config = replace(demo_config, method=replace(demo_config.method, stages=2))
     run_dir = tmp_path / "run"
-    real_train = client_module.train_local
+    real_train = client_module.train_site
     victim = config.sites[1].name
 
-    def failing(model, name, data, method, seed, *args):
+    def failing(model, name, splits, method, schedule, seed, *args):
         if name == victim and seed % 1000 == 2:
             raise RuntimeError("disk on fire")
-        return real_train(model, name, data, method, seed, *args)
+        return real_train(model, name, splits, method, schedule, seed, *args)
 
-    monkeypatch.setattr(client_module, "train_local", failing)
+    monkeypatch.setattr(client_module, "train_site", failing)
     with pytest.raises(StageError, match=f"stage 2.*{victim}.*disk on fire"):
         federate(config, run_dir)
     ckpt = Checkpoints(run_dir)
     assert ckpt.last_stage() == 1
     stage1 = ckpt.load_stage(1)
-    monkeypatch.setattr(client_module, "train_local", real_train)
+    monkeypatch.setattr(client_module, "train_site", real_train)
     grid = federate(config, run_dir)
     assert sum(r.metadata.message_type == "train" for r in grid.replies) == len(
         config.sites

@@ -11,7 +11,9 @@ from meduniverse.core.device import Compute, resolve_device, resolve_precision
 from meduniverse.core.errors import ConfigError
 from meduniverse.core.metrics import classification_metrics, segmentation_metrics
 from meduniverse.core.tasks import task_type
+from meduniverse.data.transforms import augmented_views
 from meduniverse.method.distill import pool_logits
+from meduniverse.method.loop import steps_per_epoch
 from meduniverse.method.losses import soft_target_loss
 from meduniverse.method.mim import pretrain_mim
 from meduniverse.method.server import (
@@ -21,7 +23,7 @@ from meduniverse.method.server import (
     update_problem,
     weighted_average,
 )
-from meduniverse.method.site import evaluate, finetune, predict_probs, train_local
+from meduniverse.method.site import evaluate, finetune, predict_probs, train_local, train_site
 from meduniverse.models.heads import DecoderHead
 from meduniverse.models.universal import build_model, part_of
 from meduniverse.sites.pool import build_pool
@@ -295,3 +297,26 @@ def test_device_and_precision_settings_are_checked():
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="no CUDA device"):
             resolve_device("cuda")
+
+
+def test_augmented_views_keep_the_originals_and_vary_the_copies():
+    images = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8)
+    views = augmented_views(images, 3, torch.Generator().manual_seed(0))
+    assert views.shape == (18, 3, 32, 32) and views.dtype == torch.uint8
+    assert torch.equal(views[:6], images)
+    assert not torch.equal(views[6:12], images) and not torch.equal(views[6:12], views[12:])
+
+
+def test_teachers_trained_to_convergence_stop_early_on_the_site_validation(demo_config):
+    data, model = site_and_model(demo_config, 2)
+    method = replace(demo_config.method, local_training="early_stopping")
+    schedule = replace(demo_config.finetune, max_epochs=3, patience=1)
+    stats = train_site(model, data.name, data.splits, method, schedule, seed=0)
+    per_epoch = steps_per_epoch(
+        len(data.splits["train"]),
+        method.batch_size,
+        method.min_steps_per_epoch,
+        schedule.max_steps_per_epoch,
+    )
+    assert stats.steps % per_epoch == 0 and per_epoch <= stats.steps <= 3 * per_epoch
+    assert np.isfinite(stats.loss)

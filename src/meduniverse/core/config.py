@@ -14,6 +14,8 @@ MEAN, STD = 0.5, 0.25  # every input: x/255, then (x - MEAN) / STD
 
 VARIANTS = ("distil_only", "average_then_distil")
 SCHEDULES = ("mixed", "round_robin")
+LOCAL_TRAINING = ("epochs", "early_stopping")
+LR_SCHEDULES = ("constant", "cosine")
 
 
 @dataclass(frozen=True)
@@ -84,18 +86,27 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class MethodConfig:
-    """Stage 0 (MIM) and stages 1..S (local training + server distillation)."""
+    """Stage 0 (MIM) and stages 1..S (local training + server distillation).
+
+    `local_training`: 'epochs' (local_epochs passes over the site's train split) or 'early_stopping'
+    (the fine-tune schedule of [finetune], early stopping on the site's validation split: teachers
+    trained to convergence); every federated model gets the same. `distill_views`: the pool and
+    views-1 augmented copies of it (random resized crop, flip, intensity) on which teachers and
+    student are compared; `distill_lr_schedule`: 'constant' or 'cosine' over the distillation."""
 
     stages: int = 3
     variant: str = "distil_only"
     mim_epochs: int = 10
     mask_ratio: float = 0.6
     mask_patch_fraction: float = 0.125
+    local_training: str = "epochs"
     local_epochs: int = 2
     min_steps_per_epoch: int = 12
     max_steps_per_epoch: int = 0  # 0: no cap (a cap makes quick smoke runs)
     distill_epochs: int = 4
     distill_schedule: str = "mixed"
+    distill_views: int = 1
+    distill_lr_schedule: str = "constant"
     retention: float = 0.5
     temperature: float = 2.0
     mim_weight: float = 0.0

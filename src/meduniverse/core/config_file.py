@@ -10,6 +10,8 @@ from typing import Any, get_type_hints
 from meduniverse.core.arms import COMPETITORS
 from meduniverse.core.config import (
     DEFAULT_INPUTS,
+    LOCAL_TRAINING,
+    LR_SCHEDULES,
     SCHEDULES,
     VARIANTS,
     CompetitorsConfig,
@@ -168,6 +170,10 @@ def check_config(config: FederationConfig) -> None:
     m = config.method
     _choice(m.variant, VARIANTS, f"{src}: method.variant")
     _choice(m.distill_schedule, SCHEDULES, f"{src}: method.distill_schedule")
+    _choice(m.local_training, LOCAL_TRAINING, f"{src}: method.local_training")
+    _choice(m.distill_lr_schedule, LR_SCHEDULES, f"{src}: method.distill_lr_schedule")
+    if m.distill_views < 1:
+        raise ConfigError(f"{src}: method.distill_views must be at least 1")
     _choice(config.runtime.device, DEVICES, f"{src}: runtime.device")
     _choice(config.runtime.precision, PRECISIONS, f"{src}: runtime.precision")
     c = config.competitors

@@ -4,6 +4,8 @@ Resizing is done once, batched, with torch (a per-image MONAI ``Resize`` gives t
 at several times the cost); the files on disk are never touched.
 """
 
+import math
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -62,3 +64,40 @@ def random_flip(
             masks = masks.clone()
             masks[flip] = masks[flip].flip(-1)
     return images, masks
+
+
+def augmented_views(images: torch.Tensor, views: int, generator: torch.Generator) -> torch.Tensor:
+    """The images and `views - 1` augmented copies of them: a random resized crop (40-100% of the
+    area, aspect 3/4-4/3), a random horizontal flip and a brightness/contrast jitter (±20%).
+
+    Args:
+        images: uint8 N×C×S×S.
+        views: copies in all, the first the images themselves.
+        generator: the augmentations' random source.
+
+    Returns:
+        uint8 (views·N)×C×S×S, view by view.
+    """
+    out = [images]
+    n = images.shape[0]
+    for _ in range(views - 1):
+        area = torch.empty(n).uniform_(0.4, 1.0, generator=generator)
+        ratio = torch.exp(
+            torch.empty(n).uniform_(math.log(3 / 4), math.log(4 / 3), generator=generator)
+        )
+        sx, sy = (area * ratio).sqrt().clamp(max=1), (area / ratio).sqrt().clamp(max=1)
+        cx = (torch.rand(n, generator=generator) * 2 - 1) * (1 - sx)
+        cy = (torch.rand(n, generator=generator) * 2 - 1) * (1 - sy)
+        flip = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0)
+        theta = torch.zeros(n, 2, 3)
+        theta[:, 0, 0], theta[:, 0, 2] = sx * flip, cx
+        theta[:, 1, 1], theta[:, 1, 2] = sy, cy
+        x = images.float().to(images.device)
+        grid = F.affine_grid(theta.to(x.device), list(x.shape), align_corners=False)
+        x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        contrast = torch.empty(n, 1, 1, 1).uniform_(0.8, 1.2, generator=generator).to(x.device)
+        brightness = torch.empty(n, 1, 1, 1).uniform_(-0.2, 0.2, generator=generator).to(x.device)
+        mean = x.mean(dim=(1, 2, 3), keepdim=True)
+        x = (x - mean) * contrast + mean + brightness * 255
+        out.append(x.round().clamp(0, 255).to(torch.uint8))
+    return torch.cat(out)

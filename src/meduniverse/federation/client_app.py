@@ -15,7 +15,7 @@ from meduniverse.core.config import FederationConfig, SiteConfig
 from meduniverse.core.device import Compute
 from meduniverse.core.tasks import task_type
 from meduniverse.federation.messages import ARRAYS, CONFIG, from_arrays, reply
-from meduniverse.method.site import evaluate, evaluate_arm, proximal_term, train_local
+from meduniverse.method.site import evaluate, evaluate_arm, proximal_term, train_site
 from meduniverse.models.universal import TaskInfo, build_model, encoder_part
 from meduniverse.sites.sources import SiteData, load_site
 
@@ -84,7 +84,7 @@ def handle_train(msg: Message, config: FederationConfig, data: SiteData) -> Mess
     before = evaluate(model, data.name, data.splits["val"])[key]
     mu = float(settings.get("proximal-mu", 0.0))
     penalty = proximal_term(model, encoder_part(received), mu) if mu > 0 else None
-    stats = train_local(model, data.name, data.splits["train"], config.method, seed, penalty)
+    stats = train_site(model, data.name, data.splits, config.method, config.finetune, seed, penalty)
     metrics = {
         "num-examples": len(data.splits["train"]),
         "train-loss": stats.loss,

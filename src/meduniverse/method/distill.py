@@ -88,6 +88,11 @@ def distill(
     names = list(teacher_logits)
     params = list(student.parameters()) + (list(mim_decoder.parameters()) if mim_decoder else [])
     optimizer = make_optimizer(params, method.lr, method.weight_decay)
+    scheduler = (
+        torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+        if method.distill_lr_schedule == "cosine"
+        else None
+    )
     batches = cycle_batches(pool, sizes, steps, generator)
     if method.distill_schedule == "mixed":
         blocks = [(set(names), steps)]
@@ -107,7 +112,7 @@ def distill(
         generator,
         mim_decoder,
     )
-    return optimise(optimizer, losses, steps, on_step=on_step)
+    return optimise(optimizer, losses, steps, scheduler, on_step)
 
 
 def _distill_losses(

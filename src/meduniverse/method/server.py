@@ -8,6 +8,7 @@ import torch
 
 from meduniverse.core.config import FederationConfig
 from meduniverse.core.tasks import task_type
+from meduniverse.data.transforms import augmented_views
 from meduniverse.method.distill import distill, pool_logits
 from meduniverse.method.loop import StepCallback, TrainStats
 from meduniverse.models.heads import DecoderHead
@@ -103,8 +104,9 @@ def server_step(
         previous: G_{s-1}'s state (encoder and every head).
         updates: the accepted site models of this stage, in the configuration's site order.
         config: the federation (model, sites' task types, method settings).
-        pool: per input group, uint8 images N×C×S×S, on the device the step computes on.
-        seed: the distillation's seed.
+        pool: per input group, uint8 images N×C×S×S, on the device the step computes on (with
+            method.distill_views > 1, extended by augmented copies).
+        seed: the distillation's seed (and its views').
         mim_decoder: with method.mim_weight > 0, the pixel decoder of the MIM term (trained along).
         on_step: progress callback (step, steps).
 
@@ -113,6 +115,9 @@ def server_step(
     """
     group_of = {s.name: task_type(s.task).group for s in config.sites}
     device = next(iter(pool.values())).device  # the models compute where the pool lives
+    if config.method.distill_views > 1:  # teachers and student compared on the same augmented views
+        views = torch.Generator().manual_seed(seed)
+        pool = {g: augmented_views(x, config.method.distill_views, views) for g, x in pool.items()}
     teacher = build_model(config).to(device)
     teacher.load_state_dict(previous)
     retained = pool_logits(

@@ -182,6 +182,7 @@ def finetune(
     schedule: FinetuneConfig,
     seed: int,
     frozen_encoder: bool = False,
+    penalty: Penalty | None = None,
 ) -> dict:
     """Fine-tune encoder + head (or, with frozen_encoder, the head alone: a probe) with early
     stopping on the validation primary metric; keep the best epoch.
@@ -199,10 +200,11 @@ def finetune(
             and lr.
         seed: the fine-tune's seed (each epoch derives its own).
         frozen_encoder: train the head only.
+        penalty: added to every step's loss (FedProx's proximal term, for local training).
 
     Returns:
         {'best_epoch', 'epochs', 'val_<metric>' (the best), 'history' (per epoch: loss and val
-            metric)}.
+            metric), 'stats' (TrainStats of every step)}.
     """
     kind = task_type(model.tasks[task_name].task)
     key, batch = kind.primary, batch_size(kind.group, method)
@@ -212,10 +214,16 @@ def finetune(
     model.encoder.requires_grad_(not frozen_encoder)
     optimizer = make_optimizer(model.parameters(), schedule.lr, method.weight_decay)
     best_score, best_state, best_epoch, waited = -math.inf, copy.deepcopy(model.state_dict()), 0, 0
-    history = []
+    history, total = [], TrainStats()
     for epoch in range(1, schedule.max_epochs + 1):
         stats = train_supervised(
-            model, task_name, train, steps, batch, optimizer, derive_seed(seed, epoch)
+            model, task_name, train, steps, batch, optimizer, derive_seed(seed, epoch), penalty
+        )
+        total = TrainStats(
+            total.steps + stats.steps,
+            total.images + stats.images,
+            total.seconds + stats.seconds,
+            stats.loss,
         )
         score = evaluate(model, task_name, val)[key]
         history.append({"epoch": epoch, "loss": stats.loss, f"val_{key}": score})
@@ -237,7 +245,44 @@ def finetune(
         "epochs": len(history),
         f"val_{key}": best_score,
         "history": history,
+        "stats": total,
     }
+
+
+def train_site(
+    model: UniversalModel,
+    task_name: str,
+    splits: dict[str, Split],
+    method: MethodConfig,
+    schedule: FinetuneConfig,
+    seed: int,
+    penalty: Penalty | None = None,
+) -> TrainStats:
+    """A site's stage with the method's `local_training`: `local_epochs` passes (`train_local`), or
+    the fine-tune schedule with early stopping on the site's own validation split (`finetune`).
+
+    Args:
+        model: encoder + the site's head, trained in place.
+        task_name: the site's head.
+        splits: the site's 'train' and 'val' splits.
+        method: local_training, local_epochs, batch sizes, lr.
+        schedule: the fine-tune schedule (for early stopping).
+        seed: the stage's seed at this site.
+        penalty: added to every step's loss (FedProx).
+    """
+    if method.local_training == "early_stopping":
+        log = finetune(
+            model,
+            task_name,
+            splits["train"],
+            splits["val"],
+            method,
+            schedule,
+            seed,
+            penalty=penalty,
+        )
+        return log["stats"]
+    return train_local(model, task_name, splits["train"], method, seed, penalty)
 
 
 def evaluate_arm(

@@ -132,6 +132,7 @@ def budget(arm: str, config: FederationConfig) -> dict:
         out.update(
             {
                 "stages": m.stages,
+                "local_training": m.local_training,
                 "local_epochs_per_stage": m.local_epochs,
                 "min_steps_per_epoch": m.min_steps_per_epoch,
                 "lr": m.lr,
