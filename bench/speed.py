@@ -35,7 +35,8 @@ from meduniverse.interfaces.cli import demo_config_path
 from meduniverse.method.distill import pool_logits
 from meduniverse.method.mim import pretrain_mim
 from meduniverse.method.server import SiteUpdate, server_step
-from meduniverse.method.site import evaluate, evaluate_arm, finetune, train_local
+from meduniverse.method.site import evaluate_arm, finetune, train_local
+from meduniverse.method.supervised import evaluate
 from meduniverse.models.heads import DecoderHead
 from meduniverse.models.universal import build_model, encoder_part, part_of, site_state
 from meduniverse.results.run import run

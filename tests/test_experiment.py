@@ -9,7 +9,9 @@ import torch
 from meduniverse.core.config import leave_out
 from meduniverse.core.errors import ConfigError
 from meduniverse.method.centralized import train_multitask
-from meduniverse.method.site import evaluate, finetune, local_steps, proximal_term
+from meduniverse.method.personal import train_ditto, train_fedrep
+from meduniverse.method.site import finetune, local_steps, train_site
+from meduniverse.method.supervised import evaluate, proximal_term
 from meduniverse.models.universal import build_model
 from meduniverse.results.adapt import label_subset
 from meduniverse.results.statistics import bootstrap_ci, paired_test, per_task_test
@@ -106,3 +108,42 @@ def test_centralized_training_gives_every_task_its_local_budget_and_learns(demo_
     )
     after = {n: evaluate(model, n, d.splits["val"])["auc"] for n, d in data.items()}
     assert all(after[n] > before[n] + 0.05 for n in data)
+
+
+def test_fedrep_trains_the_head_on_the_received_encoder_then_the_encoder_alone(demo_config):
+    data = site_data(demo_config, 0)
+    method = replace(
+        demo_config.method, local_epochs=1, min_steps_per_epoch=3, max_steps_per_epoch=3
+    )
+    model, reference = build_model(demo_config, seed=0), build_model(demo_config, seed=0)
+    start = {k: v.clone() for k, v in model.encoder.state_dict().items()}
+    torch.manual_seed(7)  # the heads' dropout draws from the global generator
+    train_fedrep(model, data.name, data.splits, method, demo_config.finetune, seed=5)
+    torch.manual_seed(7)
+    train_site(
+        reference, data.name, data.splits, method, demo_config.finetune, 5, frozen_encoder=True
+    )
+    head, first = model.heads[data.name].state_dict(), reference.heads[data.name].state_dict()
+    assert all(
+        torch.equal(head[k], first[k]) for k in head
+    )  # the body phase left the head as it was
+    assert any(not torch.equal(v, model.encoder.state_dict()[k]) for k, v in start.items())
+    assert all(p.requires_grad for p in model.parameters())  # nothing left frozen
+
+
+def test_ditto_pulls_the_personal_model_towards_the_global_one(demo_config):
+    data = site_data(demo_config, 0)
+    method = replace(
+        demo_config.method, local_epochs=1, min_steps_per_epoch=4, max_steps_per_epoch=4
+    )
+    distance = {}
+    for strength in (0.0, 50.0):
+        model, personal = build_model(demo_config, seed=0), build_model(demo_config, seed=1)
+        received = {k: v.clone() for k, v in model.state_dict().items()}
+        train_ditto(
+            model, personal, data.name, data.splits, method, demo_config.finetune, 0, strength
+        )
+        distance[strength] = sum(
+            float((p - received[n]).pow(2).sum()) for n, p in personal.named_parameters()
+        )
+    assert distance[50.0] < distance[0.0]

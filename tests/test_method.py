@@ -23,7 +23,8 @@ from meduniverse.method.server import (
     update_problem,
     weighted_average,
 )
-from meduniverse.method.site import evaluate, finetune, predict_probs, train_local, train_site
+from meduniverse.method.site import finetune, train_local, train_site
+from meduniverse.method.supervised import evaluate, predict_probs
 from meduniverse.models.heads import DecoderHead
 from meduniverse.models.universal import build_model, part_of
 from meduniverse.sites.pool import build_pool

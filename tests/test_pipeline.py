@@ -152,7 +152,13 @@ def test_experiment_reports_every_arm_with_cis_tests_curves_and_costs(demo_exper
         "fedavg",
         "fedprox",
         "fedbn",
+        "ditto",
+        "fedrep",
         "centralized",
+        "fedavg_finetuned",
+        "fedprox_finetuned",
+        "fedbn_finetuned",
+        "centralized_finetuned",
         "baseline_probe",
         "universal_probe",
         "fedavg_probe",
@@ -175,7 +181,7 @@ def test_experiment_reports_every_arm_with_cis_tests_curves_and_costs(demo_exper
                 and 0 < test["wilcoxon_p"] <= 1
             )
     for _site, curves in results["curves"].items():
-        assert set(curves) == {"universal", "fedavg", "fedprox", "fedbn"}
+        assert set(curves) == {"universal", "fedavg", "fedprox", "fedbn", "ditto", "fedrep"}
         assert all(len(c["mean"]) == 1 for c in curves.values())
     stage = results["cost"]["fedavg"]["stages"]["1"]
     assert (

@@ -27,12 +27,14 @@ class Model:
         description: one line for results.json and the report.
         settings: configuration fields (section.key) that belong to its budget beyond the shared
             ones.
+        personal: its sites are evaluated with their personal models (Ditto), not the global one.
     """
 
     name: str
     training: str
     description: str
     settings: tuple[str, ...] = ()
+    personal: bool = False
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,20 @@ MODELS: dict[str, Model] = {
             "fedbn",
             FEDERATED,
             "FedAvg of the encoder except its normalisation layers (site-local), heads local",
+        ),
+        Model(
+            "ditto",
+            FEDERATED,
+            "Ditto: FedAvg of the encoder and heads local, plus a personal model per site pulled "
+            "towards the global one (two local updates a stage); each site's personal model",
+            ("competitors.ditto_lambda",),
+            personal=True,
+        ),
+        Model(
+            "fedrep",
+            FEDERATED,
+            "FedRep: the site's head trained first on the received encoder, then the encoder, "
+            "which FedAvg averages; heads local",
         ),
         Model(
             "centralized",
@@ -120,6 +136,16 @@ ARMS: dict[str, Arm] = {
         ),
         *(
             Arm(
+                f"{m}_finetuned",
+                m,
+                FINETUNE,
+                description=f"{MODELS[m].description}, then its encoder + the site's head "
+                "fine-tuned per task with early stopping",
+            )
+            for m in (*COMPETITORS, "centralized")
+        ),
+        *(
+            Arm(
                 f"{m}_probe",
                 m,
                 PROBE,
@@ -152,23 +178,31 @@ def describe_arm(name: str) -> str:
 
 
 def selected_arms(
-    federated: Iterable[str], probes: Iterable[str], centralized: bool, competitors: bool
+    federated: Iterable[str],
+    probes: Iterable[str],
+    finetuned: Iterable[str],
+    centralized: bool,
+    competitors: bool,
 ) -> list[Arm]:
     """The arms of a run: the method's; with `competitors`, each federated competitor as is, the
-    probes of the listed models, the centralised arms and the aliases of computed arms.
+    probes and fine-tuned arms of the listed models, the centralised arms and the aliases of
+    computed arms.
 
     Args:
         federated: the federated competitors trained (model names).
         probes: the models whose encoders are probed.
+        finetuned: the competitors (and 'centralized') whose encoder + head are also fine-tuned.
         centralized: whether the pooled reference runs.
         competitors: False for the method's arms only (`meduniverse run`).
     """
     names = list(METHOD_ARMS)
     if competitors:
+        trained = {*federated, *(["centralized"] if centralized else [])}
         names += [
             *federated,
             *(f"{m}_probe" for m in probes),
             *(["centralized"] if centralized else []),
+            *(f"{m}_finetuned" for m in finetuned if m in trained),
         ]
         names += [a.name for a in ARMS.values() if a.same_as in names]
     return [ARMS[n] for n in arm_order(names)]

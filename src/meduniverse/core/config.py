@@ -146,9 +146,11 @@ class CompetitorsConfig:
     """The comparison arms of `meduniverse experiment`, with the same stages and local epochs as the
     method."""
 
-    federated: tuple[str, ...] = ("fedavg", "fedprox", "fedbn")
+    federated: tuple[str, ...] = ("fedavg", "fedprox", "fedbn", "ditto", "fedrep")
     proximal_mu: float = 0.01
+    ditto_lambda: float = 0.1
     probes: tuple[str, ...] = ("baseline", "universal", "fedavg")
+    finetuned: tuple[str, ...] = ("fedavg", "fedprox", "fedbn", "centralized")
     centralized: bool = True
 
 
@@ -185,7 +187,7 @@ class FederationConfig:
         """The arms of a run (`meduniverse.core.arms`): the method's, plus with `competitors` those
         of [competitors]."""
         c = self.competitors
-        return selected_arms(c.federated, c.probes, c.centralized, competitors)
+        return selected_arms(c.federated, c.probes, c.finetuned, c.centralized, competitors)
 
 
 def _jsonable(value: Any) -> Any:

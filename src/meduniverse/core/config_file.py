@@ -185,6 +185,8 @@ def check_config(config: FederationConfig) -> None:
                 f"{src}: competitors.probes '{encoder}' is not baseline, universal or a federated "
                 "competitor"
             )
+    for model in c.finetuned:
+        _choice(model, (*COMPETITORS, "centralized"), f"{src}: competitors.finetuned")
     if m.stages < 1:
         raise ConfigError(f"{src}: method.stages must be at least 1")
     _choice(config.model.encoder, ("cnn", "vit"), f"{src}: model.encoder")

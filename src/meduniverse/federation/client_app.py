@@ -7,7 +7,7 @@ sends).
 from collections.abc import Callable
 import time
 
-from flwr.app import Context, Message
+from flwr.app import ConfigRecord, Context, Message
 from flwr.clientapp import ClientApp
 import torch
 
@@ -15,8 +15,19 @@ from meduniverse.core.config import FederationConfig, SiteConfig
 from meduniverse.core.device import Compute
 from meduniverse.core.tasks import task_type
 from meduniverse.federation.messages import ARRAYS, CONFIG, from_arrays, reply
-from meduniverse.method.site import evaluate, evaluate_arm, proximal_term, train_site
-from meduniverse.models.universal import TaskInfo, build_model, encoder_part
+from meduniverse.method.loop import TrainStats
+from meduniverse.method.personal import train_ditto, train_fedrep
+from meduniverse.method.site import evaluate_arm, train_site
+from meduniverse.method.supervised import evaluate, proximal_term
+from meduniverse.models.universal import (
+    PERSONAL_PREFIX,
+    TaskInfo,
+    UniversalModel,
+    as_personal,
+    build_model,
+    encoder_part,
+    personal_part,
+)
 from meduniverse.sites.sources import SiteData, load_site
 
 ConfigSource = Callable[[Context], FederationConfig]
@@ -79,12 +90,12 @@ def handle_train(msg: Message, config: FederationConfig, data: SiteData) -> Mess
     settings = msg.content[CONFIG]
     seed = int(settings["seed"])
     received = from_arrays(msg.content[ARRAYS])
+    personal_state = personal_part(received)
+    received = {k: v for k, v in received.items() if not k.startswith(PERSONAL_PREFIX)}
     model = site_model(config, data, received, seed)
     key = task_type(data.task).primary
     before = evaluate(model, data.name, data.splits["val"])[key]
-    mu = float(settings.get("proximal-mu", 0.0))
-    penalty = proximal_term(model, encoder_part(received), mu) if mu > 0 else None
-    stats = train_site(model, data.name, data.splits, config.method, config.finetune, seed, penalty)
+    stats, extra = local_update(model, data, received, personal_state, settings, config, seed)
     metrics = {
         "num-examples": len(data.splits["train"]),
         "train-loss": stats.loss,
@@ -94,7 +105,45 @@ def handle_train(msg: Message, config: FederationConfig, data: SiteData) -> Mess
         f"val-{key}": evaluate(model, data.name, data.splits["val"])[key],
         f"test-{key}": evaluate(model, data.name, data.splits["test"])[key],
     }
-    return reply(msg, metrics, state=model.state_dict())
+    return reply(msg, metrics, state={**model.state_dict(), **extra})
+
+
+def local_update(
+    model: UniversalModel,
+    data: SiteData,
+    received: dict[str, torch.Tensor],
+    personal_state: dict[str, torch.Tensor],
+    settings: ConfigRecord,
+    config: FederationConfig,
+    seed: int,
+) -> tuple[TrainStats, dict[str, torch.Tensor]]:
+    """The stage's training at a site, by the strategy's 'local-mode': plain (FedAvg's, FedProx's
+    with 'proximal-mu', ours), 'fedrep' or 'ditto' (with 'ditto-lambda'; its personal model,
+    `personal.` keys, goes back too).
+
+    Args:
+        model: the received global encoder + head, trained in place.
+        data: the site's data.
+        received: the global weights received.
+        personal_state: the site's personal model as the server kept it (Ditto; empty at first).
+        settings: the message's settings.
+        config: the federation (method and fine-tune schedule).
+        seed: the stage's seed at this site.
+
+    Returns:
+        The global update's TrainStats and more weights to send back (the personal model).
+    """
+    mode, m, schedule = str(settings.get("local-mode", "plain")), config.method, config.finetune
+    if mode == "fedrep":
+        return train_fedrep(model, data.name, data.splits, m, schedule, seed), {}
+    if mode == "ditto":
+        personal = site_model(config, data, personal_state or received, seed)
+        strength = float(settings["ditto-lambda"])
+        stats, _ = train_ditto(model, personal, data.name, data.splits, m, schedule, seed, strength)
+        return stats, as_personal(personal.state_dict())
+    mu = float(settings.get("proximal-mu", 0.0))
+    penalty = proximal_term(model, encoder_part(received), mu) if mu > 0 else None
+    return train_site(model, data.name, data.splits, m, schedule, seed, penalty), {}
 
 
 def handle_evaluate(msg: Message, config: FederationConfig, data: SiteData) -> Message:

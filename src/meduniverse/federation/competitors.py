@@ -16,7 +16,13 @@ from meduniverse.core.config import FederationConfig
 from meduniverse.core.seeds import derive_seed
 from meduniverse.federation.messages import ARRAYS, CONFIG, METRICS, from_arrays, request, to_arrays
 from meduniverse.federation.strategy import accept_updates
-from meduniverse.models.universal import build_model, local_key, norm_keys, site_state
+from meduniverse.models.universal import (
+    PERSONAL_PREFIX,
+    build_model,
+    local_key,
+    norm_keys,
+    site_state,
+)
 
 
 class SiteHeads:
@@ -32,7 +38,10 @@ class SiteHeads:
         roster: node id -> site name.
         seed: the run's seed; stage s sends `derive_seed(seed, s)`.
         min_sites: fewest usable site models a stage accepts (0: every site).
-        site_local: encoder keys that stay at each site (FedBN: the normalisation layers).
+        site_local: encoder keys that stay at each site (FedBN: the normalisation layers); a site's
+            personal model (Ditto's `personal.` keys) always does.
+        local_settings: more settings for the sites' local update ('local-mode': 'fedrep' or
+            'ditto', 'ditto-lambda').
         strategy_args: passed on to the Flower strategy (e.g. FedProx's proximal_mu).
 
     After each stage, `reports[stage]` holds each site's metrics and the rejected sites.
@@ -45,6 +54,7 @@ class SiteHeads:
         seed: int,
         min_sites: int = 0,
         site_local: set[str] | frozenset[str] = frozenset(),
+        local_settings: dict[str, str | float] | None = None,
         **strategy_args,
     ):
         super().__init__(
@@ -61,6 +71,7 @@ class SiteHeads:
             min_sites,
             set(site_local),
         )
+        self.local_settings = dict(local_settings or {})
         self.previous: dict[str, torch.Tensor] = {}
         self.reports: dict[int, dict] = {}
 
@@ -71,6 +82,7 @@ class SiteHeads:
         settings = ConfigRecord(
             {
                 **config,
+                **self.local_settings,
                 "arm": self.arm,
                 "stage": server_round,
                 "seed": derive_seed(self.seed, server_round),
@@ -102,7 +114,7 @@ class SiteHeads:
             for key, value in update.state.items():
                 if key.startswith("heads."):
                     state[key] = value
-                elif key in self.site_local:
+                elif key in self.site_local or key.startswith(PERSONAL_PREFIX):
                     state[local_key(update.site, key)] = value
                 else:
                     shared[key] = value
@@ -144,6 +156,16 @@ STRATEGIES: dict[str, Factory] = {
     ),
     "fedbn": lambda roster, seed, config: FedAvgSiteHeads(
         "fedbn", roster, seed, config.runtime.min_sites, site_local=norm_keys(build_model(config))
+    ),
+    "ditto": lambda roster, seed, config: FedAvgSiteHeads(
+        "ditto",
+        roster,
+        seed,
+        config.runtime.min_sites,
+        local_settings={"local-mode": "ditto", "ditto-lambda": config.competitors.ditto_lambda},
+    ),
+    "fedrep": lambda roster, seed, config: FedAvgSiteHeads(
+        "fedrep", roster, seed, config.runtime.min_sites, local_settings={"local-mode": "fedrep"}
     ),
 }
 

@@ -15,7 +15,7 @@ from meduniverse.core.progress import RunProgress, log
 from meduniverse.federation.exchange import exchange_with_progress
 from meduniverse.federation.messages import METRICS, request
 from meduniverse.federation.strategy import brief
-from meduniverse.models.universal import encoder_part, site_state
+from meduniverse.models.universal import encoder_part, personal_part, site_state
 
 
 def arm_weights(arm: Arm, ckpt: Checkpoints, last: int) -> Callable[[str], dict[str, torch.Tensor]]:
@@ -25,6 +25,8 @@ def arm_weights(arm: Arm, ckpt: Checkpoints, last: int) -> Callable[[str], dict[
         encoder = encoder_part(ckpt.load_stage(0))
         return lambda site: encoder
     state = ckpt.load_stage(last, ckpt.part(arm.model))
+    if MODELS[arm.model].personal:
+        return lambda site: personal_part(site_state(state, site))
     if arm.mode == PROBE:
         return lambda site: encoder_part(site_state(state, site))
     return lambda site: site_state(state, site)

@@ -17,7 +17,7 @@ from meduniverse.core.files import atomic_write
 from meduniverse.core.tasks import task_type
 from meduniverse.data.images import Frame, is_image_file, read_frames
 from meduniverse.data.transforms import images_to_spec
-from meduniverse.method.site import predict_probs
+from meduniverse.method.supervised import predict_probs
 from meduniverse.models.universal import UniversalModel
 
 MASK_FORMATS = ("png", "nifti")

@@ -14,7 +14,8 @@ from meduniverse.method.loop import (
     optimise,
     shuffled_batches,
 )
-from meduniverse.method.site import local_steps, supervised_losses
+from meduniverse.method.site import local_steps
+from meduniverse.method.supervised import supervised_losses
 from meduniverse.models.universal import UniversalModel
 
 

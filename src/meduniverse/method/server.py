@@ -13,7 +13,9 @@ from meduniverse.method.distill import distill, pool_logits
 from meduniverse.method.loop import StepCallback, TrainStats
 from meduniverse.models.heads import DecoderHead
 from meduniverse.models.universal import (
+    PERSONAL_PREFIX,
     UniversalModel,
+    as_personal,
     build_model,
     encoder_part,
     head_part,
@@ -37,6 +39,8 @@ def update_problem(update: SiteUpdate, reference: dict[str, torch.Tensor]) -> st
     """Why an update must be rejected (wrong keys/shapes, NaN or inf, norm far beyond the global
     model's), or None."""
     expected = part_of(reference, update.site)
+    if any(k.startswith(PERSONAL_PREFIX) for k in update.state):  # Ditto's personal model too
+        expected = {**expected, **as_personal(expected)}
     if set(update.state) != set(expected):
         return f"unexpected parameter names ({len(set(update.state) ^ set(expected))} differ)"
     norm_new = norm_ref = 0.0

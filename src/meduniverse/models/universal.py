@@ -101,6 +101,7 @@ def part_of(state: dict[str, torch.Tensor], task: str) -> dict[str, torch.Tensor
 
 NORM_LAYERS = (nn.GroupNorm, nn.LayerNorm, nn.modules.batchnorm._BatchNorm)
 LOCAL_PREFIX = "local."
+PERSONAL_PREFIX = "personal."  # a site's personal model (Ditto), beside the global one
 
 
 def norm_keys(model: UniversalModel) -> set[str]:
@@ -116,6 +117,17 @@ def norm_keys(model: UniversalModel) -> set[str]:
 def local_key(site: str, key: str) -> str:
     """Where a server-side state keeps a site's own copy of a shared key (FedBN's norm layers)."""
     return f"{LOCAL_PREFIX}{site}.{key}"
+
+
+def personal_part(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The personal model in a site's state (its `personal.` keys), under the model's key names."""
+    n = len(PERSONAL_PREFIX)
+    return {k[n:]: v for k, v in state.items() if k.startswith(PERSONAL_PREFIX)}
+
+
+def as_personal(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A site model's state under the personal model's key names."""
+    return {f"{PERSONAL_PREFIX}{k}": v for k, v in state.items()}
 
 
 def site_state(state: dict[str, torch.Tensor], site: str) -> dict[str, torch.Tensor]:

@@ -10,7 +10,14 @@ from meduniverse.core.tasks import task_type
 from meduniverse.results.statistics import paired_test, per_task_test
 
 OURS = ("universal", "universal_finetuned")
-AGAINST = ("baseline", "fedavg", "local")
+# (ours, other): the paired tests of an experiment; a pair whose arms did not run is left out
+COMPARISONS = [
+    *((ours, other) for ours in OURS for other in ("baseline", "fedavg", "local")),
+    ("universal", "ditto"),
+    ("universal", "fedrep"),
+    ("universal_finetuned", "fedavg_finetuned"),
+    ("universal_finetuned", "centralized_finetuned"),
+]
 
 
 def federated_models(config: FederationConfig) -> list[str]:
@@ -104,21 +111,21 @@ def fidelity(config: FederationConfig, ckpts: list[Checkpoints], tasks: dict) ->
 
 
 def statistics(tasks: dict) -> tuple[dict, dict]:
-    """The `tests` block (Wilcoxon over (task, seed) pairs) and per-task paired t-tests."""
+    """The `tests` block (Wilcoxon over (task, seed) pairs of each of COMPARISONS whose arms ran) and
+    per-task paired t-tests."""
     tests, per_task = {}, {}
-    for ours in OURS:
-        for other in AGAINST:
-            a, b = [], []
-            for site, entry in tasks.items():
-                arms = entry["arms"]
-                if ours in arms and other in arms:
-                    a += arms[ours]["per_seed"]
-                    b += arms[other]["per_seed"]
-                    per_task.setdefault(site, {})[f"{ours}_vs_{other}"] = per_task_test(
-                        arms[ours]["per_seed"], arms[other]["per_seed"]
-                    )
-            if a:
-                tests[f"{ours}_vs_{other}"] = paired_test(a, b)
+    for ours, other in COMPARISONS:
+        a, b = [], []
+        for site, entry in tasks.items():
+            arms = entry["arms"]
+            if ours in arms and other in arms:
+                a += arms[ours]["per_seed"]
+                b += arms[other]["per_seed"]
+                per_task.setdefault(site, {})[f"{ours}_vs_{other}"] = per_task_test(
+                    arms[ours]["per_seed"], arms[other]["per_seed"]
+                )
+        if a:
+            tests[f"{ours}_vs_{other}"] = paired_test(a, b)
     return tests, per_task
 
 

@@ -12,7 +12,7 @@ from meduniverse.core.checkpoints import Checkpoints
 from meduniverse.core.config import FederationConfig
 from meduniverse.core.tasks import task_type
 from meduniverse.data.transforms import images_to_spec, normalize
-from meduniverse.method.site import predict_probs
+from meduniverse.method.supervised import predict_probs
 from meduniverse.models.universal import UniversalModel, build_model
 from meduniverse.sites.pool import Pool
 
