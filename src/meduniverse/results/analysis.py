@@ -111,8 +111,8 @@ def fidelity(config: FederationConfig, ckpts: list[Checkpoints], tasks: dict) ->
 
 
 def statistics(tasks: dict) -> tuple[dict, dict]:
-    """The `tests` block (Wilcoxon over (task, seed) pairs of each of COMPARISONS whose arms ran) and
-    per-task paired t-tests."""
+    """The `tests` block (Wilcoxon over (task, seed) pairs of each of COMPARISONS whose arms ran)
+    and per-task paired t-tests."""
     tests, per_task = {}, {}
     for ours, other in COMPARISONS:
         a, b = [], []
