@@ -27,7 +27,7 @@ from meduniverse.method.site import finetune, train_local, train_site
 from meduniverse.method.supervised import evaluate, predict_probs
 from meduniverse.models.heads import DecoderHead
 from meduniverse.models.universal import build_model, part_of
-from meduniverse.sites.pool import build_pool
+from meduniverse.sites.pool import build_pool, own_images
 from meduniverse.sites.sources import load_site
 
 TASKS = {"binary": 1, "multiclass": 3, "ordinal": 3, "multilabel": 3}
@@ -193,8 +193,13 @@ def head_distance(config, model_state, reference_state, pool):
     return {t: float((la[t].float() - lb[t].float()).pow(2).mean()) for t in names}
 
 
-@pytest.mark.parametrize("schedule", ["mixed", "round_robin"])
-def test_distillation_moves_heads_towards_their_teachers(demo_config, schedule):
+AUGMENTED = {"distill_views": 2, "distill_lr_schedule": "cosine", "distill_own_weight": 4.0}
+
+
+@pytest.mark.parametrize(
+    "schedule, extra", [("mixed", {}), ("round_robin", {}), ("mixed", AUGMENTED)]
+)
+def test_distillation_moves_heads_towards_their_teachers(demo_config, schedule, extra):
     config = replace(
         demo_config,
         method=replace(
@@ -203,14 +208,16 @@ def test_distillation_moves_heads_towards_their_teachers(demo_config, schedule):
             distill_epochs=25,
             distill_schedule=schedule,
             retention=0.5,
+            **extra,
         ),
     )
-    pool = build_pool(config).images
+    whole = build_pool(config)
+    pool, own = whole.images, own_images(config, whole)
     previous = build_model(config, seed=0).state_dict()
     teachers = build_model(config, seed=1).state_dict()
     updates = [SiteUpdate(s.name, part_of(teachers, s.name), 10) for s in config.sites]
     before = head_distance(config, previous, teachers, pool)
-    new_state, stats = server_step(previous, updates, config, pool, seed=0)
+    new_state, stats = server_step(previous, updates, config, pool, seed=0, own=own)
     after = head_distance(config, new_state, teachers, pool)
     assert stats.steps > 0
     assert sum(after.values()) < 0.7 * sum(before.values())

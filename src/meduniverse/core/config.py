@@ -92,7 +92,9 @@ class MethodConfig:
     (the fine-tune schedule of [finetune], early stopping on the site's validation split: teachers
     trained to convergence); every federated model gets the same. `distill_views`: the pool and
     views-1 augmented copies of it (random resized crop, flip, intensity) on which teachers and
-    student are compared; `distill_lr_schedule`: 'constant' or 'cosine' over the distillation."""
+    student are compared; `distill_lr_schedule`: 'constant' or 'cosine' over the distillation;
+    `distill_own_weight`: how much more the pool images a site lent weigh in its head's teacher
+    term (1: as much as the others)."""
 
     stages: int = 3
     variant: str = "distil_only"
@@ -106,6 +108,7 @@ class MethodConfig:
     distill_epochs: int = 4
     distill_schedule: str = "mixed"
     distill_views: int = 1
+    distill_own_weight: float = 1.0
     distill_lr_schedule: str = "constant"
     retention: float = 0.5
     temperature: float = 2.0

@@ -28,7 +28,7 @@ from meduniverse.method.mim import pretrain_mim
 from meduniverse.method.server import server_step
 from meduniverse.models.heads import DecoderHead
 from meduniverse.models.universal import build_model
-from meduniverse.sites.pool import Pool
+from meduniverse.sites.pool import Pool, own_images
 
 
 def stage_zero(
@@ -205,7 +205,8 @@ def run_federation(
     torch.set_num_threads(config.runtime.server_threads)
     compute = Compute.of(config.runtime)
     with compute.autocast():
-        _serve(grid, config, run_dir, seed, pool.on(compute.device), progress, competitors, roster)
+        images, own = pool.on(compute.device), own_images(config, pool)
+        _serve(grid, config, run_dir, seed, images, own, progress, competitors, roster)
 
 
 def _serve(
@@ -214,6 +215,7 @@ def _serve(
     run_dir: Path,
     seed: int,
     pool: dict[str, torch.Tensor],
+    own: dict[str, torch.Tensor],
     progress: RunProgress,
     competitors: bool,
     roster: dict[int, str] | None,
@@ -225,7 +227,7 @@ def _serve(
     if ckpt.last_stage() is None:
         stage_zero(config, pool, seed, ckpt, progress)
     decoder = mim_decoder(config, ckpt, next(iter(pool.values())).device)
-    step = partial(server_step, config=config, pool=pool, mim_decoder=decoder)
+    step = partial(server_step, config=config, pool=pool, mim_decoder=decoder, own=own)
     strategy = UniversalDistillation(
         roster,
         lambda prev, updates, s, on_step: step(prev, updates, seed=s, on_step=on_step),

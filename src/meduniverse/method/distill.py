@@ -61,6 +61,7 @@ def distill(
     seed: int,
     mim_decoder: DecoderHead | None = None,
     on_step: StepCallback | None = None,
+    weights: dict[str, torch.Tensor] | None = None,
 ) -> TrainStats:
     """Train the student so that head k matches teacher k on the pool, plus the retention term.
 
@@ -81,6 +82,8 @@ def distill(
         seed: batches and MIM masks.
         mim_decoder: the stage-0 pixel decoder, trained along when mim_weight > 0.
         on_step: progress callback (step, steps).
+        weights: per head, a weight for each of its group's pool images in its teacher's term
+            (None: equal weights).
     """
     generator = torch.Generator().manual_seed(seed)
     sizes = pool_batch_sizes(pool, method)
@@ -111,6 +114,7 @@ def distill(
         batches,
         generator,
         mim_decoder,
+        weights or {},
     )
     return optimise(optimizer, losses, steps, scheduler, on_step)
 
@@ -126,6 +130,7 @@ def _distill_losses(
     batches,
     generator: torch.Generator,
     mim_decoder: DecoderHead | None,
+    weights: dict[str, torch.Tensor],
 ) -> StepLosses:
     """The loss of each distillation step, block by block (see `distill`)."""
     mixed = method.distill_schedule == "mixed"
@@ -152,7 +157,11 @@ def _distill_losses(
                 for t in heads:
                     if t in active:
                         loss = loss + soft_target_loss(
-                            outputs[t], teacher_logits[t][idx].float(), tasks[t], method.temperature
+                            outputs[t],
+                            teacher_logits[t][idx].float(),
+                            tasks[t],
+                            method.temperature,
+                            weights[t][idx] if t in weights else None,
                         )
                     if t in retained:
                         loss = loss + weight * soft_target_loss(

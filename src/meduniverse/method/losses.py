@@ -11,7 +11,11 @@ from meduniverse.core.tasks import task_type
 
 
 def soft_target_loss(
-    student: torch.Tensor, teacher: torch.Tensor, task: str, temperature: float
+    student: torch.Tensor,
+    teacher: torch.Tensor,
+    task: str,
+    temperature: float,
+    weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Distillation towards a teacher's logits: tempered BCE for sigmoid heads, tempered KL for
     softmax heads.
@@ -20,14 +24,22 @@ def soft_target_loss(
         student, teacher: logits of the same shape, (N,C) or (N,C,H,W).
         task: the head's task type (its activation decides the loss).
         temperature: T; the loss is scaled by T² so that its gradients keep their size.
+        weights: (N,) weights of the examples (None: the plain mean).
     """
     t = temperature
     if task_type(task).activation == "sigmoid":
-        return F.binary_cross_entropy_with_logits(student / t, torch.sigmoid(teacher / t)) * t * t
-    log_p = F.log_softmax(student / t, dim=1)
-    q = F.softmax(teacher / t, dim=1)
-    kl = (q * (torch.log(q.clamp_min(1e-8)) - log_p)).sum(1)
-    return kl.mean() * t * t
+        target = torch.sigmoid(teacher / t)
+        if weights is None:
+            return F.binary_cross_entropy_with_logits(student / t, target) * t * t
+        each = F.binary_cross_entropy_with_logits(student / t, target, reduction="none")
+    else:
+        log_p = F.log_softmax(student / t, dim=1)
+        q = F.softmax(teacher / t, dim=1)
+        each = (q * (torch.log(q.clamp_min(1e-8)) - log_p)).sum(1)
+        if weights is None:
+            return each.mean() * t * t
+    per_example = each.reshape(each.shape[0], -1).mean(1)
+    return (per_example * weights).sum() / weights.sum() * t * t
 
 
 def mim_loss(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

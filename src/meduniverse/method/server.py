@@ -100,6 +100,7 @@ def server_step(
     seed: int,
     mim_decoder: DecoderHead | None = None,
     on_step: StepCallback | None = None,
+    own: dict[str, torch.Tensor] | None = None,
 ) -> tuple[dict[str, torch.Tensor], TrainStats]:
     """One stage's server step: the teachers' and G_{s-1}'s outputs on the pool, then distillation
     into the student.
@@ -113,15 +114,24 @@ def server_step(
         seed: the distillation's seed (and its views').
         mim_decoder: with method.mim_weight > 0, the pixel decoder of the MIM term (trained along).
         on_step: progress callback (step, steps).
+        own: per site, which images of its group's pool its own data lent (bool (N,)); with
+            method.distill_own_weight != 1 they weigh that much more in its head's teacher term.
 
     Returns:
         G_s's state and the distillation's TrainStats.
     """
     group_of = {s.name: task_type(s.task).group for s in config.sites}
     device = next(iter(pool.values())).device  # the models compute where the pool lives
-    if config.method.distill_views > 1:  # teachers and student compared on the same augmented views
+    m = config.method
+    if m.distill_views > 1:  # teachers and student compared on the same augmented views
         views = torch.Generator().manual_seed(seed)
-        pool = {g: augmented_views(x, config.method.distill_views, views) for g, x in pool.items()}
+        pool = {g: augmented_views(x, m.distill_views, views) for g, x in pool.items()}
+    weights = None
+    if own and m.distill_own_weight != 1:
+        weights = {
+            site: (1 + (m.distill_own_weight - 1) * mask.float()).repeat(m.distill_views).to(device)
+            for site, mask in own.items()
+        }
     teacher = build_model(config).to(device)
     teacher.load_state_dict(previous)
     retained = pool_logits(
@@ -133,6 +143,15 @@ def server_step(
         teacher_logits.update(pool_logits(teacher, [u.site], pool, group_of))
     student = student_for(previous, updates, config, device)
     stats = distill(
-        student, teacher_logits, retained, pool, group_of, config.method, seed, mim_decoder, on_step
+        student,
+        teacher_logits,
+        retained,
+        pool,
+        group_of,
+        m,
+        seed,
+        mim_decoder,
+        on_step,
+        weights,
     )
     return student.state_dict(), stats

@@ -31,14 +31,15 @@ class Pool:
 
     Args:
         sources: per source (a pool site's data source, or an extra file), its images as stored
-        (N,H,W[,C]).
+            (N,H,W[,C]).
         images: per input group ('classification', 'segmentation'), uint8 N×C×S×S at that group's
-        input spec:
-            at most the group's limit, shared evenly between the sources.
+            input spec: at most the group's limit, shared evenly between the sources.
+        origins: per input group, the source of each of its images.
     """
 
     sources: dict[str, np.ndarray]
     images: dict[str, torch.Tensor]
+    origins: dict[str, list[str]]
 
     def on(self, device: torch.device) -> dict[str, torch.Tensor]:
         """The images of every input group on `device`."""
@@ -85,14 +86,25 @@ def build_pool(config: FederationConfig) -> Pool:
         "classification": config.pool.max_images,
         "segmentation": config.pool.segmentation_max,
     }
-    images = {}
+    images, origins = {}, {}
     for group in sorted({task_type(s.task).group for s in config.sites}):
         picks = balanced_subset([len(p) for p in parts], limits[group], config.pool.seed)
         spec = dict(config.inputs)[group]
         images[group] = torch.cat(
             [images_to_spec(p[idx], spec) for p, idx in zip(parts, picks, strict=True) if len(idx)]
         )
-    return Pool(sources, images)
+        origins[group] = [src for src, idx in zip(sources, picks, strict=True) for _ in idx]
+    return Pool(sources, images, origins)
+
+
+def own_images(config: FederationConfig, pool: Pool) -> dict[str, torch.Tensor]:
+    """Per site, which images of its input group's pool its own data lent (bool (N,)); all False
+    for a site that lends none."""
+    out = {}
+    for site in config.sites:
+        group = task_type(site.task).group
+        out[site.name] = torch.tensor([src == site.source for src in pool.origins[group]])
+    return out
 
 
 def verify_disjoint(config: FederationConfig, pool: Pool) -> int:
