@@ -1,5 +1,5 @@
 """`python -m meduniverse`: the same commands as `meduniverse`."""
 
-from meduniverse.interfaces.cli import app
+from meduniverse.interfaces.cli import main
 
-app()
+main()

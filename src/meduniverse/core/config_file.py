@@ -230,3 +230,19 @@ def load_config(path: Path | str, overrides: list[str] | None = None) -> Federat
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from exc
     return parse_config(apply_overrides(raw, overrides or []), str(path), path.parent.resolve())
+
+
+def config_from_dict(doc: dict[str, Any], source: str) -> FederationConfig:
+    """A configuration as `FederationConfig.to_dict` wrote it (config.json, results.json), checked
+    like a TOML file; settings that the document predates take their defaults."""
+
+    def plain(table: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in table.items() if v is not None}
+
+    raw = {k: doc[k] for k in ("name", "seed") if k in doc}
+    raw["sites"] = [plain(s) for s in doc.get("sites", [])]
+    raw["input"] = {group: spec for group, spec in doc.get("inputs", [])}
+    for section in ("pool", "model", "method", "finetune", "runtime", "competitors"):
+        if section in doc:
+            raw[section] = plain(doc[section])
+    return parse_config(raw, source, Path("/"))

@@ -1,5 +1,7 @@
 """`python -m meduniverse.deploy`: the same commands as `meduniverse deploy`."""
 
-from meduniverse.deploy.commands import app
+import sys
 
-app()
+from meduniverse.interfaces.cli import main
+
+main(["deploy", *sys.argv[1:]])

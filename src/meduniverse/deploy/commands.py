@@ -34,6 +34,7 @@ DEFAULT_SUPERLINK = "127.0.0.1:8000"
 
 
 app = typer.Typer(
+    pretty_exceptions_enable=False,
     add_completion=False,
     no_args_is_help=True,
     help="Deploy across hospitals: one SuperLink (server), one SuperNode per site, TLS and node "

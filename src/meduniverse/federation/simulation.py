@@ -1,5 +1,6 @@
 """Flower's Simulation Engine: the ServerApp and one ClientApp per site on this machine."""
 
+import os
 from pathlib import Path
 
 from flwr.simulation import run_simulation
@@ -41,8 +42,10 @@ def simulate(
             "num_cpus": config.runtime.parallel_sites,
             "num_gpus": gpus,
             "include_dashboard": False,
+            "log_to_driver": False,  # the sites' processes print nothing on the console
         },
     }
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # Ray's tip, else a warning
     run_simulation(server, client, num_supernodes=len(config.sites), backend_config=backend)
     if errors:
         raise errors[0]

@@ -1,8 +1,11 @@
 """Command line: ``meduniverse demo | run | experiment | adapt | sites | predict | deploy ...``."""
 
 from importlib import resources
+import os
 from pathlib import Path
+import sys
 
+from rich.text import Text
 import typer
 
 from meduniverse.core.config import FederationConfig
@@ -10,15 +13,33 @@ from meduniverse.core.config import leave_out as without_site
 from meduniverse.core.config_file import load_config
 from meduniverse.core.errors import ConfigError, MeduniverseError
 from meduniverse.deploy.commands import app as deploy_app
-from meduniverse.interfaces.console import fail, print_table, say
+from meduniverse.interfaces.console import fail, print_table, say, stderr
 from meduniverse.results.document import format_table
 
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
+    pretty_exceptions_enable=False,  # `main` turns an unexpected error into one line
     help="One universal medical imaging model from many hospitals' private data.",
 )
 app.add_typer(deploy_app, name="deploy")
+
+
+def main(args: list[str] | None = None) -> None:
+    """The `meduniverse` command (`args`: its arguments, default the process's): an unexpected
+    error is one line naming it, not a traceback (MEDUNIVERSE_DEBUG=1 shows the traceback)."""
+    try:
+        app(args=args, prog_name="meduniverse")
+    except Exception as exc:
+        if os.environ.get("MEDUNIVERSE_DEBUG"):
+            raise
+        stderr.print(
+            Text.assemble(
+                ("error: ", "red"),
+                f"unexpected {type(exc).__name__}: {exc} (MEDUNIVERSE_DEBUG=1 shows where)",
+            )
+        )
+        sys.exit(2)
 
 
 def demo_config_path() -> Path:
@@ -191,24 +212,24 @@ def sites_command(
 ) -> None:
     """Validate every site's data and the pool; print one row per site."""
     from meduniverse.sites.pool import build_pool, verify_disjoint
-    from meduniverse.sites.sources import load_site
+    from meduniverse.sites.sources import class_warnings, load_site
 
+    warnings = []
     try:
         cfg = load_config(config, overrides)
-        rows = [
-            ["site", "task", "classes", "image size", "channels", "input", "train", "val", "test"]
-        ]
+        rows = [["site", "task", "classes", "stored", "input", "train", "val", "test"]]
         for site in cfg.sites:
             data = load_site(site, cfg.pool, cfg.input_spec(site.task), cfg.seed)
             shape = data.native_shape
+            colour = "RGB" if len(shape) == 3 and shape[2] == 3 else "gray"
+            warnings += class_warnings(data)
             rows.append(
                 [
                     site.name,
                     site.task,
-                    ", ".join(site.classes),
-                    f"{shape[0]}x{shape[1]}",
-                    "3 (RGB)" if len(shape) == 3 and shape[2] == 3 else "1 (gray)",
-                    f"{data.spec.size}px x{data.spec.channels}",
+                    str(len(site.classes)),
+                    f"{shape[0]}x{shape[1]} {colour}",
+                    f"{data.spec.size}px",
                     *(str(len(data.splits[s])) for s in ("train", "val", "test")),
                 ]
             )
@@ -216,10 +237,33 @@ def sites_command(
     except MeduniverseError as exc:
         fail(exc)
     print_table(rows, f"{cfg.name}: {len(cfg.sites)} sites")
+    for line in warnings:
+        stderr.print(Text.assemble(("warning: ", "yellow"), line))
     say(
         f"server pool: {pool} unlabelled images, disjoint from every site's private data (checked "
         "by SHA-256)"
     )
+
+
+@app.command("report")
+def report_command(
+    run_dir: Path = typer.Argument(..., help="A run or experiment directory (with results.json)"),
+) -> None:
+    """(Re)build DIR/report.html from a run's or experiment's results and checkpoints."""
+    from meduniverse.core.config_file import config_from_dict
+    from meduniverse.core.files import read_json
+    from meduniverse.interfaces.report import build_report
+
+    try:
+        path = run_dir / "results.json"
+        if not path.is_file():
+            raise ConfigError(f"{path}: not found (is {run_dir} a run or experiment directory?)")
+        results = read_json(path)
+        config = config_from_dict(results["config"], str(path)) if "config" in results else None
+        page = build_report(run_dir, results, config)
+    except MeduniverseError as exc:
+        fail(exc)
+    say(f"report: {page}")
 
 
 @app.command("predict")

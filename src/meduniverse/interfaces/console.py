@@ -3,6 +3,7 @@
 
 from typing import NoReturn
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -25,9 +26,19 @@ def fail(exc: Exception) -> NoReturn:
 
 def print_table(rows: list[list[str]], title: str) -> None:
     """A table: the first row is the header."""
-    table = Table(title=title)
-    for header in rows[0]:
-        table.add_column(header, overflow="fold")
+    table = Table(
+        title=title,
+        box=box.SIMPLE_HEAD,
+        padding=(0, 1),
+        pad_edge=False,
+        show_edge=False,
+        collapse_padding=True,
+    )
+    first = max(len(row[0]) for row in rows)
+    for i, header in enumerate(rows[0]):  # names stay whole; other columns wrap if they must
+        table.add_column(
+            header, overflow="fold", no_wrap=i == 0, min_width=first if i == 0 else None
+        )
     for row in rows[1:]:
         table.add_row(*row)
     stdout.print(table)

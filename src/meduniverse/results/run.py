@@ -40,9 +40,9 @@ class _RunLogFile(logging.FileHandler):
 def run_log(run_dir: Path, deployed: bool = False) -> Iterator[None]:
     """The run's log file, RUN_DIR/log.txt, for the duration of the block.
 
-    In a simulation the package's and Flower's records go there and Flower's console output is kept
-    to warnings;
-    a deployed server also sends the package's records to Flower's own log (`flwr log RUN_ID`).
+    In a simulation the package's and Flower's records go there, and Flower's console output is
+    kept to errors (its warnings about the Simulation Engine's own settings go to the file only); a
+    deployed server also sends the package's records to Flower's own log (`flwr log RUN_ID`).
     """
     handler = _RunLogFile(Path(run_dir) / "log.txt")
     flower = logging.getLogger("flwr")
@@ -54,7 +54,7 @@ def run_log(run_dir: Path, deployed: bool = False) -> Iterator[None]:
         flower.setLevel(logging.INFO)
         for h in flower.handlers:
             if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler):
-                h.setLevel(logging.WARNING)
+                h.setLevel(logging.ERROR)
     log.setLevel(logging.INFO)
     for logger, h in attached:
         logger.addHandler(h)

@@ -176,3 +176,19 @@ def load_site(
     data = to_site_data(site, private_raw(site, pool, seed), spec)
     data.splits = {name: split.to(device) for name, split in data.splits.items()}
     return data
+
+
+def class_warnings(data: SiteData) -> list[str]:
+    """Lines about classes a classification site declares but whose labels a split never uses."""
+    if task_type(data.task).segmentation or data.task == "multilabel":
+        return []
+    out = []
+    for split, part in data.splits.items():
+        present = set(part.targets.unique().tolist())
+        absent = [c for i, c in enumerate(data.config.classes) if i not in present]
+        if absent:
+            out.append(
+                f"site '{data.name}' [{split}]: no example of class(es) {', '.join(absent)} "
+                f"({len(present)} of {len(data.config.classes)} classes used)"
+            )
+    return out
