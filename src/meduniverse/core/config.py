@@ -41,12 +41,22 @@ DEFAULT_INPUTS = {"classification": InputSpec(32), "segmentation": InputSpec(128
 
 @dataclass(frozen=True)
 class SiteConfig:
-    """One hospital: its name, task, class names and where its data lies (exactly one source)."""
+    """One hospital: its name, task, class names and where its data lies (exactly one source).
+
+    `path` is an npz file or a folder of the hospital's own files (`meduniverse.data.folders`); for
+    a folder, `size` is the side its images are stored at, `labels` a CSV labelling them, `axis` the
+    NIfTI slice axis, and `split` the train/val/test shares of its patients (drawn with
+    `split_seed`) unless it has train/, val/ and test/ folders."""
 
     name: str
     task: str
     classes: tuple[str, ...]
     path: Path | None = None
+    size: int = 128
+    labels: str | None = None
+    axis: int = 2
+    split: tuple[float, ...] = (0.7, 0.1, 0.2)
+    split_seed: int = 0
     medmnist: str | None = None
     medmnist_root: Path | None = None
     medmnist_size: int = 28

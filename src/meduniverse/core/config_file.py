@@ -40,10 +40,11 @@ def _coerce(value: Any, hint: Any, where: str, base: Path) -> Any:
         return _resolve(value, base, where)
     if text.startswith("tuple"):
         items = _as_list(value, where)
-        inner = int if "int" in text else str
+        inner = int if "int" in text else (int, float) if "float" in text else str
         if not all(isinstance(v, inner) and not isinstance(v, bool) for v in items):
-            raise ConfigError(f"{where}: expected a list of {inner.__name__}, got {value!r}")
-        return tuple(items)
+            kind = "number" if inner == (int, float) else inner.__name__
+            raise ConfigError(f"{where}: expected a list of {kind}, got {value!r}")
+        return tuple(float(v) for v in items) if "float" in text else tuple(items)
     expected = {"int": int, "float": (int, float), "str": str, "bool": bool}
     for name, typ in expected.items():
         if text in (name, f"<class '{name}'>", f"{name} | None"):
@@ -158,6 +159,12 @@ def check_config(config: FederationConfig) -> None:
             )
         if sum(x is not None for x in (s.path, s.medmnist, s.synthetic)) != 1:
             raise ConfigError(f"{where}: give exactly one of 'path', 'medmnist' or 'synthetic'")
+        if len(s.split) != 3 or min(s.split) < 0 or sum(s.split) <= 0:
+            raise ConfigError(
+                f"{where}: split needs three shares (train, val, test), got {list(s.split)}"
+            )
+        if s.size < 8 or s.axis not in (0, 1, 2):
+            raise ConfigError(f"{where}: size must be at least 8 and axis 0, 1 or 2")
         if s.medmnist and s.medmnist_root is None:
             raise ConfigError(
                 f"{where}: 'medmnist' needs 'medmnist_root', the folder holding the files"

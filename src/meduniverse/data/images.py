@@ -48,6 +48,18 @@ def to_uint8(array: np.ndarray, where: str) -> np.ndarray:
     return np.round((array - lo) / (hi - lo) * 255).astype(np.uint8)
 
 
+def to_ids(array: np.ndarray, where: str) -> np.ndarray:
+    """Class ids as stored (a mask): whole numbers 0..255, as uint8."""
+    array = np.asarray(array)
+    if not np.isfinite(array).all() or (array != np.round(array)).any():
+        raise DataError(f"{where}: a mask must hold whole numbers (class ids)")
+    if array.min() < 0 or array.max() > 255:
+        raise DataError(
+            f"{where}: mask values must lie in 0..255, got [{array.min()}, {array.max()}]"
+        )
+    return array.astype(np.uint8)
+
+
 def is_image_file(path: Path) -> bool:
     return path.name.lower().endswith(SUFFIXES)
 
@@ -82,7 +94,7 @@ def _gdcm_pixels(path: Path) -> np.ndarray:
     return raw.reshape(shape)
 
 
-def read_dicom(path: Path) -> list[Frame]:
+def read_dicom(path: Path, convert=to_uint8) -> list[Frame]:
     """Every frame of a DICOM file, with its modality LUT (rescale) and VOI window applied."""
     import pydicom
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
@@ -106,18 +118,18 @@ def read_dicom(path: Path) -> list[Frame]:
                 frame = frame.max() - frame
         label = f"f{k:03d}" if frames > 1 else ""
         out.append(
-            Frame(path, to_uint8(frame, f"{path} frame {k}"), label, (k,) if frames > 1 else ())
+            Frame(path, convert(frame, f"{path} frame {k}"), label, (k,) if frames > 1 else ())
         )
     return out
 
 
-def read_nifti(path: Path, axis: int = 2) -> list[Frame]:
+def read_nifti(path: Path, axis: int = 2, convert=to_uint8) -> list[Frame]:
     """Every 2-D slice along `axis` of every volume (the 4th axis) of a NIfTI file."""
     import nibabel
 
     data = np.asanyarray(nibabel.load(path).dataobj)
     if data.ndim == 2:
-        return [Frame(path, to_uint8(data, str(path)))]
+        return [Frame(path, convert(data, str(path)))]
     if data.ndim not in (3, 4):
         raise DataError(f"{path}: expected a 2-D, 3-D or 4-D NIfTI image, got shape {data.shape}")
     if not 0 <= axis < 3:
@@ -130,11 +142,11 @@ def read_nifti(path: Path, axis: int = 2) -> list[Frame]:
             image = np.take(volume, s, axis=axis)
             label = f"v{v:02d}_s{s:03d}" if data.ndim == 4 else f"s{s:03d}"
             index = (v, s) if data.ndim == 4 else (s,)
-            out.append(Frame(path, to_uint8(image, f"{path} {label}"), label, index))
+            out.append(Frame(path, convert(image, f"{path} {label}"), label, index))
     return out
 
 
-def read_plain(path: Path) -> list[Frame]:
+def read_plain(path: Path, convert=to_uint8) -> list[Frame]:
     """A PNG/JPEG/BMP/TIFF image or a .npy array: one frame."""
     if path.name.lower().endswith(".npy"):
         array = np.load(path, allow_pickle=False)
@@ -142,24 +154,21 @@ def read_plain(path: Path) -> list[Frame]:
         from PIL import Image
 
         with Image.open(path) as img:
-            array = np.asarray(
-                img.convert("L" if img.mode in ("L", "I", "I;16", "F", "1") else "RGB")
-            )
+            if convert is to_ids and img.mode in ("L", "P", "I", "I;16", "1"):
+                array = np.asarray(img)  # class ids as stored (a palette image's indices)
+            else:
+                gray = img.mode in ("L", "I", "I;16", "F", "1")
+                array = np.asarray(img.convert("L" if gray else "RGB"))
     if array.ndim == 3 and array.shape[-1] == 4:
         array = array[..., :3]
     if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (1, 3)):
         raise DataError(f"{path}: expected a 2-D gray or RGB image, got shape {array.shape}")
-    return [
-        Frame(
-            path,
-            to_uint8(
-                array[..., 0] if array.ndim == 3 and array.shape[-1] == 1 else array, str(path)
-            ),
-        )
-    ]
+    return [Frame(path, convert(array[..., 0] if array.shape[-1:] == (1,) else array, str(path)))]
 
 
-def read_frames(path: Path, frame: int | None = None, axis: int = 2) -> list[Frame]:
+def read_frames(
+    path: Path, frame: int | None = None, axis: int = 2, scale: bool = True
+) -> list[Frame]:
     """Every 2-D frame of an image file (or only frame/slice number `frame`); DataError naming the
     file.
 
@@ -167,18 +176,21 @@ def read_frames(path: Path, frame: int | None = None, axis: int = 2) -> list[Fra
         path: a PNG/JPEG/BMP/TIFF, DICOM (.dcm), NIfTI (.nii, .nii.gz) or .npy file.
         frame: keep only this frame (DICOM) or slice (NIfTI, counted over every volume); None: all.
         axis: the NIfTI slice axis.
+        scale: scale every frame to 0..255 (images); False keeps the stored values (masks: class
+            ids, refused unless whole numbers in 0..255).
     """
     path = Path(path)
+    convert = to_uint8 if scale else to_ids
     if not path.is_file():
         raise DataError(f"{path}: image file not found")
     name = path.name.lower()
     try:
         if name.endswith(".dcm"):
-            frames = read_dicom(path)
+            frames = read_dicom(path, convert)
         elif name.endswith((".nii", ".nii.gz")):
-            frames = read_nifti(path, axis)
+            frames = read_nifti(path, axis, convert)
         else:
-            frames = read_plain(path)
+            frames = read_plain(path, convert)
     except DataError:
         raise
     except Exception as exc:

@@ -67,9 +67,11 @@ def check_superlink(address: str, ca: Path, wait: float = 0.0) -> None:
 
 
 def check_site_data(site: str, data: Path | str) -> Path:
-    """A site's own data file exists and holds train/val/test images with labels or masks (MedMNIST
-    layout)."""
+    """A site's own data exists: an npz file holding train/val/test images with labels or masks
+    (MedMNIST layout), or a folder of its own files (checked when the node reads it)."""
     path = Path(data).expanduser().resolve()
+    if path.is_dir():
+        return path
     if not path.is_file():
         raise DataError(f"site '{site}': data file {path} not found")
     with open_npz(path) as npz:

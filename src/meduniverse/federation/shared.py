@@ -110,7 +110,7 @@ def site_config(
             own.pop(key, None)
         path = Path(data).expanduser()
         path = path if path.is_absolute() else (base or Path.cwd()) / path
-        if not path.is_file():
+        if not path.exists():
             raise DataError(
                 f"site '{site}': data file {path} not found (this node's --node-config data)"
             )

@@ -16,6 +16,7 @@ import torch
 from meduniverse.core.config import InputSpec, PoolConfig, SiteConfig
 from meduniverse.core.errors import DataError
 from meduniverse.core.tasks import task_type
+from meduniverse.data.folders import read_folder
 from meduniverse.data.medmnist import medmnist_file
 from meduniverse.data.npz import check_images, open_npz, read_array, read_labelled_npz
 from meduniverse.data.splits import SPLITS, RawSplit, Split
@@ -59,19 +60,29 @@ def data_file(site: SiteConfig) -> Path:
 
 
 def read_raw(site: SiteConfig, seed: int = 0) -> dict[str, RawSplit]:
-    """All splits of a site as stored, checked."""
+    """All splits of a site as stored (npz file, folder of its own files, synthetic), checked."""
     if site.synthetic:
         return make_synthetic(site.synthetic, site.task, len(site.classes), seed)
+    if site.path is not None and site.path.is_dir():
+        return read_folder(
+            site.path,
+            site.task,
+            site.classes,
+            site.size,
+            site.split,
+            site.split_seed,
+            site.labels,
+            site.axis,
+        )
     return read_labelled_npz(data_file(site), site.task, len(site.classes))
 
 
 def read_raw_images(site: SiteConfig, seed: int = 0) -> dict[str, np.ndarray]:
     """Images of every split, never the labels: what the server may read of a pool site."""
-    if site.synthetic:
-        return {
-            k: v.images
-            for k, v in make_synthetic(site.synthetic, site.task, len(site.classes), seed).items()
-        }
+    if site.synthetic or (
+        site.path is not None and site.path.is_dir()
+    ):  # a folder's labels are its
+        return {k: v.images for k, v in read_raw(site, seed).items()}  # layout: read, then dropped
     path = data_file(site)
     with open_npz(path) as npz:
         return {
