@@ -266,6 +266,28 @@ def report_command(
     say(f"report: {page}")
 
 
+@app.command("serve")
+def serve_command(
+    model_dir: Path = typer.Argument(..., help="A run's model/ directory"),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on"),
+    port: int = typer.Option(8080, help="Port"),
+    device: str = typer.Option("auto", help="auto (CUDA if present), cpu or cuda"),
+) -> None:
+    """A web page to try the model on an image: class probabilities, or the mask over it."""
+    from meduniverse.core.device import resolve_device
+    from meduniverse.interfaces.serve import make_app
+    from meduniverse.models.io import load_model
+    from meduniverse.results.model_card import card_page
+
+    try:
+        model, card = load_model(model_dir)
+        app = make_app(model.to(resolve_device(device)), card, card_page(model_dir, card))
+    except MeduniverseError as exc:
+        fail(exc)
+    say(f"serving {model_dir} on http://{host}:{port} (Ctrl-C stops)")
+    app.run(host=host, port=port)
+
+
 @app.command("predict")
 def predict_command(
     model_dir: Path = typer.Argument(..., help="A run's model/ directory"),

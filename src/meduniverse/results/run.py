@@ -18,6 +18,7 @@ from meduniverse.federation.simulation import simulate
 from meduniverse.models.io import save_model
 from meduniverse.models.universal import build_model
 from meduniverse.results.document import results_document
+from meduniverse.results.model_card import write_model_card
 from meduniverse.sites.pool import Pool, build_pool, verify_disjoint
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -108,19 +109,23 @@ def finish_run(
     model = build_model(config)
     model.load_state_dict(ckpt.load_stage(last))
     save_model(model, config, Path(run_dir) / "model", {"stage": last, "seed": seed})
+    evaluation = ckpt.evaluation(last)
+    sizes = {site: int(m["num-examples"]) for site, m in evaluation.get("baseline", {}).items()}
     results = results_document(
         config,
-        {str(seed): ckpt.evaluation(last)},
+        {str(seed): evaluation},
         [seed],
         {
             "stages": ckpt.records(),
             "evaluation_seconds": ckpt.evaluation_seconds(),
             "run_seconds": time.perf_counter() - started,
+            "train_sizes": sizes,
             **(extra or {}),
         },
         commit,
     )
     write_json(Path(run_dir) / "results.json", results)
+    write_model_card(Path(run_dir) / "model", results, config)
     log.info("results written to %s", Path(run_dir) / "results.json")
     return results
 
