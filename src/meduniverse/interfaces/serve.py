@@ -24,6 +24,7 @@ MAX_UPLOAD = 64 * 1024 * 1024
 PAGE = """<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">
 <title>meduniverse: {title}</title>
 <style>{css} .result{{margin-top:1em}} .error{{color:#b00020}}
+#overlay{{width:384px;image-rendering:pixelated}}
 .bar{{background:#4c72b0;height:1em}}</style>
 </head><body><h1>meduniverse: {title}</h1>
 <p>A research model, not a medical device. <a id="card-link" href="/card">Model card</a></p>
