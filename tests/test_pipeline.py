@@ -259,3 +259,34 @@ def test_adapt_to_the_left_out_site_and_to_a_file(demo_experiment, tmp_path, sha
     )
     assert missing.exit_code == 1 and "not found" in missing.output
     assert not (tmp_path / "no").exists()
+
+
+@pytest.mark.slow
+def test_extend_adds_a_site_and_reports_the_old_tasks_before_and_after(tmp_path):
+    base = tmp_path / "base"
+    first = runner.invoke(
+        app, tiny("run", "--out", str(base), "--leave-out", "synthetic_cell_type")
+    )
+    assert first.exit_code == 0, first.output
+    args = [
+        "extend",
+        str(base),
+        "--config",
+        str(demo_config_path()),
+        "--out",
+        str(tmp_path / "ext"),
+        "--no-progress",
+        *(x for item in TINY for x in ("--set", item)),
+        "--set",
+        "method.stages=2",
+    ]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    results = json.loads((tmp_path / "ext" / "results.json").read_text())
+    assert results["extension"]["new_sites"] == ["synthetic_cell_type"]
+    assert set(results["extension"]["old_tasks"]) == set(results["tasks"]) - {"synthetic_cell_type"}
+    assert "universal" in results["tasks"]["synthetic_cell_type"]["arms"]
+    same = runner.invoke(
+        app, [*args[:6], "--no-progress", *(x for item in TINY for x in ("--set", item))]
+    )
+    assert same.exit_code == 1 and "method.stages must exceed" in same.output

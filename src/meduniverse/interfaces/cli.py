@@ -206,6 +206,29 @@ def adapt_command(
     say(f"results: {out_dir / 'results.json'}")
 
 
+@app.command("extend")
+def extend_command(
+    run_dir: Path = typer.Argument(..., help="A finished run directory"),
+    config: Path = typer.Option(
+        ..., help="The federation with the new sites (every old site kept)"
+    ),
+    out_dir: Path = typer.Option(..., "--out", help="New run directory (re-use it to resume)"),
+    overrides: list[str] = typer.Option([], "--set", help="Override a setting"),
+    progress: bool = typer.Option(True, help="Show progress bars"),
+) -> None:
+    """Add new sites (new heads) to a trained federation and run further stages from its model."""
+    from meduniverse.results.extend import extend
+
+    try:
+        results = extend(run_dir, load_config(config, overrides), out_dir, progress)
+    except MeduniverseError as exc:
+        fail(exc)
+    print_table(format_table(results), f"{results['config']['name']}: after the extension")
+    for site, m in results["extension"]["old_tasks"].items():
+        say(f"{site}: universal {m['before']:.3f} before, {m['after']:.3f} after")
+    say(f"results: {out_dir / 'results.json'}")
+
+
 @app.command("sites")
 def sites_command(
     config: Path = typer.Argument(..., help="Federation TOML file"),
