@@ -135,7 +135,7 @@ def test_a_failing_site_stops_the_stage_and_a_rerun_resumes_from_the_last_checkp
         return real_train(model, name, splits, method, schedule, seed, *args)
 
     monkeypatch.setattr(client_module, "train_site", failing)
-    with pytest.raises(StageError, match=f"stage 2.*{victim}.*disk on fire"):
+    with pytest.raises(StageError, match=f"stage 2.*{victim}.*internal error"):
         federate(config, run_dir)
     ckpt = Checkpoints(run_dir)
     assert ckpt.last_stage() == 1

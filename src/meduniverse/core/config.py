@@ -4,13 +4,18 @@ from TOML."""
 
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+import re
 from typing import Any
 
 from meduniverse.core.arms import Arm, selected_arms
 from meduniverse.core.errors import ConfigError
 from meduniverse.core.tasks import task_type
 
-MEAN, STD = 0.5, 0.25  # every input: x/255, then (x - MEAN) / STD
+MEAN, STD = 0.5, 0.25
+# a site's name: it names files, keys and log lines, so letters, digits, '_' and '-' only
+SITE_NAME = re.compile(
+    r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}"
+)  # every input: x/255, then (x - MEAN) / STD
 
 VARIANTS = ("distil_only", "average_then_distil")
 SCHEDULES = ("mixed", "round_robin")
@@ -151,6 +156,7 @@ class RuntimeConfig:
     threads_per_site: int = 1
     server_threads: int = 2
     min_sites: int = 0  # 0: every site must answer each stage
+    update_norm_band: float = 10.0  # an update moving the encoder more than this x the median: out
     reply_timeout: float = 3600.0
 
 

@@ -13,6 +13,7 @@ from meduniverse.core.config import (
     LOCAL_TRAINING,
     LR_SCHEDULES,
     SCHEDULES,
+    SITE_NAME,
     VARIANTS,
     CompetitorsConfig,
     FederationConfig,
@@ -145,6 +146,11 @@ def check_config(config: FederationConfig) -> None:
     if len(set(names)) != len(names):
         raise ConfigError(f"{src}: site names must be unique, got {names}")
     for s in config.sites:
+        if not SITE_NAME.fullmatch(s.name):
+            raise ConfigError(
+                f"{src}: site name {s.name!r}: use letters, digits, '_' and '-' only "
+                "(at most 64), starting with a letter or digit"
+            )
         where = f"{src}: site '{s.name}'"
         _choice(s.task, tuple(TASK_TYPES), f"{where}: task")
         kind = TASK_TYPES[s.task]

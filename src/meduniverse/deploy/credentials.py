@@ -2,23 +2,21 @@
 P-384, registered with the SuperLink) and a TLS certificate for the node's own local API."""
 
 from pathlib import Path
-import re
 import secrets
 import shutil
 import socket
 
+from meduniverse.core.config import SITE_NAME
 from meduniverse.core.errors import DeployError
 from meduniverse.deploy.environment import finish_dir, new_dir, run_tool
-
-SITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 def _check_sites(sites: list[str]) -> list[str]:
     if not sites:
         raise DeployError("name at least one site")
     for name in sites:
-        if not SITE_NAME.match(name):
-            raise DeployError(f"site name '{name}': use letters, digits, '_', '.' and '-' only")
+        if not SITE_NAME.fullmatch(name):
+            raise DeployError(f"site name '{name}': use letters, digits, '_' and '-' only")
     if len(set(sites)) != len(sites):
         raise DeployError(f"site names repeat: {sites}")
     return sites

@@ -9,6 +9,7 @@ import numpy as np
 import tomli_w
 
 from meduniverse.core.config import FederationConfig
+from meduniverse.core.errors import DeployError
 from meduniverse.core.tasks import task_type
 from meduniverse.deploy.environment import finish_dir, new_dir
 from meduniverse.federation.shared import shared_document
@@ -54,7 +55,12 @@ def prepare(config: FederationConfig, out: Path) -> Path:
             for split, raw in private_raw(site, config.pool, config.seed).items():
                 arrays[f"{split}_images"] = raw.images
                 arrays[f"{split}_{task_type(site.task).target_key}"] = raw.targets
-            np.savez(tmp / "sites" / f"{site.name}.npz", **arrays)
+            target = tmp / "sites" / f"{site.name}.npz"
+            if target.resolve().parent != (tmp / "sites").resolve():  # names are checked; still
+                raise DeployError(f"site '{site.name}': its file would leave {out}")
+            with target.open("wb") as private:  # only the owner may read a site's private data
+                target.chmod(0o600)
+                np.savez(private, **arrays)
         text = (
             "# The shared federation for a deployment (meduniverse deploy prepare): every party "
             "may read it.\n"

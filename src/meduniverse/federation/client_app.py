@@ -7,14 +7,17 @@ sends).
 from collections.abc import Callable
 import time
 
-from flwr.app import ConfigRecord, Context, Message
+from flwr.app import ConfigRecord, Context, Error, Message
 from flwr.clientapp import ClientApp
 import torch
 
 from meduniverse.core.config import FederationConfig, SiteConfig
 from meduniverse.core.device import Compute
+from meduniverse.core.errors import DataError, PrivacyError, StageError
+from meduniverse.core.progress import log
 from meduniverse.core.tasks import task_type
 from meduniverse.federation.messages import ARRAYS, CONFIG, from_arrays, reply
+from meduniverse.federation.schema import ERROR_CODES, error_reason
 from meduniverse.method.loop import TrainStats
 from meduniverse.method.personal import train_ditto, train_fedrep
 from meduniverse.method.site import evaluate_arm, train_site
@@ -38,6 +41,19 @@ def site_of(context: Context, config: FederationConfig) -> SiteConfig:
     if "site" in context.node_config:
         return config.site(str(context.node_config["site"]))
     return config.sites[int(context.node_config["partition-id"])]
+
+
+def error_code(exc: BaseException) -> str:
+    """The fixed code an exception is reported under (its text stays at the site)."""
+    if isinstance(exc, DataError):
+        return "data"
+    if isinstance(exc, PrivacyError):
+        return "privacy"
+    if isinstance(exc, StageError):
+        return "stage"
+    if isinstance(exc, MemoryError):
+        return "resources"
+    return "internal"
 
 
 def site_data(context: Context, config: FederationConfig, device: torch.device) -> SiteData:
@@ -76,7 +92,7 @@ def describe(data: SiteData) -> dict[str, int]:
 
 def handle_query(msg: Message, config: FederationConfig, data: SiteData) -> Message:
     """Handshake: which site this node is and its split sizes (counts only)."""
-    return reply(msg, describe(data), info={"site": data.name, "task": data.task})
+    return reply(msg, data.task, describe(data), info={"site": data.name, "task": data.task})
 
 
 def handle_train(msg: Message, config: FederationConfig, data: SiteData) -> Message:
@@ -105,7 +121,7 @@ def handle_train(msg: Message, config: FederationConfig, data: SiteData) -> Mess
         f"val-{key}": evaluate(model, data.name, data.splits["val"])[key],
         f"test-{key}": evaluate(model, data.name, data.splits["test"])[key],
     }
-    return reply(msg, metrics, state={**model.state_dict(), **extra})
+    return reply(msg, data.task, metrics, state={**model.state_dict(), **extra}, sent=received)
 
 
 def local_update(
@@ -157,7 +173,7 @@ def handle_evaluate(msg: Message, config: FederationConfig, data: SiteData) -> M
         model, data.name, data.splits, str(settings["mode"]), config.method, config.finetune, seed
     )
     metrics["seconds"] = time.perf_counter() - start
-    return reply(msg, metrics)
+    return reply(msg, data.task, metrics)
 
 
 def make_client_app(get_config: ConfigSource) -> ClientApp:
@@ -168,11 +184,24 @@ def make_client_app(get_config: ConfigSource) -> ClientApp:
         handler: Callable[[Message, FederationConfig, SiteData], Message],
     ) -> Callable[[Message, Context], Message]:
         def wrapped(msg: Message, context: Context) -> Message:
-            config = get_config(context)
-            torch.set_num_threads(config.runtime.threads_per_site)
-            compute = Compute.of(config.runtime)
-            with compute.autocast():
-                return handler(msg, config, site_data(context, config, compute.device))
+            try:
+                config = get_config(context)
+                site = site_of(context, config).name
+            except Exception as exc:  # no configuration: not even the site's name is known
+                log.error("site failed before its data was read: %s", exc, exc_info=True)
+                return Message(
+                    Error(ERROR_CODES[error_code(exc)], "site '?': configuration error"),
+                    reply_to=msg,
+                )
+            try:
+                torch.set_num_threads(config.runtime.threads_per_site)
+                compute = Compute.of(config.runtime)
+                with compute.autocast():
+                    return handler(msg, config, site_data(context, config, compute.device))
+            except Exception as exc:  # the details stay in the site's own log
+                log.error("site '%s' failed: %s", site, exc, exc_info=True)
+                code = error_code(exc)
+                return Message(Error(ERROR_CODES[code], error_reason(site, code)), reply_to=msg)
 
         return wrapped
 

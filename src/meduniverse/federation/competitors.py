@@ -38,6 +38,7 @@ class SiteHeads:
         roster: node id -> site name.
         seed: the run's seed; stage s sends `derive_seed(seed, s)`.
         min_sites: fewest usable site models a stage accepts (0: every site).
+        band: the outlier rule of `accept_updates` (`runtime.update_norm_band`).
         site_local: encoder keys that stay at each site (FedBN: the normalisation layers); a site's
             personal model (Ditto's `personal.` keys) always does.
         local_settings: more settings for the sites' local update ('local-mode': 'fedrep' or
@@ -53,6 +54,7 @@ class SiteHeads:
         roster: dict[int, str],
         seed: int,
         min_sites: int = 0,
+        band: float = 10.0,
         site_local: set[str] | frozenset[str] = frozenset(),
         local_settings: dict[str, str | float] | None = None,
         **strategy_args,
@@ -72,6 +74,7 @@ class SiteHeads:
             set(site_local),
         )
         self.local_settings = dict(local_settings or {})
+        self.band = band
         self.previous: dict[str, torch.Tensor] = {}
         self.reports: dict[int, dict] = {}
 
@@ -106,7 +109,7 @@ class SiteHeads:
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         report: dict = {}
         accepted = accept_updates(
-            server_round, replies, self.roster, self.previous, self.min_sites, report
+            server_round, replies, self.roster, self.previous, self.min_sites, report, self.band
         )
         state, shared_replies = dict(self.previous), []
         for update, msg in accepted:
@@ -145,27 +148,39 @@ Factory = Callable[[dict[int, str], int, FederationConfig], SiteHeads]
 
 STRATEGIES: dict[str, Factory] = {
     "fedavg": lambda roster, seed, config: FedAvgSiteHeads(
-        "fedavg", roster, seed, config.runtime.min_sites
+        "fedavg", roster, seed, config.runtime.min_sites, band=config.runtime.update_norm_band
     ),
     "fedprox": lambda roster, seed, config: FedProxSiteHeads(
         "fedprox",
         roster,
         seed,
         config.runtime.min_sites,
+        band=config.runtime.update_norm_band,
         proximal_mu=config.competitors.proximal_mu,
     ),
     "fedbn": lambda roster, seed, config: FedAvgSiteHeads(
-        "fedbn", roster, seed, config.runtime.min_sites, site_local=norm_keys(build_model(config))
+        "fedbn",
+        roster,
+        seed,
+        config.runtime.min_sites,
+        band=config.runtime.update_norm_band,
+        site_local=norm_keys(build_model(config)),
     ),
     "ditto": lambda roster, seed, config: FedAvgSiteHeads(
         "ditto",
         roster,
         seed,
         config.runtime.min_sites,
+        band=config.runtime.update_norm_band,
         local_settings={"local-mode": "ditto", "ditto-lambda": config.competitors.ditto_lambda},
     ),
     "fedrep": lambda roster, seed, config: FedAvgSiteHeads(
-        "fedrep", roster, seed, config.runtime.min_sites, local_settings={"local-mode": "fedrep"}
+        "fedrep",
+        roster,
+        seed,
+        config.runtime.min_sites,
+        band=config.runtime.update_norm_band,
+        local_settings={"local-mode": "fedrep"},
     ),
 }
 

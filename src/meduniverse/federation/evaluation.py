@@ -13,8 +13,15 @@ from meduniverse.core.config import FederationConfig
 from meduniverse.core.errors import StageError
 from meduniverse.core.progress import RunProgress, log
 from meduniverse.federation.exchange import exchange_with_progress
-from meduniverse.federation.messages import METRICS, request
-from meduniverse.federation.strategy import brief
+from meduniverse.federation.messages import (
+    ARRAYS,
+    CONFIG,
+    METRICS,
+    error_text,
+    from_arrays,
+    request,
+)
+from meduniverse.federation.schema import EVALUATE, check_reply
 from meduniverse.models.universal import encoder_part, personal_part, site_state
 
 
@@ -64,9 +71,16 @@ def evaluate_arm(
     for msg in replies:
         site = roster[msg.metadata.src_node_id]
         if msg.has_error():
-            failed[site] = f"failed: {brief(msg.error.reason)}"
+            failed[site] = f"failed: {error_text(msg)}"
             continue
-        out[site] = dict(msg.content[METRICS])
+        metrics, task = dict(msg.content.get(METRICS, {})), config.site(site).task
+        info = dict(msg.content.get(CONFIG, {})) or None
+        weights = from_arrays(msg.content[ARRAYS]) if ARRAYS in msg.content else None
+        problems = check_reply(EVALUATE, task, metrics, info, weights, None)
+        if problems:
+            failed[site] = f"reply refused: {'; '.join(problems)}"
+            continue
+        out[site] = metrics
     for site in sorted(set(roster.values()) - set(out) - set(failed)):
         failed[site] = "no reply (dropped out)"
     if len(out) < (

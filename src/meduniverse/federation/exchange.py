@@ -10,8 +10,8 @@ from flwr.serverapp import Grid
 from meduniverse.core.config import FederationConfig
 from meduniverse.core.errors import StageError
 from meduniverse.core.progress import RunProgress
-from meduniverse.federation.messages import CONFIG, request
-from meduniverse.federation.strategy import brief
+from meduniverse.federation.messages import CONFIG, METRICS, error_text, request
+from meduniverse.federation.schema import QUERY, check_reply
 
 
 def exchange(
@@ -91,19 +91,43 @@ def wait_for_nodes(grid: Grid, count: int, timeout: float) -> list[int]:
     return nodes
 
 
-def handshake(grid: Grid, config: FederationConfig) -> dict[int, str]:
-    """Ask every node which site it is; every configured site must answer exactly once."""
+class Roster(dict[int, str]):
+    """node id -> site name, in the configuration's order; each site's task type (`tasks`) and its
+    train-split size as its handshake gave it (`train_sizes`, the bound of its `num-examples`)."""
+
+    def __init__(
+        self, items: list[tuple[int, str]], tasks: dict[str, str], train_sizes: dict[str, int]
+    ):
+        super().__init__(items)
+        self.tasks, self.train_sizes = tasks, train_sizes
+
+
+def handshake(grid: Grid, config: FederationConfig) -> Roster:
+    """Ask every node which site it is; every configured site must answer exactly once, with a
+    reply that keeps to the protocol."""
     nodes = wait_for_nodes(grid, len(config.sites), config.runtime.reply_timeout)
     replies = exchange(
         grid, [request(MessageType.QUERY, n, {}) for n in nodes], config.runtime.reply_timeout
     )
-    roster = {}
+    roster, sizes, tasks = {}, {}, {s.name: s.task for s in config.sites}
     for msg in replies:
         if msg.has_error():
             raise StageError(
-                f"handshake: node {msg.metadata.src_node_id} failed: {brief(msg.error.reason)}"
+                f"handshake: node {msg.metadata.src_node_id} failed: {error_text(msg)}"
             )
-        roster[msg.metadata.src_node_id] = str(msg.content[CONFIG]["site"])
+        info, metrics = dict(msg.content.get(CONFIG, {})), dict(msg.content[METRICS])
+        site = str(info.get("site"))
+        problems = (
+            ["not a site of the federation"]
+            if site not in tasks
+            else check_reply(QUERY, tasks[site], metrics, info, None, None)
+        )
+        if problems or info.get("task") != tasks.get(site):
+            raise StageError(
+                f"handshake: node {msg.metadata.src_node_id}: reply refused "
+                f"({'; '.join(problems) or 'wrong task type'})"
+            )
+        roster[msg.metadata.src_node_id], sizes[site] = site, int(metrics["num-train"])
     missing = {s.name for s in config.sites} - set(roster.values())
     if missing or len(set(roster.values())) != len(roster):
         raise StageError(
@@ -113,7 +137,7 @@ def handshake(grid: Grid, config: FederationConfig) -> dict[int, str]:
     order = [
         s.name for s in config.sites
     ]  # the configuration's order, not the order the nodes answered in
-    return dict(sorted(roster.items(), key=lambda item: order.index(item[1])))
+    return Roster(sorted(roster.items(), key=lambda item: order.index(item[1])), tasks, sizes)
 
 
 def message_bytes(msg: Message) -> int:

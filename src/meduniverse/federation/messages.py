@@ -4,6 +4,9 @@ scalars (MetricRecord)."""
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 import torch
 
+from meduniverse.core.errors import PrivacyError
+from meduniverse.federation.schema import ERROR_REASON, check_reply
+
 ARRAYS, CONFIG, METRICS = "arrays", "config", "metrics"
 
 
@@ -34,22 +37,46 @@ def request(
 
 def reply(
     to: Message,
+    task: str,
     metrics: dict[str, float | int],
     state: dict[str, torch.Tensor] | None = None,
     info: dict[str, str] | None = None,
+    sent: dict[str, torch.Tensor] | None = None,
 ) -> Message:
     """A site -> server message: optional weights, scalar metrics and short text fields; nothing
-    else.
+    else, and only what the protocol allows (`meduniverse.federation.schema`): PrivacyError
+    otherwise, before anything leaves.
 
     Args:
-        to: the request answered.
+        to: the request answered (its message type decides the schema).
+        task: the site's task type (its metric names).
         metrics: scalar metrics.
         state: the site model's weights (train replies only).
         info: short text fields (the handshake's site name and task type).
+        sent: the weights the server sent (what `state` must match in keys and shapes).
     """
+    problems = check_reply(to.metadata.message_type, task, metrics, info, state, sent)
+    if problems:
+        raise PrivacyError(f"reply not sent, it breaks the protocol: {'; '.join(problems)}")
     content = RecordDict({METRICS: MetricRecord(metrics)})
     if state is not None:
         content[ARRAYS] = to_arrays(state)
     if info is not None:
         content[CONFIG] = ConfigRecord(info)
     return Message(content=content, reply_to=to)
+
+
+def error_text(msg: Message) -> str:
+    """What the server keeps of an error reply: the fixed form `schema.error_reason` makes, or a
+    note that the reply was refused (free text from a site could carry its data)."""
+    reason = brief(msg.error.reason)
+    if ERROR_REASON.fullmatch(reason):
+        return reason
+    return f"error reply refused: it carries free text (code {msg.error.code})"
+
+
+def brief(reason: str, limit: int = 300) -> str:
+    """The useful end of a ClientApp error (Ray wraps it in several tracebacks)."""
+    text = reason.rsplit("Message: ", 1)[-1].strip().strip("'>").strip()
+    lines = [line for line in text.splitlines() if line.strip()]
+    return (lines[-1] if lines else text)[:limit]

@@ -233,7 +233,8 @@ def _serve(
         lambda prev, updates, s, on_step: step(prev, updates, seed=s, on_step=on_step),
         seed,
         config.runtime.min_sites,
-        progress.phase,
+        band=config.runtime.update_norm_band,
+        phase=progress.phase,
     )
     run_stages(
         grid,

@@ -4,19 +4,31 @@ live here too.
 """
 
 from collections.abc import Callable, Iterable
+import math
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
+import numpy as np
 import torch
 
 from meduniverse.core.errors import StageError
 from meduniverse.core.progress import log
 from meduniverse.core.seeds import derive_seed
-from meduniverse.federation.messages import ARRAYS, METRICS, from_arrays, request, to_arrays
+from meduniverse.federation.exchange import Roster
+from meduniverse.federation.messages import (
+    ARRAYS,
+    CONFIG,
+    METRICS,
+    error_text,
+    from_arrays,
+    request,
+    to_arrays,
+)
+from meduniverse.federation.schema import TRAIN, check_reply
 from meduniverse.method.loop import StepCallback, TrainStats
 from meduniverse.method.server import SiteUpdate, update_problem
-from meduniverse.models.universal import part_of, site_state
+from meduniverse.models.universal import encoder_part, part_of, site_state
 
 ServerStep = Callable[
     [dict[str, torch.Tensor], list[SiteUpdate], int, StepCallback | None],
@@ -25,31 +37,33 @@ ServerStep = Callable[
 Phase = Callable[[str], StepCallback]
 
 
-def brief(reason: str, limit: int = 300) -> str:
-    """The useful end of a ClientApp error (Ray wraps it in several tracebacks)."""
-    text = reason.rsplit("Message: ", 1)[-1].strip().strip("'>").strip()
-    lines = [line for line in text.splitlines() if line.strip()]
-    return (lines[-1] if lines else text)[:limit]
-
-
 def accept_updates(
     stage: int,
     replies: Iterable[Message],
-    roster: dict[int, str],
+    roster: Roster,
     previous: dict[str, torch.Tensor],
     minimum: int,
     report: dict,
+    band: float = 10.0,
 ) -> list[tuple[SiteUpdate, Message]]:
-    """Site models that may be aggregated; errors, missing replies and poisoned weights are logged
-    and dropped.
+    """Site models that may be aggregated: the server trusts nothing a site sends. Errors, missing
+    replies, replies that break the protocol (`meduniverse.federation.schema`), `num-examples`
+    outside 1..the site's handshake size, poisoned weights and outlying updates are logged and
+    dropped.
+
+    The outlier rule: with three or more usable updates, an update whose change of the shared
+    encoder (its distance to the encoder sent) exceeds `band` times the median change of this stage
+    is rejected; it catches scaled, sign-flipped and random updates, which move the encoder far
+    more than training does.
 
     Args:
         stage: for the log and errors.
         replies: the stage's replies, in roster order.
-        roster: node id -> site name.
+        roster: node id -> site name, with each site's task type and train-split size.
         previous: the state the sites were sent (each update is checked against its site's part).
         minimum: fewest usable updates (0: every site); fewer raise StageError.
         report: receives 'sites' (each accepted site's metrics) and 'rejected' (site -> why).
+        band: the outlier rule's factor (`runtime.update_norm_band`).
     """
     accepted, dropped, rejected = [], dict(roster), {}
     for msg in replies:
@@ -58,7 +72,11 @@ def accept_updates(
             continue
         dropped.pop(msg.metadata.src_node_id, None)
         if msg.has_error():
-            rejected[site] = f"failed: {brief(msg.error.reason)}"
+            rejected[site] = f"failed: {error_text(msg)}"
+            continue
+        why = reply_problem(msg, site, roster, site_state(previous, site))
+        if why:
+            rejected[site] = why
             continue
         update = SiteUpdate(
             site, from_arrays(msg.content[ARRAYS]), int(msg.content[METRICS]["num-examples"])
@@ -68,7 +86,11 @@ def accept_updates(
             rejected[site] = f"update rejected: {problem}"
             continue
         accepted.append((update, msg))
-        report.setdefault("sites", {})[site] = dict(msg.content[METRICS])
+    for site, why in outlying(accepted, previous, band).items():
+        rejected[site] = why
+    accepted = [(u, m) for u, m in accepted if u.site not in rejected]
+    for update, msg in accepted:
+        report.setdefault("sites", {})[update.site] = dict(msg.content[METRICS])
     for site in dropped.values():
         rejected[site] = "no reply (dropped out)"
     for site, why in rejected.items():
@@ -83,6 +105,55 @@ def accept_updates(
     return accepted
 
 
+def reply_problem(msg: Message, site: str, roster: Roster, sent: dict[str, torch.Tensor]) -> str:
+    """Why a training reply is refused ('' if it is not): the protocol's schema, `num-examples`."""
+    task = roster.tasks.get(site) if isinstance(roster, Roster) else None
+    if task is None:
+        return "reply refused: the site's task type is unknown"
+    weights = from_arrays(msg.content[ARRAYS]) if ARRAYS in msg.content else None
+    metrics = dict(msg.content.get(METRICS, {}))
+    problems = check_reply(
+        TRAIN,
+        task,
+        metrics,
+        dict(msg.content.get(CONFIG, {})) or None,
+        weights,
+        part_of(sent, site),
+    )
+    if problems:
+        return f"reply refused: {'; '.join(problems)}"
+    size = roster.train_sizes.get(site, 0)
+    if not 1 <= metrics["num-examples"] <= size:
+        return f"reply refused: num-examples {metrics['num-examples']} outside 1..{size}"
+    return ""
+
+
+def outlying(
+    accepted: list[tuple[SiteUpdate, Message]], previous: dict[str, torch.Tensor], band: float
+) -> dict[str, str]:
+    """Updates whose encoder moved more than `band` times this stage's median (three or more)."""
+    if len(accepted) < 3:
+        return {}
+    sent = encoder_part(previous)
+    change = {
+        u.site: math.sqrt(
+            sum(
+                float((u.state[k].double() - v.double()).pow(2).sum())
+                for k, v in sent.items()
+                if k in u.state
+            )
+        )
+        for u, _ in accepted
+    }
+    median = float(np.median(list(change.values())))
+    return {
+        site: f"update rejected: its encoder moved {c:.3g}, over {band:g} times the median "
+        f"change {median:.3g} of this stage"
+        for site, c in change.items()
+        if c > band * max(median, 1e-12)
+    }
+
+
 class UniversalDistillation(FedAvg):
     """Each stage: send G_{s-1}'s encoder + head k to site k; distil the returned site models on the
     pool.
@@ -94,6 +165,7 @@ class UniversalDistillation(FedAvg):
             stats).
         seed: the run's seed; stage s sends and distils with `derive_seed(seed, s)`.
         min_sites: fewest usable site models a stage accepts (0: every site).
+        band: the outlier rule of `accept_updates` (`runtime.update_norm_band`).
         phase: makes the progress callback of a stage's distillation from its description (None: no
             progress).
 
@@ -105,10 +177,11 @@ class UniversalDistillation(FedAvg):
 
     def __init__(
         self,
-        roster: dict[int, str],
+        roster: Roster,
         server_step: ServerStep,
         seed: int,
         min_sites: int = 0,
+        band: float = 10.0,
         phase: Phase | None = None,
     ):
         super().__init__(
@@ -124,6 +197,7 @@ class UniversalDistillation(FedAvg):
             min_sites,
             phase,
         )
+        self.band = band
         self.previous: dict[str, torch.Tensor] = {}
         self.reports: dict[int, dict] = {}
 
@@ -147,7 +221,7 @@ class UniversalDistillation(FedAvg):
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         report: dict = {}
         accepted = accept_updates(
-            server_round, replies, self.roster, self.previous, self.min_sites, report
+            server_round, replies, self.roster, self.previous, self.min_sites, report, self.band
         )
         updates = [u for u, _ in accepted]
         on_step = (

@@ -1,0 +1,161 @@
+"""What a site may send, per message type: exact metric keys with their types, the site model's own
+weights where the protocol sends weights, and fixed error codes instead of free text.
+
+The ClientApp checks every reply against this before it leaves (`check_reply` in `messages.reply`),
+and the server checks every reply it receives against it again: a leak dressed as scalars (extra
+metrics, per-example outputs, a label histogram, an image as numbers), an image in a head's weights
+(values far beyond the weights sent) or data in an error's text is refused on both sides. What no
+schema can exclude is information hidden at small amplitude in the weights themselves; differential
+privacy is the remedy for that.
+"""
+
+from dataclasses import dataclass
+import re
+
+import torch
+
+from meduniverse.core.tasks import task_type
+from meduniverse.models.universal import PERSONAL_PREFIX
+
+QUERY, TRAIN, EVALUATE = "query", "train", "evaluate"
+ERROR_CODES = {
+    "data": 1001,
+    "stage": 1002,
+    "resources": 1003,
+    "privacy": 1004,
+    "internal": 1005,
+}  # not Flower's
+WEIGHT_RANGE = 10.0  # a sent weight may be at most this many times the largest weight received, +1
+COUNTS = ("num-train", "num-val", "num-test")
+
+
+@dataclass(frozen=True)
+class Schema:
+    """A message type's reply: required and optional metric keys (int-valued ones named), whether it
+    carries weights, and its text fields."""
+
+    required: frozenset[str]
+    optional: frozenset[str] = frozenset()
+    integers: frozenset[str] = frozenset()
+    weights: bool = False
+    info: frozenset[str] = frozenset()
+
+
+def schema(message_type: str, task: str) -> Schema:
+    """The reply schema of a message type for a site of task type `task`."""
+    kind = task_type(task)
+    key, second = kind.primary, kind.secondary
+    if message_type == QUERY:
+        return Schema(
+            frozenset(COUNTS), integers=frozenset(COUNTS), info=frozenset({"site", "task"})
+        )
+    if message_type == TRAIN:
+        required = {
+            "num-examples",
+            "train-loss",
+            "train-seconds",
+            "train-images-per-second",
+            f"received-val-{key}",
+            f"val-{key}",
+            f"test-{key}",
+        }
+        return Schema(frozenset(required), integers=frozenset({"num-examples"}), weights=True)
+    if message_type == EVALUATE:
+        required = {
+            "num-examples",
+            "seconds",
+            *(f"{s}-{m}" for s in ("val", "test") for m in (key, second)),
+        }
+        optional = {"best-epoch", "epochs"}
+        return Schema(
+            frozenset(required), frozenset(optional), frozenset({"num-examples", *optional})
+        )
+    raise ValueError(f"no reply schema for message type '{message_type}'")
+
+
+def metric_problems(found: dict, expected: Schema) -> list[str]:
+    """Why metrics break the schema: missing or unexpected keys (counted, never named: a key name
+    could itself carry data), wrong types."""
+    problems = []
+    missing, extra = (
+        expected.required - set(found),
+        set(found) - expected.required - expected.optional,
+    )
+    if missing:
+        problems.append(f"{len(missing)} required metric(s) missing")
+    if extra:
+        problems.append(f"{len(extra)} metric(s) the protocol does not send")
+    for name, value in found.items():
+        if name in extra:
+            continue
+        if name in expected.integers:
+            if not isinstance(value, int) or isinstance(value, bool):
+                problems.append(f"metric '{name}' must be an integer")
+        elif not isinstance(value, float | int) or isinstance(value, bool):
+            problems.append(f"metric '{name}' must be a number")
+    return problems
+
+
+def weight_problems(found: dict[str, torch.Tensor], sent: dict[str, torch.Tensor]) -> list[str]:
+    """Why weights break the protocol: not exactly the site model's keys (its personal copy too,
+    for Ditto), other shapes, or values beyond WEIGHT_RANGE times the largest weight sent (+1)."""
+    allowed = {**sent, **{f"{PERSONAL_PREFIX}{k}": v for k, v in sent.items()}}
+    if not set(sent) <= set(found) or not set(found) <= set(allowed):
+        return [f"weights are not the site model's own ({len(set(found) ^ set(sent))} keys differ)"]
+    problems = []
+    for name, value in found.items():
+        reference = allowed[name]
+        if value.shape != reference.shape or not value.is_floating_point():
+            problems.append(
+                f"weights '{name}' have shape {tuple(value.shape)}, expected "
+                f"{tuple(reference.shape)}"
+            )
+            continue
+        bound = WEIGHT_RANGE * float(reference.abs().max()) + 1.0
+        top = float(value.abs().max()) if value.numel() else 0.0
+        if not torch.isfinite(value).all():
+            problems.append(f"weights '{name}' hold NaN or inf")
+        elif top > bound:
+            problems.append(f"weights '{name}' reach {top:.3g}, beyond {bound:.3g}")
+    return problems
+
+
+def check_reply(
+    message_type: str,
+    task: str,
+    metrics: dict,
+    info: dict | None,
+    weights: dict[str, torch.Tensor] | None,
+    sent: dict[str, torch.Tensor] | None,
+) -> list[str]:
+    """Every way a reply breaks its schema (empty: it conforms).
+
+    Args:
+        message_type: 'query', 'train' or 'evaluate'.
+        task: the site's task type.
+        metrics: the reply's scalar metrics.
+        info: its text fields (None: none).
+        weights: its weights (None: none).
+        sent: the weights the server sent for the site's model (train replies).
+    """
+    expected = schema(message_type, task)
+    problems = metric_problems(metrics, expected)
+    if set(info or {}) != expected.info:
+        problems.append("text fields are not the protocol's")
+    if (weights is not None) != expected.weights:
+        problems.append(
+            "weights where the protocol sends none" if weights is not None else "weights missing"
+        )
+    elif weights is not None:
+        problems += weight_problems(weights, sent or {})
+    return problems
+
+
+ERROR_REASON = re.compile(
+    r"site '[A-Za-z0-9_?-]+': (?:" + "|".join(ERROR_CODES) + r") error \(code \d+\)"
+)
+
+
+def error_reason(site: str, code: str) -> str:
+    """The only text an error reply carries: the site's name and a fixed code."""
+    return f"site '{site}': {code} error (code {ERROR_CODES[code]})"
