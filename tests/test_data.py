@@ -12,14 +12,9 @@ from meduniverse.core.errors import DataError, PrivacyError
 from meduniverse.data.medmnist import medmnist_file
 from meduniverse.data.npz import read_labelled_npz
 from meduniverse.data.transforms import images_to_spec, masks_to_spec
+from meduniverse.sites.duplicates import duplicate_keys, image_hashes, near_pairs, signatures
 from meduniverse.sites.pool import build_pool, verify_disjoint
-from meduniverse.sites.sources import (
-    image_hashes,
-    load_site,
-    pool_indices,
-    read_raw_images,
-    split_hashes,
-)
+from meduniverse.sites.sources import load_site, pool_indices, read_raw_images
 
 
 def test_every_shared8_site_loads_at_its_input_spec(shared8_config):
@@ -41,7 +36,7 @@ def test_pool_takes_its_fraction_and_never_a_copy_of_a_private_image(shared8_con
         "pneumonia_xray"
     )  # has byte-identical images inside train and across splits
     images = read_raw_images(site)
-    lent = pool_indices(split_hashes(images), 0.2, 0)
+    lent = pool_indices(duplicate_keys(images, 0.999), 0.2, 0)
     assert abs(len(lent) - 0.2 * len(images["train"])) <= 20
     private = np.setdiff1d(np.arange(len(images["train"])), lent)
     pool_hashes = set(image_hashes(images["train"][lent]))
@@ -55,6 +50,21 @@ def test_pool_takes_its_fraction_and_never_a_copy_of_a_private_image(shared8_con
     assert len(data.splits["train"]) == len(private)
 
 
+def test_the_pool_takes_no_near_copy_of_a_private_image(shared8_config):
+    site = shared8_config.site("breast_us")  # re-saved near-copies that byte hashes miss
+    images = read_raw_images(site)
+    exact = pool_indices(duplicate_keys(images, 0.0), 0.2, 0)
+    near = pool_indices(duplicate_keys(images, 0.999), 0.2, 0)
+
+    def near_copies(lent):
+        rest = np.setdiff1d(np.arange(len(images["train"])), lent)
+        private = np.concatenate([images["train"][rest], images["val"], images["test"]])
+        return len(near_pairs(signatures(images["train"][lent]), signatures(private), 0.999))
+
+    assert near_copies(near) == 0
+    assert near_copies(exact) > 0  # the check can fail: byte hashes alone let near-copies through
+
+
 def test_verify_disjoint_passes_on_shared8_and_fails_loudly_on_overlap(
     shared8_config, shared_data, tmp_path
 ):
@@ -65,6 +75,14 @@ def test_verify_disjoint_passes_on_shared8_and_fails_loudly_on_overlap(
     np.savez(extra, images=leaked)
     bad = replace(shared8_config, pool=replace(shared8_config.pool, files=(extra,)))
     with pytest.raises(PrivacyError, match=r"breast_us.*test.*5 private image"):
+        verify_disjoint(bad, build_pool(bad))
+    brighter = np.clip(leaked.astype(int) + 3, 0, 255).astype(
+        np.uint8
+    )  # re-saved a little brighter
+    np.savez(extra, images=brighter)
+    with pytest.raises(
+        PrivacyError, match=r"breast_us.*test.*5 private image\(s\) nearly identical"
+    ):
         verify_disjoint(bad, build_pool(bad))
 
 

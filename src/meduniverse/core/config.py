@@ -86,6 +86,7 @@ class PoolConfig:
     sites: tuple[str, ...] = ()
     files: tuple[Path, ...] = ()
     max_images: int = 4000
+    near_duplicate: float = 0.999
     segmentation_max: int = 384
 
 

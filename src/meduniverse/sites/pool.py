@@ -15,13 +15,12 @@ from meduniverse.core.errors import DataError, PrivacyError
 from meduniverse.core.tasks import task_type
 from meduniverse.data.npz import read_images_npz
 from meduniverse.data.transforms import images_to_spec
+from meduniverse.sites.duplicates import duplicate_keys, image_hashes, near_pairs, signatures
 from meduniverse.sites.sources import (
-    image_hashes,
     pool_indices,
     private_part,
     read_raw,
     read_raw_images,
-    split_hashes,
 )
 
 
@@ -57,7 +56,11 @@ def pool_sources(config: FederationConfig) -> dict[str, np.ndarray]:
         site = config.site(name)
         images = read_raw_images(site, config.seed)
         out[site.source] = images["train"][
-            pool_indices(split_hashes(images), config.pool.fraction, config.pool.seed)
+            pool_indices(
+                duplicate_keys(images, config.pool.near_duplicate),
+                config.pool.fraction,
+                config.pool.seed,
+            )
         ]
     for path in config.pool.files:
         out[str(path)] = read_images_npz(path, "images")
@@ -108,21 +111,30 @@ def own_images(config: FederationConfig, pool: Pool) -> dict[str, torch.Tensor]:
 
 
 def verify_disjoint(config: FederationConfig, pool: Pool) -> int:
-    """Hash every private image against the pool; raise PrivacyError on any overlap. Returns the
-    pool's size (distinct images)."""
-    pool_hashes = pool.hashes()
+    """Compare every private image with the pool, by hash and (pool.near_duplicate > 0) by
+    thumbnail; raise PrivacyError on an identical or near-identical pair. Returns the pool's size
+    (distinct images)."""
+    pool_hashes, threshold = pool.hashes(), config.pool.near_duplicate
+    pool_signatures = {src: signatures(x) for src, x in pool.sources.items() if len(x)}
     for site in config.sites:
         raw = read_raw(site, config.seed)
-        hashes = split_hashes({k: v.images for k, v in raw.items()})
-        private = private_part(site, raw, config.pool, hashes)
-        for split, data in private.items():
-            own = hashes[split] if data is raw[split] else image_hashes(data.images)
-            overlap = [h for h in own if h in pool_hashes]
+        keys = duplicate_keys({k: v.images for k, v in raw.items()}, threshold)
+        for split, data in private_part(site, raw, config.pool, keys).items():
+            where = f"site '{site.name}' ({site.source}) [{split}]"
+            overlap = [h for h in image_hashes(data.images) if h in pool_hashes]
             if overlap:
                 raise PrivacyError(
-                    f"site '{site.name}' ({site.source}) [{split}]: {len(overlap)} private "
-                    "image(s) also in the "
-                    f"server pool (from {pool_hashes[overlap[0]]}); pool and private data must be "
+                    f"{where}: {len(overlap)} private image(s) also in the server pool "
+                    f"(from {pool_hashes[overlap[0]]}); pool and private data must be "
                     "disjoint"
                 )
+            mine = signatures(data.images) if threshold > 0 else None
+            for source, theirs in pool_signatures.items() if threshold > 0 else ():
+                near = {i for i, _ in near_pairs(mine, theirs, threshold)}
+                if near:
+                    raise PrivacyError(
+                        f"{where}: {len(near)} private image(s) nearly identical to "
+                        f"pool images from {source} (thumbnail correlation >= "
+                        f"{threshold}); pool and private data must be disjoint"
+                    )
     return len(pool_hashes)

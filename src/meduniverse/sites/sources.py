@@ -7,7 +7,6 @@ selected by image hash so that byte-identical copies never end up on both sides.
 
 from dataclasses import dataclass
 from functools import lru_cache
-import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +21,7 @@ from meduniverse.data.npz import check_images, open_npz, read_array, read_labell
 from meduniverse.data.splits import SPLITS, RawSplit, Split
 from meduniverse.data.synthetic import make_synthetic
 from meduniverse.data.transforms import images_to_spec, masks_to_spec
+from meduniverse.sites.duplicates import duplicate_keys
 
 CPU_DEVICE = torch.device("cpu")
 
@@ -46,11 +46,6 @@ class SiteData:
     @property
     def device(self) -> torch.device:
         return self.splits["train"].images.device
-
-
-def image_hashes(images: np.ndarray) -> list[str]:
-    """SHA-256 of each image's bytes."""
-    return [hashlib.sha256(np.ascontiguousarray(img).tobytes()).hexdigest() for img in images]
 
 
 def data_file(site: SiteConfig) -> Path:
@@ -91,11 +86,11 @@ def read_raw_images(site: SiteConfig, seed: int = 0) -> dict[str, np.ndarray]:
 
 
 def pool_indices(hashes: dict[str, list[str]], fraction: float, seed: int) -> np.ndarray:
-    """Train indices lent to the pool: whole groups of identical images, none equal to a val/test
-    image.
+    """Train indices lent to the pool: whole groups of identical (or near-identical) images, none
+    like a val/test image.
 
     Args:
-        hashes: per split ('train', 'val', 'test'), the `image_hashes` of its images.
+        hashes: per split ('train', 'val', 'test'), each image's `duplicate_keys` group.
         fraction: share of the train images to lend.
         seed: the pool's seed.
     """
@@ -112,10 +107,6 @@ def pool_indices(hashes: dict[str, list[str]], fraction: float, seed: int) -> np
             break
         chosen.extend(groups[candidates[j]])
     return np.sort(np.asarray(chosen, dtype=np.int64))
-
-
-def split_hashes(images: dict[str, np.ndarray]) -> dict[str, list[str]]:
-    return {split: image_hashes(x) for split, x in images.items()}
 
 
 def private_part(
@@ -135,7 +126,7 @@ def private_part(
     """
     if site.name not in pool.sites:
         return raw
-    hashes = hashes or split_hashes({k: v.images for k, v in raw.items()})
+    hashes = hashes or duplicate_keys({k: v.images for k, v in raw.items()}, pool.near_duplicate)
     lent = pool_indices(hashes, pool.fraction, pool.seed)
     keep = np.setdiff1d(np.arange(len(raw["train"].images)), lent)
     if keep.size == 0:
