@@ -328,3 +328,22 @@ def test_teachers_trained_to_convergence_stop_early_on_the_site_validation(demo_
     )
     assert stats.steps % per_epoch == 0 and per_epoch <= stats.steps <= 3 * per_epoch
     assert np.isfinite(stats.loss)
+
+
+def test_adapters_start_as_nothing_and_belong_to_their_task(demo_config):
+    plain = build_model(demo_config, seed=0)
+    adapted = build_model(
+        replace(demo_config, model=replace(demo_config.model, adapters=True)), seed=0
+    )
+    missing = adapted.load_state_dict(plain.state_dict(), strict=False).missing_keys
+    assert missing and all(k.startswith("adapters.") for k in missing)
+    x = torch.randn(2, 3, 32, 32)
+    site = demo_config.sites[0].name
+    assert torch.allclose(plain.eval()(x, site), adapted.eval()(x, site))  # zero adapters: same
+    own = part_of(adapted.state_dict(), site)
+    assert any(k.startswith(f"adapters.{site}.") for k in own)
+    assert not any(k.startswith("adapters.") and f".{site}." not in k for k in own)
+    share = sum(v.numel() for k, v in own.items() if k.startswith("adapters.")) / sum(
+        v.numel() for v in adapted.encoder.parameters()
+    )
+    assert share < 0.1

@@ -98,6 +98,7 @@ class ModelConfig:
     vit_depth: int = 6
     vit_heads: int = 6
     vit_patch: int = 8
+    adapters: bool = False  # per-task residual 1x1 adapters after every encoder level
 
 
 @dataclass(frozen=True)

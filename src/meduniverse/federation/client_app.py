@@ -29,6 +29,7 @@ from meduniverse.models.universal import (
     as_personal,
     build_model,
     encoder_part,
+    is_task_key,
     personal_part,
 )
 from meduniverse.sites.sources import SiteData, load_site
@@ -74,7 +75,7 @@ def site_model(config: FederationConfig, data: SiteData, state: dict[str, torch.
     """
     model = build_model(config, [TaskInfo(data.name, data.task, data.config.classes)], seed=seed)
     missing, unexpected = model.load_state_dict(state, strict=False)
-    if unexpected or any(not k.startswith("heads.") for k in missing):
+    if unexpected or any(not is_task_key(k) for k in missing):
         raise ValueError(
             f"site '{data.name}': weights do not fit the model (missing {missing[:3]}, unexpected "
             f"{unexpected[:3]})"

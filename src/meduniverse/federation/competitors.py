@@ -19,6 +19,7 @@ from meduniverse.federation.strategy import accept_updates
 from meduniverse.models.universal import (
     PERSONAL_PREFIX,
     build_model,
+    is_task_key,
     local_key,
     norm_keys,
     site_state,
@@ -115,7 +116,7 @@ class SiteHeads:
         for update, msg in accepted:
             shared = {}
             for key, value in update.state.items():
-                if key.startswith("heads."):
+                if is_task_key(key):
                     state[key] = value
                 elif key in self.site_local or key.startswith(PERSONAL_PREFIX):
                     state[local_key(update.site, key)] = value

@@ -1,5 +1,7 @@
 """Shared encoders returning multi-scale features at strides 2, 4, 8 and 16."""
 
+from collections.abc import Callable
+
 from monai.networks.blocks import Convolution, ResidualUnit
 from monai.networks.nets import ViT
 import torch
@@ -7,6 +9,7 @@ from torch import nn
 import torch.nn.functional as F
 
 NORM = ("group", {"num_groups": 8})
+Adapt = Callable[[int, torch.Tensor], torch.Tensor]
 
 
 class CNNEncoder(nn.Module):
@@ -32,10 +35,16 @@ class CNNEncoder(nn.Module):
             for i in range(1, len(widths))
         )
 
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def forward(self, x: torch.Tensor, adapt: Adapt | None = None) -> list[torch.Tensor]:
+        """The pyramid (strides 2, 4, 8, 16); `adapt(level, features)` changes each level before
+        the next one is computed from it (task-specific adapters)."""
         features = [self.stem(x)]
         for stage in self.stages:
+            if adapt is not None:
+                features[-1] = adapt(len(features) - 1, features[-1])
             features.append(stage(features[-1]))
+        if adapt is not None:
+            features[-1] = adapt(len(features) - 1, features[-1])
         return features
 
 
@@ -70,7 +79,8 @@ class ViTEncoder(nn.Module):
         self.taps = [max(0, round(depth * (i + 1) / len(widths)) - 1) for i in range(len(widths))]
         self.project = nn.ModuleList(nn.Conv2d(dim, w, 1) for w in widths)
 
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def forward(self, x: torch.Tensor, adapt: Adapt | None = None) -> list[torch.Tensor]:
+        """The pyramid resampled from four depths; `adapt(level, features)` changes each output."""
         _, hidden = self.vit(x)
         size = x.shape[-1]
         out = []
@@ -84,4 +94,6 @@ class ViTEncoder(nn.Module):
                     )
                 )
             )
+            if adapt is not None:
+                out[-1] = adapt(level, out[-1])
         return out

@@ -51,7 +51,8 @@ def model_from_card(card: dict, tasks: list[TaskInfo]) -> UniversalModel:
         **{k: tuple(v) if isinstance(v, list) else v for k, v in card["model"].items()}
     )
     first = next(iter(card["inputs"].values()))
-    return UniversalModel(build_encoder(model_cfg, first["channels"], first["size"]), tasks)
+    encoder = build_encoder(model_cfg, first["channels"], first["size"])
+    return UniversalModel(encoder, tasks, model_cfg.adapters)
 
 
 def load_model(directory: Path) -> tuple[UniversalModel, dict]:
