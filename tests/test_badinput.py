@@ -198,6 +198,18 @@ def test_cli_sites_on_bad_data_names_file(tmp_path):
             "[model]\nencoder='vit'\n[[sites]]\nname='a'\ntask='binary'\nclasses=['x','y']\npath='a.npz'\n",
             "one input size",
         ),
+        (
+            "[privacy]\ndp=true\nepsilon=0\n[[sites]]\nname='a'\ntask='binary'\nclasses=['x','y']\npath='a.npz'\n",
+            "privacy.epsilon and privacy.clip must be positive",
+        ),
+        (
+            "[privacy]\ndp=true\n[method]\nlocal_training='early_stopping'\n[[sites]]\nname='a'\ntask='binary'\nclasses=['x','y']\npath='a.npz'\n",
+            "privacy.dp needs method.local_training = 'epochs'",
+        ),
+        (
+            "[privacy]\ndp=true\n[competitors]\nfederated=['fedavg','ditto']\n[[sites]]\nname='a'\ntask='binary'\nclasses=['x','y']\npath='a.npz'\n",
+            "privacy.dp cannot run ['ditto']",
+        ),
     ],
 )
 def test_bad_config_names_file_and_field(tmp_path, text, problem):

@@ -11,6 +11,7 @@ import torch
 from loopback import LoopbackGrid
 from meduniverse.core.arms import METHOD_ARMS, computed_in_federation
 from meduniverse.core.checkpoints import Checkpoints
+from meduniverse.core.config import PrivacyConfig
 from meduniverse.core.errors import StageError
 from meduniverse.core.progress import RunProgress
 from meduniverse.federation import client_app as client_module
@@ -25,6 +26,8 @@ from meduniverse.models.universal import (
     norm_keys,
     part_of,
 )
+from meduniverse.results.document import privacy_spent
+from meduniverse.results.model_card import privacy_text
 from meduniverse.sites.pool import build_pool
 from meduniverse.sites.sources import private_raw
 
@@ -233,3 +236,14 @@ def test_competitors_average_the_encoder_and_keep_heads_and_norms_at_their_site(
     assert not torch.equal(
         fedavg[conv], fedprox[conv]
     )  # the proximal term changed the local training
+
+
+def test_dp_sgd_sites_report_what_they_spent_and_the_card_says_so(demo_config, tmp_path):
+    config = replace(demo_config, privacy=PrivacyConfig(dp=True, epsilon=4.0, clip=1.0))
+    federate(config, tmp_path / "run")
+    records = Checkpoints(tmp_path / "run").records()
+    privacy = privacy_spent(config, records)
+    assert set(privacy["epsilon"]) == {s.name for s in config.sites}
+    assert all(0 < eps <= 4.0 + 1e-6 for eps in privacy["epsilon"].values())
+    assert "DP-SGD" in privacy_text(privacy) and "target epsilon 4.0" in privacy_text(privacy)
+    assert privacy_spent(demo_config, records) == {"dp": False}  # no DP: no claim of any

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from meduniverse.core.config import PrivacyConfig
 from meduniverse.core.device import Compute, resolve_device, resolve_precision
 from meduniverse.core.errors import ConfigError
 from meduniverse.core.metrics import classification_metrics, segmentation_metrics
@@ -16,6 +17,7 @@ from meduniverse.method.distill import pool_logits
 from meduniverse.method.loop import steps_per_epoch
 from meduniverse.method.losses import soft_target_loss
 from meduniverse.method.mim import pretrain_mim
+from meduniverse.method.private import train_private
 from meduniverse.method.server import (
     SiteUpdate,
     server_step,
@@ -347,3 +349,19 @@ def test_adapters_start_as_nothing_and_belong_to_their_task(demo_config):
         v.numel() for v in adapted.encoder.parameters()
     )
     assert share < 0.1
+
+
+@pytest.mark.parametrize("index", [0, 3])  # a classification and a segmentation site
+def test_dp_sgd_trains_and_spends_its_budget_stage_by_stage(demo_config, index):
+    data, model = site_and_model(demo_config, index)
+    small = data.splits["train"].subset(torch.arange(64))
+    method = replace(
+        demo_config.method, stages=2, local_epochs=1, min_steps_per_epoch=3, max_steps_per_epoch=3
+    )
+    privacy = PrivacyConfig(dp=True, epsilon=8.0, clip=1.0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    stats, first = train_private(model, data.name, small, method, privacy, seed=0, stage=1)
+    _, second = train_private(model, data.name, small, method, privacy, seed=1, stage=2)
+    assert np.isfinite(stats.loss) and 0 < first < second <= 8.0 + 1e-6  # the whole run: at most 8
+    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert not any(k.startswith("_module.") for k in model.state_dict())  # the model is unwrapped

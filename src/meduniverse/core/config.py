@@ -176,6 +176,17 @@ class CompetitorsConfig:
 
 
 @dataclass(frozen=True)
+class PrivacyConfig:
+    """Differential privacy at the sites: with `dp`, every federated model's local training is
+    DP-SGD (Opacus), clipping each example's gradient to `clip` and adding the noise that spends
+    `epsilon` over the whole run at delta = 1/n (n: the site's train size)."""
+
+    dp: bool = False
+    epsilon: float = 8.0
+    clip: float = 1.0
+
+
+@dataclass(frozen=True)
 class FederationConfig:
     name: str
     sites: tuple[SiteConfig, ...]
@@ -186,6 +197,7 @@ class FederationConfig:
     finetune: FinetuneConfig = FinetuneConfig()
     runtime: RuntimeConfig = RuntimeConfig()
     competitors: CompetitorsConfig = CompetitorsConfig()
+    privacy: PrivacyConfig = PrivacyConfig()
     seed: int = 0
     source: str = ""
 

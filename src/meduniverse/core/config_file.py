@@ -22,6 +22,7 @@ from meduniverse.core.config import (
     MethodConfig,
     ModelConfig,
     PoolConfig,
+    PrivacyConfig,
     RuntimeConfig,
     SiteConfig,
 )
@@ -97,6 +98,7 @@ def parse_config(raw: dict[str, Any], source: str, base: Path) -> FederationConf
         "finetune",
         "runtime",
         "competitors",
+        "privacy",
     }
     unknown = set(raw) - allowed
     if unknown:
@@ -127,6 +129,7 @@ def parse_config(raw: dict[str, Any], source: str, base: Path) -> FederationConf
         competitors=_build(
             CompetitorsConfig, raw.get("competitors", {}), f"{source}: competitors", base
         ),
+        privacy=_build(PrivacyConfig, raw.get("privacy", {}), f"{source}: privacy", base),
         seed=_coerce(raw.get("seed", 0), "int", f"{source}: seed", base),
         source=source,
     )
@@ -200,6 +203,21 @@ def check_config(config: FederationConfig) -> None:
             )
     for model in c.finetuned:
         _choice(model, (*COMPETITORS, "centralized"), f"{src}: competitors.finetuned")
+    p = config.privacy
+    if p.dp:
+        if p.epsilon <= 0 or p.clip <= 0:
+            raise ConfigError(f"{src}: privacy.epsilon and privacy.clip must be positive")
+        if m.local_training != "epochs":
+            raise ConfigError(
+                f"{src}: privacy.dp needs method.local_training = 'epochs' (a fixed "
+                "number of steps to spend the budget over)"
+            )
+        not_private = [a for a in c.federated if a in ("fedprox", "ditto", "fedrep")]
+        if not_private:
+            raise ConfigError(
+                f"{src}: privacy.dp cannot run {not_private} (their local training is not DP-SGD "
+                "yet); leave them out of competitors.federated"
+            )
     if m.stages < 1:
         raise ConfigError(f"{src}: method.stages must be at least 1")
     _choice(config.model.encoder, ("cnn", "vit"), f"{src}: model.encoder")
@@ -255,7 +273,7 @@ def config_from_dict(doc: dict[str, Any], source: str) -> FederationConfig:
     raw = {k: doc[k] for k in ("name", "seed") if k in doc}
     raw["sites"] = [plain(s) for s in doc.get("sites", [])]
     raw["input"] = {group: spec for group, spec in doc.get("inputs", [])}
-    for section in ("pool", "model", "method", "finetune", "runtime", "competitors"):
+    for section in ("pool", "model", "method", "finetune", "runtime", "competitors", "privacy"):
         if section in doc:
             raw[section] = plain(doc[section])
     return parse_config(raw, source, Path("/"))

@@ -20,6 +20,7 @@ from meduniverse.federation.messages import ARRAYS, CONFIG, from_arrays, reply
 from meduniverse.federation.schema import ERROR_CODES, error_reason
 from meduniverse.method.loop import TrainStats
 from meduniverse.method.personal import train_ditto, train_fedrep
+from meduniverse.method.private import train_private
 from meduniverse.method.site import evaluate_arm, train_site
 from meduniverse.method.supervised import evaluate, proximal_term
 from meduniverse.models.universal import (
@@ -112,7 +113,9 @@ def handle_train(msg: Message, config: FederationConfig, data: SiteData) -> Mess
     model = site_model(config, data, received, seed)
     key = task_type(data.task).primary
     before = evaluate(model, data.name, data.splits["val"])[key]
-    stats, extra = local_update(model, data, received, personal_state, settings, config, seed)
+    stats, extra, privacy = local_update(
+        model, data, received, personal_state, settings, config, seed
+    )
     metrics = {
         "num-examples": len(data.splits["train"]),
         "train-loss": stats.loss,
@@ -121,6 +124,7 @@ def handle_train(msg: Message, config: FederationConfig, data: SiteData) -> Mess
         f"received-val-{key}": before,
         f"val-{key}": evaluate(model, data.name, data.splits["val"])[key],
         f"test-{key}": evaluate(model, data.name, data.splits["test"])[key],
+        **privacy,
     }
     return reply(msg, data.task, metrics, state={**model.state_dict(), **extra}, sent=received)
 
@@ -133,7 +137,7 @@ def local_update(
     settings: ConfigRecord,
     config: FederationConfig,
     seed: int,
-) -> tuple[TrainStats, dict[str, torch.Tensor]]:
+) -> tuple[TrainStats, dict[str, torch.Tensor], dict[str, float]]:
     """The stage's training at a site, by the strategy's 'local-mode': plain (FedAvg's, FedProx's
     with 'proximal-mu', ours), 'fedrep' or 'ditto' (with 'ditto-lambda'; its personal model,
     `personal.` keys, goes back too).
@@ -148,19 +152,25 @@ def local_update(
         seed: the stage's seed at this site.
 
     Returns:
-        The global update's TrainStats and more weights to send back (the personal model).
+        The global update's TrainStats, more weights to send back (the personal model), and more
+        metrics (with privacy.dp: the epsilon spent so far).
     """
     mode, m, schedule = str(settings.get("local-mode", "plain")), config.method, config.finetune
     if mode == "fedrep":
-        return train_fedrep(model, data.name, data.splits, m, schedule, seed), {}
+        return train_fedrep(model, data.name, data.splits, m, schedule, seed), {}, {}
     if mode == "ditto":
         personal = site_model(config, data, personal_state or received, seed)
         strength = float(settings["ditto-lambda"])
         stats, _ = train_ditto(model, personal, data.name, data.splits, m, schedule, seed, strength)
-        return stats, as_personal(personal.state_dict())
+        return stats, as_personal(personal.state_dict()), {}
+    if config.privacy.dp:
+        stats, epsilon = train_private(
+            model, data.name, data.splits["train"], m, config.privacy, seed, int(settings["stage"])
+        )
+        return stats, {}, {"dp-epsilon": epsilon}
     mu = float(settings.get("proximal-mu", 0.0))
     penalty = proximal_term(model, encoder_part(received), mu) if mu > 0 else None
-    return train_site(model, data.name, data.splits, m, schedule, seed, penalty), {}
+    return train_site(model, data.name, data.splits, m, schedule, seed, penalty), {}, {}
 
 
 def handle_evaluate(msg: Message, config: FederationConfig, data: SiteData) -> Message:

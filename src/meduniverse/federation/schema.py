@@ -59,7 +59,8 @@ def schema(message_type: str, task: str) -> Schema:
             f"val-{key}",
             f"test-{key}",
         }
-        return Schema(frozenset(required), integers=frozenset({"num-examples"}), weights=True)
+        optional = frozenset({"dp-epsilon"})  # with privacy.dp: what the site has spent so far
+        return Schema(frozenset(required), optional, frozenset({"num-examples"}), weights=True)
     if message_type == EVALUATE:
         required = {
             "num-examples",

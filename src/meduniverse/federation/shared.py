@@ -154,6 +154,7 @@ def shared_document(config: FederationConfig, pool_files: list[str]) -> dict[str
         "finetune": plain(config.finetune),
         "runtime": plain(config.runtime),
         "competitors": plain(config.competitors),
+        "privacy": plain(config.privacy),
         "sites": [
             {"name": s.name, "task": s.task, "classes": list(s.classes)} for s in config.sites
         ],

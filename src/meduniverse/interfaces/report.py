@@ -19,11 +19,12 @@ from meduniverse.interfaces.charts import (
 )
 from meduniverse.interfaces.page import CSS, fmt, mean_ci, na, num, table, write
 from meduniverse.results.figures import embedding, load_models, overlays, pool_samples
+from meduniverse.results.model_card import privacy_text
 from meduniverse.sites.pool import Pool, build_pool
 
 
 def _header(results: dict, config: FederationConfig | None) -> str:
-    """Title and what the run was: configuration, commit, seeds, machine, command."""
+    """Title and what the run was: configuration, commit, seeds, machine, command, privacy."""
     name = results.get("name") or (config.name if config else "run")
     machine = results.get("machine") or {}
     machine_text = (
@@ -37,6 +38,7 @@ def _header(results: dict, config: FederationConfig | None) -> str:
         "seeds": ", ".join(str(s) for s in results.get("seeds", [])),
         "machine": machine_text or "unknown",
         "command": results.get("command", "unknown"),
+        "privacy": privacy_text(results.get("privacy", {"dp": False})),
     }
     dl = "".join(
         f"<dt>{html.escape(k)}</dt><dd>{html.escape(str(v))}</dd>" for k, v in items.items()

@@ -22,6 +22,7 @@ def supervised_losses(
     batches,
     generator: torch.Generator,
     penalty: Penalty | None = None,
+    forward: nn.Module | None = None,
 ) -> StepLosses:
     """Per batch of indices, the task's loss on those examples after a random flip (+ `penalty()` if
     given).
@@ -33,13 +34,14 @@ def supervised_losses(
         batches: batches of indices into `data`.
         generator: the flips' random source.
         penalty: added to every loss (FedProx).
+        forward: what computes the logits, if not the model itself (Opacus's wrapper of it).
     """
-    kind = task_type(model.tasks[task_name].task)
+    kind, forward = task_type(model.tasks[task_name].task), forward or model
     for idx in batches:
         masks = data.targets[idx] if kind.segmentation else None
         images, masks = random_flip(data.images[idx], masks, generator)
         loss = kind.loss(
-            model(normalize(images), task_name), masks if masks is not None else data.targets[idx]
+            forward(normalize(images), task_name), masks if masks is not None else data.targets[idx]
         )
         yield (loss + penalty() if penalty is not None else loss), len(idx)
 

@@ -65,6 +65,25 @@ def results_document(
     return {"tasks": tasks, "config": config.to_dict(), "commit": commit, "seeds": seeds, **extra}
 
 
+def privacy_spent(config: FederationConfig, stages: dict[str, dict]) -> dict:
+    """results.json's "privacy" block: with privacy.dp, the target, the clipping norm and each
+    site's epsilon (at delta = 1/n, n its train size) after the last stage it trained in."""
+    if not config.privacy.dp:
+        return {"dp": False}
+    spent: dict[str, float] = {}
+    for stage in sorted(stages, key=int):
+        for site, metrics in stages[stage].get("sites", {}).items():
+            if "dp-epsilon" in metrics:
+                spent[site] = float(metrics["dp-epsilon"])
+    return {
+        "dp": True,
+        "target_epsilon": config.privacy.epsilon,
+        "clip": config.privacy.clip,
+        "delta": "1/n per site",
+        "epsilon": spent,
+    }
+
+
 def format_table(results: dict) -> list[list[str]]:
     """Rows of the per-task table: site, task, metric, then each arm's mean."""
     arms = arm_order(a for entry in results["tasks"].values() for a in entry["arms"])

@@ -26,7 +26,7 @@ from meduniverse.method.centralized import train_multitask
 from meduniverse.method.site import evaluate_arm
 from meduniverse.models.universal import build_model, site_state
 from meduniverse.results.analysis import budget, costs, curves, fidelity, seed_seconds, statistics
-from meduniverse.results.document import results_document
+from meduniverse.results.document import privacy_spent, results_document
 from meduniverse.results.run import run
 from meduniverse.sites.pool import Pool, build_pool
 from meduniverse.sites.sources import load_site
@@ -123,7 +123,11 @@ def experiment_results(
     S = config.method.stages
     ckpts = [Checkpoints(out_dir / f"seed_{s}") for s in seeds]
     evaluation = {str(s): seed_evaluation(c, S) for s, c in zip(seeds, ckpts, strict=True)}
-    results = results_document(config, evaluation, seeds, {}, commit)
+    privacy = privacy_spent(config, {})
+    for c in ckpts:  # each seed is a whole run: its own budget; the block shows the largest spent
+        for site, eps in privacy_spent(config, c.records()).get("epsilon", {}).items():
+            privacy["epsilon"][site] = max(eps, privacy["epsilon"].get(site, 0.0))
+    results = results_document(config, evaluation, seeds, {"privacy": privacy}, commit)
     fidelity(config, ckpts, results["tasks"])
     tests, per_task = statistics(results["tasks"])
     names = arm_order(a for e in results["tasks"].values() for a in e["arms"])

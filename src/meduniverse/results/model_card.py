@@ -68,14 +68,26 @@ def card_sections(results: dict, config: FederationConfig) -> list[tuple[str, ob
         ),
         ("Where its knowledge comes from", provenance),
         ("Test metrics", metrics),
-        (
-            "Privacy",
-            "Sites sent model weights and scalar metrics only; the server distilled on "
-            "public pool images. No differential privacy was applied in this run (epsilon: none).",
-        ),
+        ("Privacy", privacy_text(results.get("privacy", {"dp": False}))),
         ("Intended use", INTENDED_USE),
         ("Limitations", LIMITATIONS),
     ]
+
+
+def privacy_text(privacy: dict) -> str:
+    """The card's privacy paragraph, from results.json's "privacy" block."""
+    text = (
+        "Sites sent model weights and scalar metrics only; the server distilled on public pool "
+        "images. "
+    )
+    if not privacy.get("dp"):
+        return text + "No differential privacy was applied in this run (epsilon: none)."
+    spent = ", ".join(f"{site} {eps:.2f}" for site, eps in privacy["epsilon"].items())
+    return text + (
+        f"Local training used DP-SGD (per-example clipping at {privacy['clip']}, Gaussian noise): "
+        f"target epsilon {privacy['target_epsilon']} at delta = 1/n per site; spent: "
+        f"{spent or 'no stage recorded'}. The server's distillation is post-processing."
+    )
 
 
 def _with_ci(arm: dict | None) -> str:

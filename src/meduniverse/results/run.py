@@ -17,7 +17,7 @@ from meduniverse.core.provenance import git_commit
 from meduniverse.federation.simulation import simulate
 from meduniverse.models.io import save_model
 from meduniverse.models.universal import build_model
-from meduniverse.results.document import results_document
+from meduniverse.results.document import privacy_spent, results_document
 from meduniverse.results.model_card import write_model_card
 from meduniverse.sites.pool import Pool, build_pool, verify_disjoint
 
@@ -117,6 +117,7 @@ def finish_run(
         [seed],
         {
             "stages": ckpt.records(),
+            "privacy": privacy_spent(config, ckpt.records()),
             "evaluation_seconds": ckpt.evaluation_seconds(),
             "run_seconds": time.perf_counter() - started,
             "train_sizes": sizes,

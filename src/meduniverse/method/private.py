@@ -1,0 +1,121 @@
+"""Differentially private local training (DP-SGD with Opacus): per-example gradients clipped to a
+norm, Gaussian noise added, Poisson-sampled batches; the noise is set so that a site's whole run
+(every stage) spends at most its target epsilon at delta = 1/n, and the RDP accountant reports what
+each stage has spent so far."""
+
+import warnings
+
+import torch
+
+from meduniverse.core.config import MethodConfig, PrivacyConfig
+from meduniverse.core.tasks import task_type
+from meduniverse.data.splits import Split
+from meduniverse.data.transforms import normalize
+from meduniverse.method.loop import TrainStats, batch_size, make_optimizer, optimise
+from meduniverse.method.site import local_steps
+from meduniverse.method.supervised import supervised_losses
+from meduniverse.models.universal import UniversalModel
+
+
+def poisson_batches(n: int, rate: float, steps: int, generator: torch.Generator):
+    """`steps` batches, each example in each batch with probability `rate` (never an empty one)."""
+    for _ in range(steps):
+        chosen = torch.nonzero(torch.rand(n, generator=generator) < rate)[:, 0]
+        yield chosen if len(chosen) else torch.randint(n, (1,), generator=generator)
+
+
+def noise_for(privacy: PrivacyConfig, n: int, rate: float, steps: int) -> float:
+    """The noise multiplier that spends `privacy.epsilon` at delta = 1/n over `steps` steps."""
+    from opacus.accountants.utils import get_noise_multiplier
+
+    with warnings.catch_warnings():  # Opacus notes its own choice of RDP orders
+        warnings.simplefilter("ignore")
+        return float(
+            get_noise_multiplier(
+                target_epsilon=privacy.epsilon,
+                target_delta=1 / n,
+                sample_rate=rate,
+                steps=steps,
+                accountant="rdp",
+            )
+        )
+
+
+def spent(noise: float, n: int, rate: float, steps: int) -> float:
+    """Epsilon at delta = 1/n after `steps` Poisson-sampled steps with this noise (RDP)."""
+    from opacus.accountants import RDPAccountant
+
+    accountant = RDPAccountant()
+    accountant.history = [(noise, rate, steps)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return float(accountant.get_epsilon(delta=1 / n))
+
+
+def used_parameters(model: UniversalModel, task_name: str, data: Split) -> list[torch.nn.Parameter]:
+    """The trainable parameters the task's forward pass reaches (one example, no update): Opacus
+    needs a per-example gradient for every parameter it optimises."""
+    kind = task_type(model.tasks[task_name].task)
+    model.zero_grad(set_to_none=True)
+    kind.loss(model(normalize(data.images[:1]), task_name), data.targets[:1]).backward()
+    used = [p for p in model.parameters() if p.requires_grad and p.grad is not None]
+    model.zero_grad(set_to_none=True)
+    return used
+
+
+def train_private(
+    model: UniversalModel,
+    task_name: str,
+    data: Split,
+    method: MethodConfig,
+    privacy: PrivacyConfig,
+    seed: int,
+    stage: int,
+) -> tuple[TrainStats, float]:
+    """One stage's local training with DP-SGD.
+
+    Args:
+        model: encoder + the site's head, trained in place.
+        task_name: the site's head.
+        data: the site's private train split.
+        method: stages, local epochs, batch sizes, lr (the stage runs `local_steps` steps).
+        privacy: target epsilon over the whole run and the clipping norm.
+        seed: the stage's seed at this site (batches, flips, noise).
+        stage: which stage this is (1..S): what has been spent after it.
+
+    Returns:
+        The stage's TrainStats, and the epsilon spent after it.
+    """
+    from opacus import GradSampleModule
+    from opacus.optimizers import DPOptimizer
+
+    n, task = len(data), model.tasks[task_name].task
+    rate = min(1.0, batch_size(task_type(task).group, method) / n)
+    steps = local_steps(task, n, method)
+    noise = noise_for(privacy, n, rate, method.stages * steps)
+    generator = torch.Generator().manual_seed(seed)
+    used = used_parameters(model, task_name, data)
+    frozen = [p for p in model.parameters() if p.requires_grad and all(p is not u for u in used)]
+    for p in frozen:  # other tasks' heads and adapters: nothing to learn here, no grad sample
+        p.requires_grad_(False)
+    wrapped = GradSampleModule(model, loss_reduction="mean")
+    optimizer = DPOptimizer(
+        make_optimizer(used, method.lr, method.weight_decay),
+        noise_multiplier=noise,
+        max_grad_norm=privacy.clip,
+        expected_batch_size=max(1, round(rate * n)),
+        loss_reduction="mean",
+        generator=generator,
+    )
+    model.train()
+    try:
+        batches = poisson_batches(n, rate, steps, generator)
+        losses = supervised_losses(model, task_name, data, batches, generator, forward=wrapped)
+        with warnings.catch_warnings():  # Opacus's hooks fire on outputs: the inputs need no grad
+            warnings.filterwarnings("ignore", message="Full backward hook")
+            stats = optimise(optimizer, losses, steps)
+    finally:
+        wrapped._close()
+        for p in frozen:
+            p.requires_grad_(True)
+    return stats, spent(noise, n, rate, stage * steps)
