@@ -57,7 +57,11 @@ def private_fingerprints(config) -> set[str]:
 
 @pytest.mark.privacy
 def test_nothing_but_weights_and_scalars_leaves_a_site(shared8_config, tmp_path):
-    config = replace(shared8_config, method=replace(shared8_config.method, stages=2))
+    config = replace(
+        shared8_config,
+        method=replace(shared8_config.method, stages=2),
+        finetune=replace(shared8_config.finetune, max_epochs=1, max_steps_per_epoch=2),
+    )  # what leaves is checked, not how well it learns: the shortest fine-tunes
     grid = federate(config, tmp_path / "run", competitors=True)
     assert {
         r.metadata.message_type for r in grid.replies
@@ -174,7 +178,7 @@ def test_poisoned_update_is_rejected_and_logged(demo_config, tmp_path, monkeypat
     federate(config, tmp_path / "run")
     record = Checkpoints(tmp_path / "run").stage_record(1)
     assert "NaN or inf" in record["rejected"][victim]
-    assert victim in caplog.text and "rejected" in caplog.text
+    assert victim in caplog.text and "reply refused" in caplog.text
     state = Checkpoints(tmp_path / "run").load_stage(1)
     assert all(torch.isfinite(v).all() for v in state.values())
 

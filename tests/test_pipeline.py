@@ -85,7 +85,7 @@ def test_predict_prints_probabilities_and_writes_masks(demo_run, demo_config, tm
         app, ["predict", str(out / "model"), "--task", "synthetic_xray_nodule", str(png)]
     )
     assert result.exit_code == 0, result.output
-    probs = [float(part.split("=")[1]) for part in result.output.split(":", 1)[1].split()]
+    probs = [float(part.split("=")[1]) for part in result.stdout.split(":", 1)[1].split()]
     assert len(probs) == 2 and abs(sum(probs) - 1) < 1e-3
     vessel = tmp_path / "vessel.npy"
     np.save(vessel, np.random.default_rng(0).integers(0, 255, (50, 70, 3), dtype=np.uint8))

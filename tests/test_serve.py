@@ -75,8 +75,15 @@ def submit(driver, server: str, path: Path, task: str) -> None:
 
     driver.get(server)
     driver.find_element(By.ID, "image").send_keys(str(path))
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
     Select(driver.find_element(By.ID, "task")).select_by_value(task)
-    driver.find_element(By.ID, "submit").click()
+    button = driver.find_element(By.ID, "submit")
+    button.click()  # then wait for the answer page (a loaded machine can take seconds)
+    wait = WebDriverWait(driver, 120)
+    wait.until(expected_conditions.staleness_of(button))
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#result, #error"))
 
 
 def shot(driver, name: str) -> None:

@@ -11,7 +11,7 @@ from flwr.app import ConfigRecord, Context, Error, Message
 from flwr.clientapp import ClientApp
 import torch
 
-from meduniverse.core.config import FederationConfig, SiteConfig
+from meduniverse.core.config import SITE_NAME, FederationConfig, SiteConfig
 from meduniverse.core.device import Compute
 from meduniverse.core.errors import DataError, PrivacyError, StageError
 from meduniverse.core.progress import log
@@ -198,12 +198,12 @@ def make_client_app(get_config: ConfigSource) -> ClientApp:
             try:
                 config = get_config(context)
                 site = site_of(context, config).name
-            except Exception as exc:  # no configuration: not even the site's name is known
+            except Exception as exc:  # no configuration: the node's own site name, if it is safe
                 log.error("site failed before its data was read: %s", exc, exc_info=True)
-                return Message(
-                    Error(ERROR_CODES[error_code(exc)], "site '?': configuration error"),
-                    reply_to=msg,
-                )
+                named = str(context.node_config.get("site", ""))
+                code = error_code(exc)
+                reason = error_reason(named if SITE_NAME.fullmatch(named) else "?", code)
+                return Message(Error(ERROR_CODES[code], reason), reply_to=msg)
             try:
                 torch.set_num_threads(config.runtime.threads_per_site)
                 compute = Compute.of(config.runtime)

@@ -1,0 +1,106 @@
+"""Collect one-seed screening runs of `meduniverse run` into one JSON: what each run changed against
+a reference run (from the runs' own config.json), the validation and test means of every arm, the
+site teachers per stage, and the distillation's fidelity gap (last-stage teachers minus the
+universal model as is). Choices are made on the validation columns; test is reported only.
+
+    python bench/screen.py bench/results/screen_issue10.json runs/speed_before runs/screen/S1_es ...
+        [--commit RUN_NAME=SHA ...] [--command "how the runs were started"]
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from meduniverse.core.config_file import load_config
+from meduniverse.core.files import write_json
+from meduniverse.core.provenance import machine_info
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def primary(metrics: dict, prefix: str) -> float:
+    """The primary metric (auc or dice) with this prefix ('val-', 'test-', 'received-val-')."""
+    return next(v for k, v in metrics.items() if k in (f"{prefix}auc", f"{prefix}dice"))
+
+
+def changes(defaults: dict, config: dict) -> dict:
+    """Settings (section.key) a run set away from today's defaults (a setting the run's code did
+    not have yet counts as its default)."""
+    out = {}
+    for section in ("pool", "model", "method", "finetune", "privacy"):
+        before, now = defaults.get(section, {}), config.get(section, {})
+        out.update({f"{section}.{k}": v for k, v in sorted(now.items()) if before.get(k) != v})
+    return out
+
+
+def run_row(run_dir: Path, defaults: dict, commit: str | None) -> dict:
+    """One screening run: its changes, per-stage teachers, arms (val/test mean and per task)."""
+    progress = json.loads((run_dir / "checkpoints" / "progress.json").read_text())
+    results = json.loads((run_dir / "results.json").read_text())
+    stages = {}
+    for stage, record in sorted(progress["stages"].items(), key=lambda x: int(x[0])):
+        sites = record.get("sites", {})
+        if stage == "0" or not sites:
+            continue
+        stages[stage] = {
+            "received_val": float(np.mean([primary(m, "received-val-") for m in sites.values()])),
+            "teacher_val": float(np.mean([primary(m, "val-") for m in sites.values()])),
+            "teacher_test": float(np.mean([primary(m, "test-") for m in sites.values()])),
+            "local_seconds": record.get("local_seconds"),
+            "distill_seconds": record.get("distill", {}).get("seconds"),
+        }
+    arms = {}
+    for arm, evaluation in progress.get("evaluation", {}).items():
+        sites = evaluation["sites"]
+        arms[arm] = {
+            "val": float(np.mean([primary(m, "val-") for m in sites.values()])),
+            "test": float(np.mean([primary(m, "test-") for m in sites.values()])),
+            "val_per_task": {s: primary(m, "val-") for s, m in sites.items()},
+            "seconds": evaluation.get("seconds"),
+        }
+    last = stages[max(stages, key=int)] if stages else None
+    universal = arms.get("universal")
+    return {
+        "run": run_dir.name,
+        "commit": commit or results.get("commit", "unknown"),
+        "changes": changes(defaults, results["config"]),
+        "run_seconds": results.get("run_seconds"),
+        "stages": stages,
+        "arms": arms,
+        "fidelity_gap_val": last["teacher_val"] - universal["val"] if last and universal else None,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", type=Path)
+    parser.add_argument("runs", type=Path, nargs="+")
+    parser.add_argument("--commit", action="append", default=[], help="RUN_NAME=SHA")
+    parser.add_argument("--command", default="meduniverse run configs/shared8.toml --set ...")
+    args = parser.parse_args()
+    commits = dict(c.split("=", 1) for c in args.commit)
+    defaults = load_config(ROOT / "configs" / "shared8.toml").to_dict()
+    rows = [run_row(r, defaults, commits.get(r.name)) for r in args.runs]
+    write_json(
+        args.out,
+        {
+            "what": __doc__.splitlines()[0],
+            "command": args.command,
+            "machine": machine_info(),
+            "seeds": [0],
+            "defaults": "configs/shared8.toml at the commit of this file",
+            "runs": rows,
+        },
+    )
+    for row in rows:
+        universal = row["arms"].get("universal", {})
+        print(
+            f"{row['run']:24s} universal val {universal.get('val', float('nan')):.3f} "
+            f"gap {row['fidelity_gap_val'] or float('nan'):.3f}  {row['changes']}"
+        )
+
+
+if __name__ == "__main__":
+    main()
