@@ -5,10 +5,14 @@ python bench/readme_results.py
 
 import json
 from pathlib import Path
+import re
+
+from readme_claims import screening_table, speed_lines, targets_line
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 START, END = "<!-- results:start -->", "<!-- results:end -->"
+OUT_PATH = r"--out \S+"  # a machine's own path in a recorded command
 ARMS = ("baseline", "universal", "universal_finetuned")
 
 
@@ -219,11 +223,13 @@ def section() -> str:
     exp = load("shared8.json")
     if exp is not None:
         lines += [
+            targets_line(exp),
+            "",
             f"`configs/shared8.toml`, {len(exp['seeds'])} seeds {exp['seeds']}, test split of each "
             "site (AUC for "
             "classification, Dice for segmentation), mean [95% bootstrap CI over seeds]. From "
             "`bench/results/shared8.json`: "
-            f"`{exp['command']}` at commit `{exp['commit'][:12]}`"
+            f"`{re.sub(OUT_PATH, '--out DIR', exp['command'])}` at commit `{exp['commit'][:12]}`"
             + (
                 f" (seeds trained and evaluated at commit `{exp['computed_at_commit'][:12]}`)"
                 if exp.get("computed_at_commit")
@@ -283,6 +289,16 @@ def section() -> str:
                 "",
                 *variant_table(docs),
             ]
+    screen = load("ablation.json")
+    if screen is not None:
+        lines += [
+            "",
+            "Levers of the claim, screened on one seed (seed 0; choices on the validation "
+            "columns, test only reported; the fidelity gap is the last-stage site teachers minus "
+            f"the universal model as is); `bench/results/ablation.json` (`{screen['command']}`):",
+            "",
+            *screening_table(screen),
+        ]
     speed = load("throughput.json")
     if speed is not None:
         lines += [
@@ -293,6 +309,9 @@ def section() -> str:
             "",
             *throughput_table(speed),
         ]
+    utilisation = load("speed.json")
+    if utilisation is not None:
+        lines += ["", *speed_lines(utilisation)]
     return (
         "\n".join(lines)
         if lines

@@ -1,0 +1,134 @@
+"""README sections on the claim and on speed, generated from bench/results/*.json.
+
+Used by readme_results.py: the line that states which of the claim's targets hold (from the
+3-seed experiment), the one-seed screening of the levers (ablation.json) and the performance
+figures (speed.json).
+"""
+
+from statistics import mean
+
+
+def _arm(task: dict, arm: str) -> float | None:
+    entry = task["arms"].get(arm)
+    return None if entry is None else entry["mean"]
+
+
+def _unseen(doc: dict) -> str:
+    """Target 5 on the unseen sites that have adaptation results: universal ahead of the MIM
+    encoder at 1% and 10% labels, probe and fine-tune."""
+    parts = []
+    for site, entry in doc.get("adapt_results", {}).items():
+        arms = entry["arms"]
+        checks = [
+            arms[f"universal_{m}@{f}"]["mean"] > arms[f"baseline_{m}@{f}"]["mean"]
+            for m in ("probe", "finetune")
+            for f in ("0.01", "0.1")
+            if f"universal_{m}@{f}" in arms and f"baseline_{m}@{f}" in arms
+        ]
+        parts.append(f"{site} {sum(checks)} of {len(checks)} ahead")
+    return "; ".join(parts) if parts else "no adaptation results"
+
+
+def targets_line(doc: dict) -> str:
+    """One line: which of the claim's targets (issue 10) hold in this experiment's test means."""
+    tasks = doc["tasks"]
+    universal = {s: _arm(t, "universal") for s, t in tasks.items()}
+    baseline = {s: _arm(t, "baseline") for s, t in tasks.items()}
+    ahead = sum(universal[s] >= baseline[s] for s in tasks)
+    m_u, m_b = mean(universal.values()), mean(baseline.values())
+    t1 = m_u >= m_b and ahead >= 6
+    test = doc["tests"].get("universal_finetuned_vs_baseline", {})
+    t2 = test.get("wilcoxon_p", 1.0) < 0.01 and test.get("wins", 0) >= 18
+    gaps = [t["fidelity"]["universal_minus_teacher"] for t in tasks.values() if "fidelity" in t]
+    t3 = bool(gaps) and min(gaps) >= -0.01
+    thin = tasks.get("drive_vessels")
+    t4 = thin is not None and _arm(thin, "universal") >= _arm(thin, "baseline")
+    ceiling = [_arm(t, "centralized_finetuned") for t in tasks.values()]
+    word = {True: "holds", False: "not met"}
+    return (
+        f"**Targets of the claim** (test means, {len(doc['seeds'])} seeds): "
+        f"1. universal >= baseline: {word[t1]} ({m_u:.3f} vs {m_b:.3f}, ahead on {ahead} of "
+        f"{len(tasks)}); "
+        f"2. universal_finetuned vs baseline p < 0.01 with 18 wins: {word[t2]} "
+        f"(p = {test.get('wilcoxon_p', float('nan')):.2g}, {test.get('wins', 0)} wins); "
+        f"3. universal within 0.01 of its teacher on every task: {word[t3]} "
+        f"({sum(g >= -0.01 for g in gaps)} of {len(gaps)}, worst {min(gaps, default=0):+.3f}); "
+        f"4. DRIVE universal >= baseline: {word[t4]}"
+        + (f" ({_arm(thin, 'universal'):.3f} vs {_arm(thin, 'baseline'):.3f})" if thin else "")
+        + f"; 5. unseen sites: {_unseen(doc)} (leave-one-site-out runs not made yet); "
+        "6. centralized_finetuned: "
+        + (
+            f"mean {mean(ceiling):.3f}"
+            if all(c is not None for c in ceiling)
+            else "arm built, not yet in this experiment"
+        )
+        + "."
+    )
+
+
+def screening_table(doc: dict) -> list[str]:
+    """One-seed screening of the levers: validation and test means, teachers, fidelity gap, time."""
+    lines = [
+        "| run | changes against `configs/shared8.toml` | last-stage teachers (val) | universal "
+        "(val / test) | universal_finetuned (val / test) | baseline (val / test) | fidelity gap "
+        "(val) | run time |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in doc["runs"]:
+        arms, stages = row["arms"], row["stages"]
+        teachers = stages[max(stages, key=int)]["teacher_val"] if stages else float("nan")
+        pair = {
+            a: f"{arms[a]['val']:.3f} / {arms[a]['test']:.3f}" if a in arms else "-"
+            for a in ("universal", "universal_finetuned", "baseline")
+        }
+        changed = ", ".join(f"`{k}={v}`" for k, v in row["changes"].items()) or "none"
+        seconds = row.get("run_seconds")
+        lines.append(
+            f"| {row['run']} (`{row['commit'][:7]}`) | {changed} | {teachers:.3f} | "
+            f"{pair['universal']} | {pair['universal_finetuned']} | {pair['baseline']} | "
+            f"{row['fidelity_gap_val']:.3f} | "
+            + (f"{seconds / 60:.0f} min |" if seconds else "- |")
+        )
+    return lines
+
+
+def speed_lines(doc: dict) -> list[str]:
+    """The machine's peak, each phase's share of it, the variants and the federation overhead."""
+    peak = doc["peak"]
+    lines = [
+        f"Measured peak of this machine (a 2048x2048 fp32 matrix product): fp32 "
+        f"{peak['float32_1_threads_gflops']:.0f} GFLOP/s on 1 thread, "
+        f"{peak['float32_2_threads_gflops']:.0f} on 2; bf16 "
+        f"{peak['bfloat16_2_threads_gflops']:.1f} on 2 (far below fp32 on these cores, so fp32 "
+        f"stays the CPU default). `bench/results/speed.json` (`{doc['phases']['command']}`, commit "
+        f"`{doc['phases']['commit'][:7]}`):",
+        "",
+        "| phase | threads | seconds | GFLOP | GFLOP/s | share of peak |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in doc["phases"]["rows"]:
+        lines.append(
+            f"| {r['phase']} | {r['threads']} | {r['seconds']:.1f} | {r['gflop']:.0f} | "
+            f"{r['gflops_per_second']:.0f} | {r['share_of_peak']:.0%} |"
+        )
+    lines += [
+        "",
+        "| variant | input | images/s (train, 2 threads) | first step (s) |",
+        "|---|---|---|---|",
+    ]
+    for r in doc["variants"]["rows"]:
+        lines.append(
+            f"| {r['variant']} | {r['size']} px, batch {r['batch']} | "
+            f"{r['images_per_second']:.0f} | {r['first_step_seconds']:.1f} |"
+        )
+    over = doc.get("overhead_demo")
+    if over:
+        lines += [
+            "",
+            f"Federation overhead (`{over['command']}`): the same stages as a plain in-process "
+            f"loop {over['plain_loop_seconds']:.1f} s, under Flower's Simulation Engine "
+            f"{over['flower_seconds']:.1f} s (ratio {over['ratio']:.2f}, "
+            f"{over['flower_seconds'] - over['plain_loop_seconds']:.1f} s more; not yet measured "
+            "on a shared8 run, where a fixed start-up weighs less).",
+        ]
+    return lines
