@@ -14,6 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from meduniverse.core.errors import DataError
+from meduniverse.data.folders import read_folder
 from meduniverse.data.images import read_frames
 from meduniverse.interfaces.cli import app
 from meduniverse.models.io import save_model
@@ -33,6 +34,7 @@ DICOM = {
 }
 NIFTI = {"anatomical.nii": None, "standard.nii.gz": None, "example4d.nii.gz": None}
 runner = CliRunner(env={"COLUMNS": "200"})
+CLASSES = ("normal", "finding")
 
 
 def library_file(name: str) -> Path:
@@ -203,3 +205,19 @@ def test_dicom_window_and_monochrome1(tmp_path):
         write_dicom(tmp_path / "mono1.dcm", ramp, PhotometricInterpretation="MONOCHROME1")
     )
     assert inverted[0].image[0, 0] == 255 and inverted[0].image[0, -1] == 0
+
+
+def test_training_site_readers_take_every_library_file(tmp_path):
+    """The same files as a hospital's classification site (a CSV of file, label, patient, split):
+    every frame becomes one training example."""
+    names = [*DICOM, *NIFTI]
+    splits = ("train", "train", "val", "test")
+    rows = ["file,label,patient,split"] + [
+        f"{library_file(n)},{CLASSES[k % 2]},p{k},{splits[k % 4]}" for k, n in enumerate(names)
+    ]
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    site = read_folder(
+        tmp_path, "binary", CLASSES, 32, (0.6, 0.2, 0.2), seed=0, labels="labels.csv"
+    )
+    assert sum(len(s.images) for s in site.values()) == sum(expected_frames(n) for n in names)
+    assert all(s.images.shape[1:] == (32, 32, 3) for s in site.values())
