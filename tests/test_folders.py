@@ -7,12 +7,10 @@ from pathlib import Path
 import nibabel
 import numpy as np
 from PIL import Image
-import pydicom
-from pydicom.dataset import FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 import pytest
 from typer.testing import CliRunner
 
+from dicom_files import write_dicom
 from meduniverse.core.errors import ConfigError, DataError
 from meduniverse.data.folders import read_folder
 from meduniverse.interfaces.cli import app
@@ -76,34 +74,16 @@ def test_images_and_masks_with_split_folders(tmp_path):
     )
 
 
-def dicom(path: Path, pixels: np.ndarray, patient: str) -> None:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = pydicom.Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = (
-        meta.MediaStorageSOPClassUID,
-        meta.MediaStorageSOPInstanceUID,
-    )
-    ds.PatientID = patient
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel, ds.BitsAllocated, ds.BitsStored, ds.HighBit = 1, 16, 12, 11
-    ds.PixelRepresentation, ds.PhotometricInterpretation = 0, "MONOCHROME2"
-    ds.PixelData = pixels.astype(np.uint16).tobytes()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ds.save_as(path, enforce_file_format=True)
-
-
 def test_dicom_series_stay_with_their_patient(tmp_path):
     for patient in range(10):
         label = patient % 2
         for k in range(3):  # a series: three slices of one patient
-            dicom(
+            write_dicom(
                 tmp_path / CLASSES[label] / f"p{patient}" / f"{k}.dcm",
                 picture(label) * 16,
-                f"P{patient}",
+                PatientID=f"P{patient}",
+                BitsStored=12,
+                HighBit=11,
             )
     splits = read_folder(tmp_path, "binary", CLASSES, 32, SPLIT, seed=0)
     assert (

@@ -6,13 +6,11 @@ from pathlib import Path
 
 import nibabel
 import numpy as np
-import pydicom
 from pydicom.data import get_testdata_file
-from pydicom.dataset import FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 import pytest
 from typer.testing import CliRunner
 
+from dicom_files import write_dicom
 from meduniverse.core.errors import DataError
 from meduniverse.data.folders import read_folder
 from meduniverse.data.images import read_frames
@@ -160,28 +158,6 @@ def test_one_frame_can_be_chosen_and_bad_requests_are_clear(model_dir, tmp_path)
         app, ["predict", str(model_dir), "--task", "synthetic_xray_nodule", str(empty)]
     )
     assert folder.exit_code == 1 and "holds no image file" in folder.output
-
-
-def write_dicom(path: Path, pixels: np.ndarray, **elements) -> Path:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = pydicom.Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = (
-        meta.MediaStorageSOPClassUID,
-        meta.MediaStorageSOPInstanceUID,
-    )
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel, ds.BitsAllocated, ds.BitsStored, ds.HighBit = 1, 16, 16, 15
-    ds.PixelRepresentation = 0
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    for key, value in elements.items():
-        setattr(ds, key, value)
-    ds.PixelData = pixels.astype(np.uint16).tobytes()
-    ds.save_as(path, enforce_file_format=True)
-    return path
 
 
 def test_dicom_window_and_monochrome1(tmp_path):

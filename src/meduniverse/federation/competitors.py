@@ -147,42 +147,37 @@ class FedProxSiteHeads(SiteHeads, FedProx):
 
 Factory = Callable[[dict[int, str], int, FederationConfig], SiteHeads]
 
+
+def site_heads(
+    arm: str,
+    kind: type[SiteHeads] = FedAvgSiteHeads,
+    settings: Callable[[FederationConfig], dict] = lambda config: {},
+) -> Factory:
+    """A factory of competitor `arm`'s strategy: `kind` with the run's minimum of sites and update
+    norm band, plus the arm's own settings read from the federation config."""
+
+    def make(roster: dict[int, str], seed: int, config: FederationConfig) -> SiteHeads:
+        runtime = config.runtime
+        return kind(
+            arm, roster, seed, runtime.min_sites, band=runtime.update_norm_band, **settings(config)
+        )
+
+    return make
+
+
 STRATEGIES: dict[str, Factory] = {
-    "fedavg": lambda roster, seed, config: FedAvgSiteHeads(
-        "fedavg", roster, seed, config.runtime.min_sites, band=config.runtime.update_norm_band
+    "fedavg": site_heads("fedavg"),
+    "fedprox": site_heads(
+        "fedprox", FedProxSiteHeads, lambda c: {"proximal_mu": c.competitors.proximal_mu}
     ),
-    "fedprox": lambda roster, seed, config: FedProxSiteHeads(
-        "fedprox",
-        roster,
-        seed,
-        config.runtime.min_sites,
-        band=config.runtime.update_norm_band,
-        proximal_mu=config.competitors.proximal_mu,
-    ),
-    "fedbn": lambda roster, seed, config: FedAvgSiteHeads(
-        "fedbn",
-        roster,
-        seed,
-        config.runtime.min_sites,
-        band=config.runtime.update_norm_band,
-        site_local=norm_keys(build_model(config)),
-    ),
-    "ditto": lambda roster, seed, config: FedAvgSiteHeads(
+    "fedbn": site_heads("fedbn", settings=lambda c: {"site_local": norm_keys(build_model(c))}),
+    "ditto": site_heads(
         "ditto",
-        roster,
-        seed,
-        config.runtime.min_sites,
-        band=config.runtime.update_norm_band,
-        local_settings={"local-mode": "ditto", "ditto-lambda": config.competitors.ditto_lambda},
+        settings=lambda c: {
+            "local_settings": {"local-mode": "ditto", "ditto-lambda": c.competitors.ditto_lambda}
+        },
     ),
-    "fedrep": lambda roster, seed, config: FedAvgSiteHeads(
-        "fedrep",
-        roster,
-        seed,
-        config.runtime.min_sites,
-        band=config.runtime.update_norm_band,
-        local_settings={"local-mode": "fedrep"},
-    ),
+    "fedrep": site_heads("fedrep", settings=lambda c: {"local_settings": {"local-mode": "fedrep"}}),
 }
 
 
