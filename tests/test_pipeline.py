@@ -108,6 +108,24 @@ def test_predict_prints_probabilities_and_writes_masks(demo_run, demo_config, tm
     assert bad.exit_code == 1 and "no task 'no_such_task'" in bad.output
 
 
+@pytest.mark.slow
+def test_audit_reports_both_attacks_per_site(demo_run, demo_config, tmp_path):
+    out, _ = demo_run
+    args = ["audit", str(out), "--references", "2", "--limit", "20", "--no-progress"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    audit = json.loads((out / "audit.json").read_text())
+    assert json.loads((out / "results.json").read_text())["audit"] == audit
+    assert set(audit["sites"]) == {s.name for s in demo_config.sites}
+    for entry in audit["sites"].values():
+        assert 0 <= entry["loss_auc"] <= 1 and 0 <= entry["reference_auc"] <= 1
+        assert entry["members"] == entry["non_members"] <= 20
+    assert runner.invoke(app, ["report", str(out)]).exit_code == 0
+    assert "Membership audit" in (out / "report.html").read_text()
+    missing = runner.invoke(app, ["audit", str(tmp_path)])
+    assert missing.exit_code == 1 and "results.json: not found" in missing.output
+
+
 def test_sites_command_lists_every_shared8_site(shared_data):
     result = runner.invoke(
         app,

@@ -1,4 +1,4 @@
-"""The commands that use a trained model: `report`, `serve` and `predict`."""
+"""The commands that use a trained model: `report`, `serve`, `predict` and `audit`."""
 
 from pathlib import Path
 
@@ -108,3 +108,36 @@ def register_model_commands(app: typer.Typer) -> None:
                     say(f"probabilities written to {csv_path}")
         except MeduniverseError as exc:
             fail(exc)
+
+    @app.command("audit")
+    def audit_command(
+        run_dir: Path = typer.Argument(..., help="A run directory written by 'meduniverse run'"),
+        references: int = typer.Option(
+            4, help="Reference models per site for the calibrated attack (0: loss attack only)"
+        ),
+        limit: int = typer.Option(500, help="Most members (and as many non-members) per site"),
+        seed: int = typer.Option(0, help="Seed of the draws and of the reference models"),
+        progress: bool = typer.Option(True, help="Show a progress bar"),
+    ) -> None:
+        """Membership inference against the run's released model: attack AUC per site."""
+        from meduniverse.interfaces.console import print_table
+        from meduniverse.results.audit import AuditSettings, audit_run
+
+        try:
+            audit = audit_run(run_dir, AuditSettings(references, limit, seed), progress)
+        except MeduniverseError as exc:
+            fail(exc)
+        rows = [
+            [
+                site,
+                str(entry["members"]),
+                f"{entry['loss_auc']:.3f}",
+                f"{entry['reference_auc']:.3f}" if "reference_auc" in entry else "-",
+            ]
+            for site, entry in audit["sites"].items()
+        ]
+        print_table(
+            [["site", "members", "loss attack AUC", "calibrated attack AUC"], *rows],
+            "membership inference (0.5: members cannot be told apart)",
+        )
+        say(f"audit: {run_dir / 'audit.json'} (and results.json)")

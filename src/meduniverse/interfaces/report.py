@@ -180,6 +180,19 @@ def _adapt(adapt: Any, out_dir: Path) -> str:
     return f"<h2>Adaptation</h2><pre>{html.escape(json.dumps(adapt, indent=1, default=str))}</pre>"
 
 
+def _audit(audit: dict) -> str:
+    """The membership audit: attack AUC per site (0.5: members cannot be told apart)."""
+    privacy = privacy_text(audit.get("privacy") or {"dp": False})
+    rows = [
+        [site, str(e["members"]), fmt(e["loss_auc"]), fmt(e.get("reference_auc"))]
+        for site, e in audit["sites"].items()
+    ]
+    return (
+        f"<h2>Membership audit</h2><p>Attacks on the released model; {html.escape(privacy)}</p>"
+        + table(["site", "members (= non-members)", "loss attack AUC", "calibrated AUC"], rows)
+    )
+
+
 def build_report(
     out_dir: Path, results: dict, config: FederationConfig | None = None, pool: Pool | None = None
 ) -> Path:
@@ -228,6 +241,8 @@ def build_report(
     ]
     if results.get("adapt"):
         parts.append(_adapt(results["adapt"], out_dir))
+    if results.get("audit"):
+        parts.append(_audit(results["audit"]))
     title = html.escape(str(results.get("name") or (config.name if config else "run")))
     page = (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>meduniverse report: '
