@@ -70,20 +70,22 @@ def driver(browser):
 
 
 def submit(driver, server: str, path: Path, task: str) -> None:
+    from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import Select
+    from selenium.webdriver.support.ui import Select, WebDriverWait
 
     driver.get(server)
     driver.find_element(By.ID, "image").send_keys(str(path))
-    from selenium.webdriver.support import expected_conditions
-    from selenium.webdriver.support.ui import WebDriverWait
-
     Select(driver.find_element(By.ID, "task")).select_by_value(task)
-    button = driver.find_element(By.ID, "submit")
-    button.click()  # then wait for the answer page (a loaded machine can take seconds)
-    wait = WebDriverWait(driver, 120)
-    wait.until(expected_conditions.staleness_of(button))
-    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#result, #error"))
+    driver.find_element(By.ID, "submit").click()
+    # then wait for the answer page (a loaded machine can take seconds); while the page changes,
+    # the browser may answer with an error, which only means "not yet"
+    WebDriverWait(driver, 120, ignored_exceptions=(WebDriverException,)).until(
+        lambda d: (
+            d.current_url.endswith("/predict")
+            and d.execute_script("return document.readyState") == "complete"
+        )
+    )
 
 
 def shot(driver, name: str) -> None:
