@@ -1,4 +1,4 @@
-"""README sections on the claim and on speed, generated from bench/results/*.json.
+"""README sections on the claim, speed and extension, generated from bench/results/*.json.
 
 Used by readme_results.py: the line that states which of the claim's targets hold (from the
 3-seed experiment), the one-seed screening of the levers (ablation.json) and the performance
@@ -131,4 +131,32 @@ def speed_lines(doc: dict) -> list[str]:
             f"{over['flower_seconds'] - over['plain_loop_seconds']:.1f} s more; not yet measured "
             "on a shared8 run, where a fixed start-up weighs less).",
         ]
+    return lines
+
+
+def extend_lines(doc: dict) -> list[str]:
+    """A site that joins later against a full rerun: the new task, and the old tasks before and
+    after (forgetting)."""
+    new, seconds = doc["new_task"], doc["seconds"]
+    lines = [
+        f"A site that joins later (`meduniverse extend`), {doc['config']}, seed {doc['seeds'][0]}: "
+        f"`{doc['new_site']}` joins after stage {doc['stages']['before']} and the federation runs "
+        f"to stage {doc['stages']['after']}, against a rerun with every site from the start "
+        f"(`bench/results/extend.json`, `python bench/extend.py`, commit `{doc['commit'][:7]}`; "
+        f"the extension took {seconds['extension']:.0f} s after a {seconds['before']:.0f} s run, "
+        f"the rerun {seconds['rerun']:.0f} s):",
+        "",
+        "| task | before the extension | after the extension | rerun from scratch |",
+        "|---|---|---|---|",
+    ]
+    for site, row in doc["old_tasks"].items():
+        lines.append(
+            f"| {site} (universal) | {row['before']:.3f} | {row['after_extension']:.3f} | "
+            f"{row['rerun']:.3f} |"
+        )
+    for arm in ("universal", "universal_finetuned"):
+        lines.append(
+            f"| **{doc['new_site']}** (new, {arm}) | - | {new['extended'][arm]:.3f} | "
+            f"{new['rerun'][arm]:.3f} |"
+        )
     return lines

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 import re
 
-from readme_claims import screening_table, speed_lines, targets_line
+from readme_claims import extend_lines, screening_table, speed_lines, targets_line
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -289,6 +289,9 @@ def section() -> str:
                 "",
                 *variant_table(docs),
             ]
+    joined = load("extend.json")
+    if joined is not None:
+        lines += ["", *extend_lines(joined)]
     screen = load("ablation.json")
     if screen is not None:
         lines += [
