@@ -1,4 +1,4 @@
-"""README sections on the claim, speed and extension, generated from bench/results/*.json.
+"""README sections on the claim, speed, extension and privacy, generated from bench/results/*.json.
 
 Used by readme_results.py: the line that states which of the claim's targets hold (from the
 3-seed experiment), the one-seed screening of the levers (ablation.json) and the performance
@@ -158,5 +158,30 @@ def extend_lines(doc: dict) -> list[str]:
         lines.append(
             f"| **{doc['new_site']}** (new, {arm}) | - | {new['extended'][arm]:.3f} | "
             f"{new['rerun'][arm]:.3f} |"
+        )
+    return lines
+
+
+def privacy_lines(doc: dict) -> list[str]:
+    """Utility and membership-inference AUC per target epsilon."""
+    lines = [
+        f"Differential privacy's price and the membership audit, {doc['config']}, seed "
+        f"{doc['seeds'][0]} (`bench/results/privacy.json`, `python bench/privacy.py`, commit "
+        f"`{doc['commit'][:7]}`; test means over the tasks; AUC means over the sites, 0.5: "
+        "members cannot be told apart):",
+        "",
+        "| target epsilon | baseline | universal | universal_finetuned | largest epsilon spent | "
+        "loss attack AUC | calibrated attack AUC | run time |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in doc["rows"]:
+        mean, audit = r["test_mean"], r["audit_mean"]
+        spent = max(r["spent"].values()) if r.get("spent") else None
+        lines.append(
+            f"| {r['epsilon']} | {mean['baseline']:.3f} | {mean['universal']:.3f} | "
+            f"{mean['universal_finetuned']:.3f} | "
+            + (f"{spent:.2f}" if spent is not None else "-")
+            + f" | {audit.get('loss_auc', float('nan')):.3f} | "
+            f"{audit.get('reference_auc', float('nan')):.3f} | {r['run_seconds']:.0f} s |"
         )
     return lines

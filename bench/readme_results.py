@@ -7,7 +7,13 @@ import json
 from pathlib import Path
 import re
 
-from readme_claims import extend_lines, screening_table, speed_lines, targets_line
+from readme_claims import (
+    extend_lines,
+    privacy_lines,
+    screening_table,
+    speed_lines,
+    targets_line,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -292,6 +298,9 @@ def section() -> str:
     joined = load("extend.json")
     if joined is not None:
         lines += ["", *extend_lines(joined)]
+    private = load("privacy.json")
+    if private is not None:
+        lines += ["", *privacy_lines(private)]
     screen = load("ablation.json")
     if screen is not None:
         lines += [
