@@ -185,3 +185,26 @@ def privacy_lines(doc: dict) -> list[str]:
             f"{audit.get('reference_auc', float('nan')):.3f} | {r['run_seconds']:.0f} s |"
         )
     return lines
+
+
+def fidelity_by_task(doc: dict) -> list[str]:
+    """Per task and screening run: last-stage teacher minus the universal model as is (val)."""
+    runs = [r for r in doc["runs"] if r["stages"] and "universal" in r["arms"]]
+    runs = [r for r in runs if "teacher_val_per_task" in r["stages"][max(r["stages"], key=int)]]
+    if not runs:
+        return []
+    tasks = list(runs[0]["arms"]["universal"]["val_per_task"])
+    lines = [
+        "Where the fidelity gap sits (val, last-stage site teacher minus the universal model as "
+        "is, per task):",
+        "",
+        "| task | " + " | ".join(r["run"] for r in runs) + " |",
+        "|---|" + "---|" * len(runs),
+    ]
+    for task in tasks:
+        cells = []
+        for r in runs:
+            teacher = r["stages"][max(r["stages"], key=int)]["teacher_val_per_task"][task]
+            cells.append(f"{teacher - r['arms']['universal']['val_per_task'][task]:+.3f}")
+        lines.append(f"| {task} | " + " | ".join(cells) + " |")
+    return lines

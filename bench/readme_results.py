@@ -9,6 +9,7 @@ import re
 
 from readme_claims import (
     extend_lines,
+    fidelity_by_task,
     privacy_lines,
     screening_table,
     speed_lines,
@@ -311,6 +312,9 @@ def section() -> str:
             "",
             *screening_table(screen),
         ]
+        by_task = fidelity_by_task(screen)
+        if by_task:
+            lines += ["", *by_task]
     speed = load("throughput.json")
     if speed is not None:
         lines += [

@@ -47,6 +47,7 @@ def run_row(run_dir: Path, defaults: dict, commit: str | None) -> dict:
         stages[stage] = {
             "received_val": float(np.mean([primary(m, "received-val-") for m in sites.values()])),
             "teacher_val": float(np.mean([primary(m, "val-") for m in sites.values()])),
+            "teacher_val_per_task": {s: primary(m, "val-") for s, m in sites.items()},
             "teacher_test": float(np.mean([primary(m, "test-") for m in sites.values()])),
             "local_seconds": record.get("local_seconds"),
             "distill_seconds": record.get("distill", {}).get("seconds"),
