@@ -11,11 +11,9 @@ from meduniverse.core.arms import Arm, selected_arms
 from meduniverse.core.errors import ConfigError
 from meduniverse.core.tasks import task_type
 
-MEAN, STD = 0.5, 0.25
+MEAN, STD = 0.5, 0.25  # every input: x/255, then (x - MEAN) / STD
 # a site's name: it names files, keys and log lines, so letters, digits, '_' and '-' only
-SITE_NAME = re.compile(
-    r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}"
-)  # every input: x/255, then (x - MEAN) / STD
+SITE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 
 VARIANTS = ("distil_only", "average_then_distil")
 SCHEDULES = ("mixed", "round_robin")

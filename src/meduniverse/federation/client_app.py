@@ -58,6 +58,14 @@ def error_code(exc: BaseException) -> str:
     return "internal"
 
 
+def error_reply(msg: Message, site: str, exc: BaseException) -> Message:
+    """The reply to a request a site failed: its name and a fixed code; the details (logged with
+    the traceback) stay in the site's own log."""
+    log.error("site '%s' failed: %s", site, exc, exc_info=True)
+    code = error_code(exc)
+    return Message(Error(ERROR_CODES[code], error_reason(site, code)), reply_to=msg)
+
+
 def site_data(context: Context, config: FederationConfig, device: torch.device) -> SiteData:
     """This node's private data at its input spec, on `device` (loaded once per process)."""
     site = site_of(context, config)
@@ -199,20 +207,15 @@ def make_client_app(get_config: ConfigSource) -> ClientApp:
                 config = get_config(context)
                 site = site_of(context, config).name
             except Exception as exc:  # no configuration: the node's own site name, if it is safe
-                log.error("site failed before its data was read: %s", exc, exc_info=True)
                 named = str(context.node_config.get("site", ""))
-                code = error_code(exc)
-                reason = error_reason(named if SITE_NAME.fullmatch(named) else "?", code)
-                return Message(Error(ERROR_CODES[code], reason), reply_to=msg)
+                return error_reply(msg, named if SITE_NAME.fullmatch(named) else "?", exc)
             try:
                 torch.set_num_threads(config.runtime.threads_per_site)
                 compute = Compute.of(config.runtime)
                 with compute.autocast():
                     return handler(msg, config, site_data(context, config, compute.device))
-            except Exception as exc:  # the details stay in the site's own log
-                log.error("site '%s' failed: %s", site, exc, exc_info=True)
-                code = error_code(exc)
-                return Message(Error(ERROR_CODES[code], error_reason(site, code)), reply_to=msg)
+            except Exception as exc:
+                return error_reply(msg, site, exc)
 
         return wrapped
 

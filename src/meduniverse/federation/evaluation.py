@@ -13,14 +13,7 @@ from meduniverse.core.config import FederationConfig
 from meduniverse.core.errors import StageError
 from meduniverse.core.progress import RunProgress, log
 from meduniverse.federation.exchange import exchange_with_progress
-from meduniverse.federation.messages import (
-    ARRAYS,
-    CONFIG,
-    METRICS,
-    error_text,
-    from_arrays,
-    request,
-)
+from meduniverse.federation.messages import error_text, received, request
 from meduniverse.federation.schema import EVALUATE, check_reply
 from meduniverse.models.universal import encoder_part, personal_part, site_state
 
@@ -73,10 +66,8 @@ def evaluate_arm(
         if msg.has_error():
             failed[site] = f"failed: {error_text(msg)}"
             continue
-        metrics, task = dict(msg.content.get(METRICS, {})), config.site(site).task
-        info = dict(msg.content.get(CONFIG, {})) or None
-        weights = from_arrays(msg.content[ARRAYS]) if ARRAYS in msg.content else None
-        problems = check_reply(EVALUATE, task, metrics, info, weights, None)
+        metrics, info, weights = received(msg)
+        problems = check_reply(EVALUATE, config.site(site).task, metrics, info, weights, None)
         if problems:
             failed[site] = f"reply refused: {'; '.join(problems)}"
             continue

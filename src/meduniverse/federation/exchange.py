@@ -10,7 +10,7 @@ from flwr.serverapp import Grid
 from meduniverse.core.config import FederationConfig
 from meduniverse.core.errors import StageError
 from meduniverse.core.progress import RunProgress
-from meduniverse.federation.messages import CONFIG, METRICS, error_text, request
+from meduniverse.federation.messages import error_text, received, request
 from meduniverse.federation.schema import QUERY, check_reply
 
 
@@ -115,7 +115,8 @@ def handshake(grid: Grid, config: FederationConfig) -> Roster:
             raise StageError(
                 f"handshake: node {msg.metadata.src_node_id} failed: {error_text(msg)}"
             )
-        info, metrics = dict(msg.content.get(CONFIG, {})), dict(msg.content[METRICS])
+        metrics, info, _ = received(msg)
+        info = info or {}
         site = str(info.get("site"))
         problems = (
             ["not a site of the federation"]

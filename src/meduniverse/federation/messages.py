@@ -66,6 +66,14 @@ def reply(
     return Message(content=content, reply_to=to)
 
 
+def received(msg: Message) -> tuple[dict, dict | None, dict[str, torch.Tensor] | None]:
+    """A reply as the server reads it, for `schema.check_reply`: its metrics, its text fields (None:
+    none) and its weights (None: none)."""
+    info = dict(msg.content.get(CONFIG, {})) or None
+    weights = from_arrays(msg.content[ARRAYS]) if ARRAYS in msg.content else None
+    return dict(msg.content.get(METRICS, {})), info, weights
+
+
 def error_text(msg: Message) -> str:
     """What the server keeps of an error reply: the fixed form `schema.error_reason` makes, or a
     note that the reply was refused (free text from a site could carry its data)."""

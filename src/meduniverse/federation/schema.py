@@ -14,6 +14,7 @@ import re
 
 import torch
 
+from meduniverse.core.config import SITE_NAME
 from meduniverse.core.tasks import task_type
 from meduniverse.models.universal import PERSONAL_PREFIX
 
@@ -152,8 +153,8 @@ def check_reply(
     return problems
 
 
-ERROR_REASON = re.compile(
-    r"site '[A-Za-z0-9_?-]+': (?:" + "|".join(ERROR_CODES) + r") error \(code \d+\)"
+ERROR_REASON = re.compile(  # a site's name (or '?' before it is known) and a fixed code
+    rf"site '(?:{SITE_NAME.pattern}|\?)': (?:" + "|".join(ERROR_CODES) + r") error \(code \d+\)"
 )
 
 

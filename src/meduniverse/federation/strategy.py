@@ -17,11 +17,10 @@ from meduniverse.core.progress import log
 from meduniverse.core.seeds import derive_seed
 from meduniverse.federation.exchange import Roster
 from meduniverse.federation.messages import (
-    ARRAYS,
-    CONFIG,
     METRICS,
     error_text,
     from_arrays,
+    received,
     request,
     to_arrays,
 )
@@ -74,13 +73,12 @@ def accept_updates(
         if msg.has_error():
             rejected[site] = f"failed: {error_text(msg)}"
             continue
-        why = reply_problem(msg, site, roster, site_state(previous, site))
+        metrics, info, weights = received(msg)
+        why = reply_problem(site, roster, site_state(previous, site), metrics, info, weights)
         if why:
             rejected[site] = why
             continue
-        update = SiteUpdate(
-            site, from_arrays(msg.content[ARRAYS]), int(msg.content[METRICS]["num-examples"])
-        )
+        update = SiteUpdate(site, weights, int(metrics["num-examples"]))
         problem = update_problem(update, site_state(previous, site))
         if problem:
             rejected[site] = f"update rejected: {problem}"
@@ -105,21 +103,20 @@ def accept_updates(
     return accepted
 
 
-def reply_problem(msg: Message, site: str, roster: Roster, sent: dict[str, torch.Tensor]) -> str:
-    """Why a training reply is refused ('' if it is not): the protocol's schema, `num-examples`."""
+def reply_problem(
+    site: str,
+    roster: Roster,
+    sent: dict[str, torch.Tensor],
+    metrics: dict,
+    info: dict | None,
+    weights: dict[str, torch.Tensor] | None,
+) -> str:
+    """Why a training reply (as `messages.received` reads it) is refused ('' if it is not): the
+    protocol's schema, `num-examples`."""
     task = roster.tasks.get(site) if isinstance(roster, Roster) else None
     if task is None:
         return "reply refused: the site's task type is unknown"
-    weights = from_arrays(msg.content[ARRAYS]) if ARRAYS in msg.content else None
-    metrics = dict(msg.content.get(METRICS, {}))
-    problems = check_reply(
-        TRAIN,
-        task,
-        metrics,
-        dict(msg.content.get(CONFIG, {})) or None,
-        weights,
-        part_of(sent, site),
-    )
+    problems = check_reply(TRAIN, task, metrics, info, weights, part_of(sent, site))
     if problems:
         return f"reply refused: {'; '.join(problems)}"
     size = roster.train_sizes.get(site, 0)

@@ -115,7 +115,9 @@ def verify_disjoint(config: FederationConfig, pool: Pool) -> int:
     thumbnail; raise PrivacyError on an identical or near-identical pair. Returns the pool's size
     (distinct images)."""
     pool_hashes, threshold = pool.hashes(), config.pool.near_duplicate
-    pool_signatures = {src: signatures(x) for src, x in pool.sources.items() if len(x)}
+    pool_signatures = (
+        {src: signatures(x) for src, x in pool.sources.items() if len(x)} if threshold > 0 else {}
+    )
     for site in config.sites:
         raw = read_raw(site, config.seed)
         keys = duplicate_keys({k: v.images for k, v in raw.items()}, threshold)
@@ -128,8 +130,8 @@ def verify_disjoint(config: FederationConfig, pool: Pool) -> int:
                     f"(from {pool_hashes[overlap[0]]}); pool and private data must be "
                     "disjoint"
                 )
-            mine = signatures(data.images) if threshold > 0 else None
-            for source, theirs in pool_signatures.items() if threshold > 0 else ():
+            mine = signatures(data.images) if pool_signatures else None
+            for source, theirs in pool_signatures.items():
                 near = {i for i, _ in near_pairs(mine, theirs, threshold)}
                 if near:
                     raise PrivacyError(

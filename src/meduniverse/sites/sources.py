@@ -54,11 +54,16 @@ def data_file(site: SiteConfig) -> Path:
     return site.path
 
 
+def is_folder(site: SiteConfig) -> bool:
+    """Whether the site is kept as a folder of its own files (not an npz file)."""
+    return site.path is not None and site.path.is_dir()
+
+
 def read_raw(site: SiteConfig, seed: int = 0) -> dict[str, RawSplit]:
     """All splits of a site as stored (npz file, folder of its own files, synthetic), checked."""
     if site.synthetic:
         return make_synthetic(site.synthetic, site.task, len(site.classes), seed)
-    if site.path is not None and site.path.is_dir():
+    if is_folder(site):
         return read_folder(
             site.path,
             site.task,
@@ -74,10 +79,8 @@ def read_raw(site: SiteConfig, seed: int = 0) -> dict[str, RawSplit]:
 
 def read_raw_images(site: SiteConfig, seed: int = 0) -> dict[str, np.ndarray]:
     """Images of every split, never the labels: what the server may read of a pool site."""
-    if site.synthetic or (
-        site.path is not None and site.path.is_dir()
-    ):  # a folder's labels are its
-        return {k: v.images for k, v in read_raw(site, seed).items()}  # layout: read, then dropped
+    if site.synthetic or is_folder(site):  # generated, or labelled by its layout: read, then
+        return {k: v.images for k, v in read_raw(site, seed).items()}  # the labels dropped
     path = data_file(site)
     with open_npz(path) as npz:
         return {
