@@ -208,3 +208,31 @@ def fidelity_by_task(doc: dict) -> list[str]:
             cells.append(f"{teacher - r['arms']['universal']['val_per_task'][task]:+.3f}")
         lines.append(f"| {task} | " + " | ".join(cells) + " |")
     return lines
+
+
+def distill_screen_lines(doc: dict) -> list[str]:
+    """The last-stage distillation screen (bench/screen_distill.py): each variant's universal
+    model as is against the same teachers, mean and per task on validation, test mean reported."""
+    tasks = list(doc["teacher_val_per_task"])
+    lines = [
+        f"Distillation settings screened on the last stage of run `{doc['run']}` (its stage "
+        f"{doc['stage'] - 1} model and the same stage-{doc['stage']} site teachers for every row; "
+        f"`bench/results/distill_screen.json`, `{doc['command']}`, commit `{doc['commit'][:7]}`). "
+        "Validation Dice/AUC of the universal model as is; choices on val, test only reported:",
+        "",
+        "| variant | settings | " + " | ".join(tasks) + " | val | test | gap to teachers (val) "
+        "| seconds |",
+        "|---|---|" + "---|" * (len(tasks) + 4),
+        "| teachers | - | "
+        + " | ".join(f"{doc['teacher_val_per_task'][t]:.3f}" for t in tasks)
+        + f" | {doc['teacher_val']:.3f} | - | - | - |",
+    ]
+    for name, row in doc["variants"].items():
+        settings = f"`{row['settings']}`" if row["settings"] else "the run's own"
+        lines.append(
+            f"| {name} | {settings} | "
+            + " | ".join(f"{row['val_per_task'][t]:.3f}" for t in tasks)
+            + f" | {row['val']:.3f} | {row['test']:.3f} | {row['fidelity_gap_val']:.3f} | "
+            f"{row['distill_seconds']:.0f} |"
+        )
+    return lines

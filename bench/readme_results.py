@@ -8,6 +8,7 @@ from pathlib import Path
 import re
 
 from readme_claims import (
+    distill_screen_lines,
     extend_lines,
     fidelity_by_task,
     privacy_lines,
@@ -15,6 +16,7 @@ from readme_claims import (
     speed_lines,
     targets_line,
 )
+from readme_competitors import competitor_lines
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -315,6 +317,12 @@ def section() -> str:
         by_task = fidelity_by_task(screen)
         if by_task:
             lines += ["", *by_task]
+    distill_screen = load("distill_screen.json")
+    if distill_screen is not None:
+        lines += ["", *distill_screen_lines(distill_screen)]
+    rivals = load("competitors.json")
+    if rivals is not None:
+        lines += ["", "The competitors (issue 14):", "", *competitor_lines(rivals)]
     speed = load("throughput.json")
     if speed is not None:
         lines += [

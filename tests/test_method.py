@@ -196,10 +196,16 @@ def head_distance(config, model_state, reference_state, pool):
 
 
 AUGMENTED = {"distill_views": 2, "distill_lr_schedule": "cosine", "distill_own_weight": 4.0}
+DENSE = {  # more crops at more scales for segmentation heads, and the soft Dice term
+    "distill_dense_views": 3,
+    "distill_crop_area": 0.2,
+    "distill_dice_weight": 1.0,
+    "distill_own_weight": 4.0,
+}
 
 
 @pytest.mark.parametrize(
-    "schedule, extra", [("mixed", {}), ("round_robin", {}), ("mixed", AUGMENTED)]
+    "schedule, extra", [("mixed", {}), ("round_robin", {}), ("mixed", AUGMENTED), ("mixed", DENSE)]
 )
 def test_distillation_moves_heads_towards_their_teachers(demo_config, schedule, extra):
     config = replace(

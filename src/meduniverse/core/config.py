@@ -107,9 +107,14 @@ class MethodConfig:
     (the fine-tune schedule of [finetune], early stopping on the site's validation split: teachers
     trained to convergence); every federated model gets the same. `distill_views`: the pool and
     views-1 augmented copies of it (random resized crop, flip, intensity) on which teachers and
-    student are compared; `distill_lr_schedule`: 'constant' or 'cosine' over the distillation;
-    `distill_own_weight`: how much more the pool images a site lent weigh in its head's teacher
-    term (1: as much as the others)."""
+    student are compared; `distill_dense_views`: the same for the pool of segmentation heads (0: as
+    many as `distill_views`), whose few images need more crops; `distill_crop_area`: the smallest
+    crop of a view, as a share of the image (crops at several scales);
+    `distill_lr_schedule`: 'constant' or 'cosine' over the distillation; `distill_own_weight`: how
+    much more the pool images a site lent weigh in its head's teacher term (1: as much as the
+    others); `distill_dice_weight`: a soft Dice term between a segmentation head's and its
+    teacher's foreground probabilities, added to the teacher term, so thin structures weigh as
+    much as large ones (0: none)."""
 
     stages: int = 3
     variant: str = "distil_only"
@@ -123,6 +128,9 @@ class MethodConfig:
     distill_epochs: int = 4
     distill_schedule: str = "mixed"
     distill_views: int = 1
+    distill_dense_views: int = 0
+    distill_crop_area: float = 0.4
+    distill_dice_weight: float = 0.0
     distill_own_weight: float = 1.0
     distill_lr_schedule: str = "constant"
     retention: float = 0.5

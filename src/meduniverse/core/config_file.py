@@ -188,8 +188,15 @@ def check_config(config: FederationConfig) -> None:
     _choice(m.distill_schedule, SCHEDULES, f"{src}: method.distill_schedule")
     _choice(m.local_training, LOCAL_TRAINING, f"{src}: method.local_training")
     _choice(m.distill_lr_schedule, LR_SCHEDULES, f"{src}: method.distill_lr_schedule")
-    if m.distill_views < 1:
-        raise ConfigError(f"{src}: method.distill_views must be at least 1")
+    if m.distill_views < 1 or m.distill_dense_views < 0:
+        raise ConfigError(
+            f"{src}: method.distill_views must be at least 1 and distill_dense_views at least 0"
+        )
+    if not 0 < m.distill_crop_area <= 1 or m.distill_dice_weight < 0:
+        raise ConfigError(
+            f"{src}: method.distill_crop_area must lie in (0, 1] and distill_dice_weight be at "
+            "least 0"
+        )
     _choice(config.runtime.device, DEVICES, f"{src}: runtime.device")
     _choice(config.runtime.precision, PRECISIONS, f"{src}: runtime.precision")
     c = config.competitors

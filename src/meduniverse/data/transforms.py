@@ -66,14 +66,18 @@ def random_flip(
     return images, masks
 
 
-def augmented_views(images: torch.Tensor, views: int, generator: torch.Generator) -> torch.Tensor:
-    """The images and `views - 1` augmented copies of them: a random resized crop (40-100% of the
-    area, aspect 3/4-4/3), a random horizontal flip and a brightness/contrast jitter (±20%).
+def augmented_views(
+    images: torch.Tensor, views: int, generator: torch.Generator, min_area: float = 0.4
+) -> torch.Tensor:
+    """The images and `views - 1` augmented copies of them: a random resized crop (`min_area` to
+    100% of the area, aspect 3/4-4/3, so several scales), a random horizontal flip and a
+    brightness/contrast jitter (±20%).
 
     Args:
         images: uint8 N×C×S×S.
         views: copies in all, the first the images themselves.
         generator: the augmentations' random source.
+        min_area: the smallest crop, as a share of the image's area, in (0, 1].
 
     Returns:
         uint8 (views·N)×C×S×S, view by view.
@@ -81,7 +85,7 @@ def augmented_views(images: torch.Tensor, views: int, generator: torch.Generator
     out = [images]
     n = images.shape[0]
     for _ in range(views - 1):
-        area = torch.empty(n).uniform_(0.4, 1.0, generator=generator)
+        area = torch.empty(n).uniform_(min_area, 1.0, generator=generator)
         ratio = torch.exp(
             torch.empty(n).uniform_(math.log(3 / 4), math.log(4 / 3), generator=generator)
         )

@@ -4,6 +4,7 @@ universal model's heads, with a retention term that keeps what the heads knew be
 import torch
 
 from meduniverse.core.config import MethodConfig
+from meduniverse.core.tasks import task_type
 from meduniverse.data.transforms import normalize
 from meduniverse.method.loop import (
     StepCallback,
@@ -15,7 +16,7 @@ from meduniverse.method.loop import (
     pool_batch_sizes,
     pool_steps,
 )
-from meduniverse.method.losses import soft_target_loss
+from meduniverse.method.losses import soft_dice_loss, soft_target_loss
 from meduniverse.method.mim import mim_step_loss
 from meduniverse.models.heads import DecoderHead
 from meduniverse.models.universal import UniversalModel
@@ -119,6 +120,28 @@ def distill(
     return optimise(optimizer, losses, steps, scheduler, on_step)
 
 
+def teacher_term(
+    student: torch.Tensor,
+    teacher: torch.Tensor,
+    task: str,
+    method: MethodConfig,
+    weights: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """A head's loss towards its teacher: the tempered soft-target loss, plus for segmentation
+    heads `distill_dice_weight` times the soft Dice between their foreground probabilities.
+
+    Args:
+        student, teacher: logits of the same shape, (N,C) or (N,C,H,W).
+        task: the head's task type.
+        method: temperature and distill_dice_weight.
+        weights: (N,) weights of the examples (None: equal).
+    """
+    loss = soft_target_loss(student, teacher, task, method.temperature, weights)
+    if method.distill_dice_weight > 0 and task_type(task).segmentation:
+        loss = loss + method.distill_dice_weight * soft_dice_loss(student, teacher, task, weights)
+    return loss
+
+
 def _distill_losses(
     student: UniversalModel,
     teacher_logits: dict[str, torch.Tensor],
@@ -156,11 +179,11 @@ def _distill_losses(
                 outputs = student.forward_heads(normalize(pool[group][idx]), heads)
                 for t in heads:
                     if t in active:
-                        loss = loss + soft_target_loss(
+                        loss = loss + teacher_term(
                             outputs[t],
                             teacher_logits[t][idx].float(),
                             tasks[t],
-                            method.temperature,
+                            method,
                             weights[t][idx] if t in weights else None,
                         )
                     if t in retained:

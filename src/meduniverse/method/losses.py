@@ -42,6 +42,27 @@ def soft_target_loss(
     return (per_example * weights).sum() / weights.sum() * t * t
 
 
+def soft_dice_loss(
+    student: torch.Tensor, teacher: torch.Tensor, task: str, weights: torch.Tensor | None = None
+) -> torch.Tensor:
+    """1 - soft Dice between the student's and the teacher's foreground probabilities (every class
+    but the first), per example, so that a thin structure counts as much as a large one.
+
+    Args:
+        student, teacher: segmentation logits (N,C,H,W).
+        task: the head's task type (its `probabilities`).
+        weights: (N,) weights of the examples (None: the plain mean).
+    """
+    probabilities = task_type(task).probabilities
+    p, q = probabilities(student)[:, 1:], probabilities(teacher)[:, 1:]
+    overlap = (p * q).flatten(1).sum(1)
+    total = (p + q).flatten(1).sum(1)
+    each = 1 - (2 * overlap + 1) / (total + 1)
+    if weights is None:
+        return each.mean()
+    return (each * weights).sum() / weights.sum()
+
+
 def mim_loss(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """SimMIM: L1 reconstruction error on the masked pixels only (mask is N×1×H×W, 1 = hidden)."""
     hidden = mask.expand_as(target)

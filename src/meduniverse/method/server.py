@@ -92,6 +92,18 @@ def student_for(
     return student
 
 
+def view_counts(config: FederationConfig, groups: list[str]) -> dict[str, int]:
+    """Per input group of the pool, the views distillation compares teachers and student on:
+    `distill_dense_views` for a group that segmentation heads read (when set), else
+    `distill_views`."""
+    m = config.method
+    dense = {task_type(s.task).group for s in config.sites if task_type(s.task).segmentation}
+    return {
+        g: m.distill_dense_views if g in dense and m.distill_dense_views else m.distill_views
+        for g in groups
+    }
+
+
 def server_step(
     previous: dict[str, torch.Tensor],
     updates: list[SiteUpdate],
@@ -109,8 +121,8 @@ def server_step(
         previous: G_{s-1}'s state (encoder and every head).
         updates: the accepted site models of this stage, in the configuration's site order.
         config: the federation (model, sites' task types, method settings).
-        pool: per input group, uint8 images N×C×S×S, on the device the step computes on (with
-            method.distill_views > 1, extended by augmented copies).
+        pool: per input group, uint8 images N×C×S×S, on the device the step computes on (extended
+            by augmented copies when `view_counts` asks for more than one view).
         seed: the distillation's seed (and its views').
         mim_decoder: with method.mim_weight > 0, the pixel decoder of the MIM term (trained along).
         on_step: progress callback (step, steps).
@@ -123,13 +135,18 @@ def server_step(
     group_of = {s.name: task_type(s.task).group for s in config.sites}
     device = next(iter(pool.values())).device  # the models compute where the pool lives
     m = config.method
-    if m.distill_views > 1:  # teachers and student compared on the same augmented views
-        views = torch.Generator().manual_seed(seed)
-        pool = {g: augmented_views(x, m.distill_views, views) for g, x in pool.items()}
+    views = view_counts(config, list(pool))
+    generator = torch.Generator().manual_seed(seed)
+    pool = {  # teachers and student compared on the same augmented views
+        g: augmented_views(x, views[g], generator, m.distill_crop_area) if views[g] > 1 else x
+        for g, x in pool.items()
+    }
     weights = None
     if own and m.distill_own_weight != 1:
         weights = {
-            site: (1 + (m.distill_own_weight - 1) * mask.float()).repeat(m.distill_views).to(device)
+            site: (1 + (m.distill_own_weight - 1) * mask.float())
+            .repeat(views[group_of[site]])
+            .to(device)
             for site, mask in own.items()
         }
     teacher = build_model(config).to(device)

@@ -1,0 +1,88 @@
+"""The README's competitor section (issue 14), generated from bench/results/competitors.json: every
+arm's test metric per task, and one plain statement per competitor of where the universal model
+stands against it."""
+
+import re
+from statistics import mean
+
+# (ours, competitor): the comparisons the README states, each between arms of the same kind
+STATEMENTS = (
+    ("universal_finetuned", "fedavg_finetuned"),
+    ("universal_finetuned", "fedprox_finetuned"),
+    ("universal_finetuned", "fedbn_finetuned"),
+    ("universal", "ditto"),
+    ("universal", "fedrep"),
+    ("universal", "fedavg"),
+    ("universal_finetuned", "centralized_finetuned"),
+)
+ROWS = (
+    "baseline",
+    "universal",
+    "universal_finetuned",
+    "fedavg",
+    "fedavg_finetuned",
+    "fedprox",
+    "fedprox_finetuned",
+    "fedbn",
+    "fedbn_finetuned",
+    "ditto",
+    "fedrep",
+    "centralized",
+    "centralized_finetuned",
+)
+
+
+def _pairs(doc: dict, ours: str, other: str) -> list[tuple[float, float]]:
+    """(ours, other) test values over every (task, seed) pair."""
+    out = []
+    for task in doc["tasks"].values():
+        arms = task["arms"]
+        if ours in arms and other in arms:
+            out += list(zip(arms[ours]["per_seed"], arms[other]["per_seed"], strict=True))
+    return out
+
+
+def statement(doc: dict, ours: str, other: str) -> str | None:
+    """One sentence: mean difference, wins and losses over (task, seed) pairs, and the Wilcoxon
+    p-value when the experiment computed it."""
+    pairs = _pairs(doc, ours, other)
+    if not pairs:
+        return None
+    diff = mean(a - b for a, b in pairs)
+    wins, losses = sum(a > b for a, b in pairs), sum(a < b for a, b in pairs)
+    test = doc.get("tests", {}).get(f"{ours}_vs_{other}")
+    p = f", Wilcoxon p = {test['wilcoxon_p']:.2g}" if test else ""
+    where = "ahead of" if wins > losses and diff > 0 else "behind" if diff < 0 else "level with"
+    return (
+        f"- `{ours}` is **{where}** `{other}`: mean difference {diff:+.3f}, {wins} wins and "
+        f"{losses} losses over {len(pairs)} (task, seed) pairs{p}."
+    )
+
+
+def competitor_lines(doc: dict) -> list[str]:
+    tasks = doc["tasks"]
+    command = re.sub(r"--out \S+", "--out DIR", doc["command"])
+    lines = [
+        f"`configs/shared8.toml`, {len(doc['seeds'])} seed(s) {doc['seeds']}, test split, mean "
+        f"over seeds (AUC for classification, Dice for segmentation). From "
+        f"`bench/results/competitors.json`: `{command}` at commit `{doc['commit'][:12]}`; each "
+        "seed took "
+        + ", ".join(f"{v / 60:.0f}" for v in doc["seed_seconds"].values())
+        + f" minutes on {doc['machine']['cpus']} CPU cores. Every federated arm has the same "
+        "stages, local training and encoder; every fine-tune the same early-stopped schedule.",
+        "",
+        "| arm | " + " | ".join(tasks) + " | mean (val) | mean (test) |",
+        "|---|" + "---|" * (len(tasks) + 2),
+    ]
+    for arm in ROWS:
+        if not all(arm in t["arms"] for t in tasks.values()):
+            continue
+        test = [t["arms"][arm]["mean"] for t in tasks.values()]
+        val = [t["arms"][arm]["val"]["mean"] for t in tasks.values()]
+        lines.append(
+            f"| {arm} | "
+            + " | ".join(f"{v:.3f}" for v in test)
+            + f" | {mean(val):.3f} | {mean(test):.3f} |"
+        )
+    said = [s for s in (statement(doc, a, b) for a, b in STATEMENTS) if s]
+    return [*lines, "", "Where the universal model stands (from the same JSON):", "", *said]

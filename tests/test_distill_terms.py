@@ -1,0 +1,74 @@
+"""The distillation's segmentation terms: the soft Dice against a teacher and the views per pool
+group."""
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from meduniverse.core.config_file import check_config
+from meduniverse.core.errors import ConfigError
+from meduniverse.method.distill import teacher_term
+from meduniverse.method.losses import soft_dice_loss, soft_target_loss
+from meduniverse.method.server import view_counts
+
+
+def thin_structure(n: int = 4, size: int = 32) -> torch.Tensor:
+    """Teacher logits (N,2,S,S) that see a one-pixel line: background elsewhere, confidently."""
+    logits = torch.zeros(n, 2, size, size)
+    logits[:, 0], logits[:, 1] = 6.0, -6.0
+    logits[:, 0, :, size // 2] = -6.0
+    logits[:, 1, :, size // 2] = 6.0
+    return logits
+
+
+def test_soft_dice_sees_a_missed_thin_structure_that_the_pixel_mean_barely_sees():
+    teacher = thin_structure()
+    blind = teacher.clone()
+    blind[:, 0], blind[:, 1] = 6.0, -6.0  # background everywhere: the line is missed
+    assert soft_dice_loss(teacher, teacher, "segmentation") < 0.05
+    assert soft_dice_loss(blind, teacher, "segmentation") > 0.9
+    # the per-pixel KL of the same miss is small: the line is 1/32 of the pixels
+    missed = soft_target_loss(blind, teacher, "segmentation", 1.0)
+    assert missed < 0.5 * soft_dice_loss(blind, teacher, "segmentation")
+
+
+def test_soft_dice_weights_examples():
+    teacher = thin_structure(2)
+    student = teacher.clone()
+    student[1, 0], student[1, 1] = 6.0, -6.0  # only example 1 misses the line
+    only_first = soft_dice_loss(student, teacher, "segmentation", torch.tensor([1.0, 0.0]))
+    only_second = soft_dice_loss(student, teacher, "segmentation", torch.tensor([0.0, 1.0]))
+    assert only_first < 0.05 < 0.9 < only_second
+
+
+def test_teacher_term_adds_dice_only_to_segmentation_heads(demo_config):
+    method = replace(demo_config.method, distill_dice_weight=2.0)
+    teacher = thin_structure()
+    blind = torch.zeros_like(teacher)
+    plain = replace(method, distill_dice_weight=0.0)
+    gain = teacher_term(blind, teacher, "segmentation", method) - teacher_term(
+        blind, teacher, "segmentation", plain
+    )
+    assert gain == pytest.approx(2.0 * soft_dice_loss(blind, teacher, "segmentation"))
+    labels = torch.randn(4, 3)
+    assert teacher_term(labels, -labels, "multiclass", method) == teacher_term(
+        labels, -labels, "multiclass", plain
+    )
+
+
+def test_view_counts_give_segmentation_pools_their_own_views(demo_config):
+    groups = ["classification", "segmentation"]
+    method = replace(demo_config.method, distill_views=2)
+    assert view_counts(replace(demo_config, method=method), groups) == dict.fromkeys(groups, 2)
+    dense = replace(demo_config, method=replace(method, distill_dense_views=6))
+    assert view_counts(dense, groups) == {"classification": 2, "segmentation": 6}
+
+
+@pytest.mark.parametrize(
+    "setting", [{"distill_crop_area": 0.0}, {"distill_dense_views": -1}, {"distill_dice_weight": -1}]
+)
+def test_bad_distillation_settings_are_refused(demo_config, setting):
+    config = replace(demo_config, method=replace(demo_config.method, **setting))
+    with pytest.raises(ConfigError, match="method.distill_"):
+        check_config(config)
