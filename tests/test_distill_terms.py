@@ -66,9 +66,10 @@ def test_view_counts_give_segmentation_pools_their_own_views(demo_config):
 
 
 @pytest.mark.parametrize(
-    "setting", [{"distill_crop_area": 0.0}, {"distill_dense_views": -1}, {"distill_dice_weight": -1}]
+    "setting",
+    [{"distill_crop_area": 0.0}, {"distill_dense_views": -1}, {"distill_dice_weight": -1}],
 )
 def test_bad_distillation_settings_are_refused(demo_config, setting):
     config = replace(demo_config, method=replace(demo_config.method, **setting))
-    with pytest.raises(ConfigError, match="method.distill_"):
+    with pytest.raises(ConfigError, match=r"method\.distill_"):
         check_config(config)
