@@ -19,6 +19,7 @@ VARIANTS = ("distil_only", "average_then_distil")
 SCHEDULES = ("mixed", "round_robin")
 LOCAL_TRAINING = ("epochs", "early_stopping")
 LR_SCHEDULES = ("constant", "cosine")
+TRANSFERS = ("weights", "outputs")
 
 
 @dataclass(frozen=True)
@@ -185,11 +186,16 @@ class CompetitorsConfig:
 class PrivacyConfig:
     """Differential privacy at the sites: with `dp`, every federated model's local training is
     DP-SGD (Opacus), clipping each example's gradient to `clip` and adding the noise that spends
-    `epsilon` over the whole run at delta = 1/n (n: the site's train size)."""
+    `epsilon` over the whole run at delta = 1/n (n: the site's train size). `transfer`: what a
+    site sends the server after its stage of the universal model, 'weights' (its model's) or
+    'outputs' (strict transfer: only its model's logits on the public pool images the server
+    sends it, so no site weights ever reach the server; the federated competitors, which average
+    weights, still send theirs)."""
 
     dp: bool = False
     epsilon: float = 8.0
     clip: float = 1.0
+    transfer: str = "weights"
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from meduniverse.core.config import (
     LR_SCHEDULES,
     SCHEDULES,
     SITE_NAME,
+    TRANSFERS,
     VARIANTS,
     CompetitorsConfig,
     FederationConfig,
@@ -211,6 +212,12 @@ def check_config(config: FederationConfig) -> None:
     for model in c.finetuned:
         _choice(model, (*COMPETITORS, "centralized"), f"{src}: competitors.finetuned")
     p = config.privacy
+    _choice(p.transfer, TRANSFERS, f"{src}: privacy.transfer")
+    if p.transfer == "outputs" and m.variant != "distil_only":
+        raise ConfigError(
+            f"{src}: privacy.transfer = 'outputs' needs method.variant = 'distil_only' (the other "
+            "variant averages the site models' weights)"
+        )
     if p.dp:
         if p.epsilon <= 0 or p.clip <= 0:
             raise ConfigError(f"{src}: privacy.epsilon and privacy.clip must be positive")

@@ -16,8 +16,9 @@ from meduniverse.core.device import Compute
 from meduniverse.core.errors import DataError, PrivacyError, StageError
 from meduniverse.core.progress import log
 from meduniverse.core.tasks import task_type
-from meduniverse.federation.messages import ARRAYS, CONFIG, from_arrays, reply
+from meduniverse.federation.messages import ARRAYS, CONFIG, from_arrays, pool_sent, reply
 from meduniverse.federation.schema import ERROR_CODES, error_reason
+from meduniverse.method.distill import pool_logits
 from meduniverse.method.loop import TrainStats
 from meduniverse.method.personal import train_ditto, train_fedrep
 from meduniverse.method.private import train_private
@@ -107,7 +108,8 @@ def handle_query(msg: Message, config: FederationConfig, data: SiteData) -> Mess
 
 def handle_train(msg: Message, config: FederationConfig, data: SiteData) -> Message:
     """Stage s at a site: fine-tune the received encoder + own head on private data; send the
-    weights back.
+    weights back, or with strict transfer (the request carries public pool images) only the
+    model's logits on those images.
 
     Scores on the validation split before training (the previous stage's model, for the stage
     curves) and on validation and test after it (the stage's teacher); FedProx adds its proximal
@@ -134,6 +136,11 @@ def handle_train(msg: Message, config: FederationConfig, data: SiteData) -> Mess
         f"test-{key}": evaluate(model, data.name, data.splits["test"])[key],
         **privacy,
     }
+    pool = pool_sent(msg)
+    if pool is not None:
+        group = {data.name: task_type(data.task).group}
+        outputs = pool_logits(model, [data.name], {group[data.name]: pool.to(data.device)}, group)
+        return reply(msg, data.task, metrics, outputs=outputs[data.name].cpu())
     return reply(msg, data.task, metrics, state={**model.state_dict(), **extra}, sent=received)
 
 

@@ -8,6 +8,7 @@ from meduniverse.core.errors import PrivacyError
 from meduniverse.federation.schema import ERROR_REASON, check_reply
 
 ARRAYS, CONFIG, METRICS = "arrays", "config", "metrics"
+POOL, OUTPUTS = "pool", "outputs"  # strict transfer: public pool images out, their logits back
 
 
 def to_arrays(state: dict[str, torch.Tensor]) -> ArrayRecord:
@@ -19,20 +20,38 @@ def from_arrays(record: ArrayRecord) -> dict[str, torch.Tensor]:
 
 
 def request(
-    message_type: str, node_id: int, config: dict, state: dict[str, torch.Tensor] | None = None
+    message_type: str,
+    node_id: int,
+    config: dict,
+    state: dict[str, torch.Tensor] | None = None,
+    pool: torch.Tensor | None = None,
 ) -> Message:
-    """A server -> site message: optional weights plus a ConfigRecord.
+    """A server -> site message: optional weights, optional public pool images, and a ConfigRecord.
 
     Args:
         message_type: Flower's message type (query, train, evaluate).
         node_id: the destination node.
         config: settings (scalars and short strings).
         state: weights to send, if any.
+        pool: with strict transfer, the public pool images (uint8 N×C×S×S) whose outputs the site
+            sends back instead of weights.
     """
     content = RecordDict({CONFIG: ConfigRecord(config)})
     if state is not None:
         content[ARRAYS] = to_arrays(state)
+    if pool is not None:
+        content[POOL] = to_arrays({"images": pool})
     return Message(content=content, message_type=message_type, dst_node_id=node_id)
+
+
+def pool_sent(msg: Message) -> torch.Tensor | None:
+    """The pool images a request carries (strict transfer), or None."""
+    return from_arrays(msg.content[POOL])["images"] if POOL in msg.content else None
+
+
+def outputs_received(msg: Message) -> torch.Tensor | None:
+    """The pool outputs a reply carries (strict transfer), or None."""
+    return from_arrays(msg.content[OUTPUTS])["logits"] if OUTPUTS in msg.content else None
 
 
 def reply(
@@ -42,6 +61,7 @@ def reply(
     state: dict[str, torch.Tensor] | None = None,
     info: dict[str, str] | None = None,
     sent: dict[str, torch.Tensor] | None = None,
+    outputs: torch.Tensor | None = None,
 ) -> Message:
     """A site -> server message: optional weights, scalar metrics and short text fields; nothing
     else, and only what the protocol allows (`meduniverse.federation.schema`): PrivacyError
@@ -54,13 +74,23 @@ def reply(
         state: the site model's weights (train replies only).
         info: short text fields (the handshake's site name and task type).
         sent: the weights the server sent (what `state` must match in keys and shapes).
+        outputs: with strict transfer (the request carried pool images), the site model's logits
+            on them, float16, one row per image: sent instead of weights.
     """
-    problems = check_reply(to.metadata.message_type, task, metrics, info, state, sent)
+    pool = pool_sent(to)
+    shape = None if pool is None or outputs is None else (len(pool), *outputs.shape[1:])
+    if pool is not None and outputs is None:
+        shape = (len(pool),)  # a strict request answered without outputs: refused below
+    problems = check_reply(
+        to.metadata.message_type, task, metrics, info, state, sent, outputs, shape
+    )
     if problems:
         raise PrivacyError(f"reply not sent, it breaks the protocol: {'; '.join(problems)}")
     content = RecordDict({METRICS: MetricRecord(metrics)})
     if state is not None:
         content[ARRAYS] = to_arrays(state)
+    if outputs is not None:
+        content[OUTPUTS] = to_arrays({"logits": outputs})
     if info is not None:
         content[CONFIG] = ConfigRecord(info)
     return Message(content=content, reply_to=to)

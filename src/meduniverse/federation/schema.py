@@ -40,10 +40,13 @@ class Schema:
     integers: frozenset[str] = frozenset()
     weights: bool = False
     info: frozenset[str] = frozenset()
+    outputs: bool = False
 
 
-def schema(message_type: str, task: str) -> Schema:
-    """The reply schema of a message type for a site of task type `task`."""
+def schema(message_type: str, task: str, transfer: str = "weights") -> Schema:
+    """The reply schema of a message type for a site of task type `task`; with `transfer`
+    'outputs' (strict transfer), a training reply carries the site model's outputs on the pool
+    images it was sent instead of its weights."""
     kind = task_type(task)
     key, second = kind.primary, kind.secondary
     if message_type == QUERY:
@@ -61,7 +64,14 @@ def schema(message_type: str, task: str) -> Schema:
             f"test-{key}",
         }
         optional = frozenset({"dp-epsilon"})  # with privacy.dp: what the site has spent so far
-        return Schema(frozenset(required), optional, frozenset({"num-examples"}), weights=True)
+        strict = transfer == "outputs"
+        return Schema(
+            frozenset(required),
+            optional,
+            frozenset({"num-examples"}),
+            weights=not strict,
+            outputs=strict,
+        )
     if message_type == EVALUATE:
         required = {
             "num-examples",
@@ -122,6 +132,16 @@ def weight_problems(found: dict[str, torch.Tensor], sent: dict[str, torch.Tensor
     return problems
 
 
+def output_problems(found: torch.Tensor, shape: tuple[int, ...]) -> list[str]:
+    """Why pool outputs break the protocol: not float16 logits of the expected shape (one row per
+    pool image sent), or not finite."""
+    if found.dtype != torch.float16 or tuple(found.shape) != tuple(shape):
+        return [f"outputs are {found.dtype} {tuple(found.shape)}, expected float16 {tuple(shape)}"]
+    if not torch.isfinite(found).all():
+        return ["outputs hold NaN or inf"]
+    return []
+
+
 def check_reply(
     message_type: str,
     task: str,
@@ -129,6 +149,8 @@ def check_reply(
     info: dict | None,
     weights: dict[str, torch.Tensor] | None,
     sent: dict[str, torch.Tensor] | None,
+    outputs: torch.Tensor | None = None,
+    outputs_shape: tuple[int, ...] | None = None,
 ) -> list[str]:
     """Every way a reply breaks its schema (empty: it conforms).
 
@@ -139,8 +161,11 @@ def check_reply(
         info: its text fields (None: none).
         weights: its weights (None: none).
         sent: the weights the server sent for the site's model (train replies).
+        outputs: its outputs on the pool (None: none).
+        outputs_shape: with strict transfer, the shape its outputs must have (None: the reply
+            must carry weights, not outputs).
     """
-    expected = schema(message_type, task)
+    expected = schema(message_type, task, "weights" if outputs_shape is None else "outputs")
     problems = metric_problems(metrics, expected)
     if set(info or {}) != expected.info:
         problems.append("text fields are not the protocol's")
@@ -150,6 +175,12 @@ def check_reply(
         )
     elif weights is not None:
         problems += weight_problems(weights, sent or {})
+    if (outputs is not None) != expected.outputs:
+        problems.append(
+            "outputs where the protocol sends none" if outputs is not None else "outputs missing"
+        )
+    elif outputs is not None and outputs_shape is not None:
+        problems += output_problems(outputs, outputs_shape)
     return problems
 
 

@@ -19,13 +19,14 @@ from meduniverse.core.config import FederationConfig
 from meduniverse.core.device import Compute
 from meduniverse.core.progress import RunProgress, log
 from meduniverse.core.seeds import derive_seed
+from meduniverse.core.tasks import task_type
 from meduniverse.federation.competitors import SiteHeads, competitor_strategy
 from meduniverse.federation.evaluation import evaluate_arm
 from meduniverse.federation.exchange import exchange_with_progress, handshake, message_bytes
 from meduniverse.federation.messages import from_arrays, to_arrays
-from meduniverse.federation.strategy import UniversalDistillation
+from meduniverse.federation.strategy import StrictTransfer, UniversalDistillation
 from meduniverse.method.mim import pretrain_mim
-from meduniverse.method.server import server_step
+from meduniverse.method.server import distillation_pool, outputs_shape, server_step
 from meduniverse.models.heads import DecoderHead
 from meduniverse.models.universal import build_model
 from meduniverse.sites.pool import Pool, own_images
@@ -228,6 +229,13 @@ def _serve(
         stage_zero(config, pool, seed, ckpt, progress)
     decoder = mim_decoder(config, ckpt, next(iter(pool.values())).device)
     step = partial(server_step, config=config, pool=pool, mim_decoder=decoder, own=own)
+    strict = None
+    if config.privacy.transfer == "outputs":
+        strict = StrictTransfer(
+            partial(distillation_pool, config, pool),
+            {s.name: task_type(s.task).group for s in config.sites},
+            partial(outputs_shape, config),
+        )
     strategy = UniversalDistillation(
         roster,
         lambda prev, updates, s, on_step: step(prev, updates, seed=s, on_step=on_step),
@@ -235,6 +243,7 @@ def _serve(
         config.runtime.min_sites,
         band=config.runtime.update_norm_band,
         phase=progress.phase,
+        strict=strict,
     )
     run_stages(
         grid,

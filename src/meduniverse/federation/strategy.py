@@ -4,6 +4,7 @@ live here too.
 """
 
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 import math
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord
@@ -20,6 +21,7 @@ from meduniverse.federation.messages import (
     METRICS,
     error_text,
     from_arrays,
+    outputs_received,
     received,
     request,
     to_arrays,
@@ -44,6 +46,7 @@ def accept_updates(
     minimum: int,
     report: dict,
     band: float = 10.0,
+    outputs_shapes: dict[str, tuple[int, ...]] | None = None,
 ) -> list[tuple[SiteUpdate, Message]]:
     """Site models that may be aggregated: the server trusts nothing a site sends. Errors, missing
     replies, replies that break the protocol (`meduniverse.federation.schema`), `num-examples`
@@ -63,6 +66,9 @@ def accept_updates(
         minimum: fewest usable updates (0: every site); fewer raise StageError.
         report: receives 'sites' (each accepted site's metrics) and 'rejected' (site -> why).
         band: the outlier rule's factor (`runtime.update_norm_band`).
+        outputs_shapes: with strict transfer, per site the shape its pool outputs must have; the
+            replies then carry outputs, not weights (the weight checks and the outlier rule, which
+            read weights, do not apply).
     """
     accepted, dropped, rejected = [], dict(roster), {}
     for msg in replies:
@@ -74,17 +80,20 @@ def accept_updates(
             rejected[site] = f"failed: {error_text(msg)}"
             continue
         metrics, info, weights = received(msg)
-        why = reply_problem(site, roster, site_state(previous, site), metrics, info, weights)
+        outputs, shape = outputs_received(msg), (outputs_shapes or {}).get(site)
+        why = reply_problem(
+            site, roster, site_state(previous, site), metrics, info, weights, outputs, shape
+        )
         if why:
             rejected[site] = why
             continue
-        update = SiteUpdate(site, weights, int(metrics["num-examples"]))
-        problem = update_problem(update, site_state(previous, site))
+        update = SiteUpdate(site, weights or {}, int(metrics["num-examples"]), outputs)
+        problem = None if outputs_shapes else update_problem(update, site_state(previous, site))
         if problem:
             rejected[site] = f"update rejected: {problem}"
             continue
         accepted.append((update, msg))
-    for site, why in outlying(accepted, previous, band).items():
+    for site, why in ({} if outputs_shapes else outlying(accepted, previous, band)).items():
         rejected[site] = why
     accepted = [(u, m) for u, m in accepted if u.site not in rejected]
     for update, msg in accepted:
@@ -110,13 +119,18 @@ def reply_problem(
     metrics: dict,
     info: dict | None,
     weights: dict[str, torch.Tensor] | None,
+    outputs: torch.Tensor | None = None,
+    outputs_shape: tuple[int, ...] | None = None,
 ) -> str:
     """Why a training reply (as `messages.received` reads it) is refused ('' if it is not): the
-    protocol's schema, `num-examples`."""
+    protocol's schema (with strict transfer, `outputs_shape` is the shape its pool outputs must
+    have), `num-examples`."""
     task = roster.tasks.get(site) if isinstance(roster, Roster) else None
     if task is None:
         return "reply refused: the site's task type is unknown"
-    problems = check_reply(TRAIN, task, metrics, info, weights, part_of(sent, site))
+    problems = check_reply(
+        TRAIN, task, metrics, info, weights, part_of(sent, site), outputs, outputs_shape
+    )
     if problems:
         return f"reply refused: {'; '.join(problems)}"
     size = roster.train_sizes.get(site, 0)
@@ -151,6 +165,25 @@ def outlying(
     }
 
 
+@dataclass(frozen=True)
+class StrictTransfer:
+    """Strict transfer (`privacy.transfer = 'outputs'`) for `UniversalDistillation`: each stage,
+    every site gets its input group's distillation images with the weights and sends back only its
+    model's logits on them.
+
+    Args:
+        pool: the stage's seed -> per input group, the images distilled on
+            (`meduniverse.method.server.distillation_pool`: the server draws the same ones again).
+        group_of: site -> its input group.
+        shape: (site, images) -> the shape its head's logits on them must have
+            (`meduniverse.method.server.outputs_shape`).
+    """
+
+    pool: Callable[[int], dict[str, torch.Tensor]]
+    group_of: dict[str, str]
+    shape: Callable[[str, torch.Tensor], tuple[int, ...]]
+
+
 class UniversalDistillation(FedAvg):
     """Each stage: send G_{s-1}'s encoder + head k to site k; distil the returned site models on the
     pool.
@@ -165,6 +198,7 @@ class UniversalDistillation(FedAvg):
         band: the outlier rule of `accept_updates` (`runtime.update_norm_band`).
         phase: makes the progress callback of a stage's distillation from its description (None: no
             progress).
+        strict: strict transfer's pool and output shapes (None: the sites send weights).
 
     After each stage, `reports[stage]` holds what the stage did: each site's metrics, the rejected
     sites and the distillation's loss, steps and seconds.
@@ -180,6 +214,7 @@ class UniversalDistillation(FedAvg):
         min_sites: int = 0,
         band: float = 10.0,
         phase: Phase | None = None,
+        strict: StrictTransfer | None = None,
     ):
         super().__init__(
             fraction_train=1.0,
@@ -194,8 +229,9 @@ class UniversalDistillation(FedAvg):
             min_sites,
             phase,
         )
-        self.band = band
+        self.band, self.strict = band, strict
         self.previous: dict[str, torch.Tensor] = {}
+        self.shapes: dict[str, tuple[int, ...]] | None = None  # this stage's, strict transfer
         self.reports: dict[int, dict] = {}
 
     def configure_train(
@@ -208,8 +244,13 @@ class UniversalDistillation(FedAvg):
             "stage": server_round,
             "seed": derive_seed(self.seed, server_round),
         }
+        images: dict[str, torch.Tensor | None] = dict.fromkeys(self.roster.values())
+        if self.strict:
+            views = self.strict.pool(derive_seed(self.seed, server_round))
+            images = {site: views[self.strict.group_of[site]].cpu() for site in images}
+            self.shapes = {site: self.strict.shape(site, x) for site, x in images.items()}
         return [
-            request(MessageType.TRAIN, node, settings, part_of(self.previous, site))
+            request(MessageType.TRAIN, node, settings, part_of(self.previous, site), images[site])
             for node, site in self.roster.items()
         ]
 
@@ -218,7 +259,14 @@ class UniversalDistillation(FedAvg):
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         report: dict = {}
         accepted = accept_updates(
-            server_round, replies, self.roster, self.previous, self.min_sites, report, self.band
+            server_round,
+            replies,
+            self.roster,
+            self.previous,
+            self.min_sites,
+            report,
+            self.band,
+            self.shapes,
         )
         updates = [u for u, _ in accepted]
         on_step = (

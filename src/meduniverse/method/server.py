@@ -28,11 +28,13 @@ CPU_DEVICE = torch.device("cpu")
 
 @dataclass
 class SiteUpdate:
-    """A site model of this stage: encoder + its head, and how many private examples trained it."""
+    """A site model of this stage: encoder + its head (or, with strict transfer, only its outputs
+    on the stage's distillation pool), and how many private examples trained it."""
 
     site: str
     state: dict[str, torch.Tensor]
     num_examples: int
+    outputs: torch.Tensor | None = None
 
 
 def update_problem(update: SiteUpdate, reference: dict[str, torch.Tensor]) -> str | None:
@@ -104,6 +106,36 @@ def view_counts(config: FederationConfig, groups: list[str]) -> dict[str, int]:
     }
 
 
+def distillation_pool(
+    config: FederationConfig, pool: dict[str, torch.Tensor], seed: int
+) -> dict[str, torch.Tensor]:
+    """The images a stage distils on: per input group, the pool and its augmented views
+    (`view_counts`), drawn from the stage's seed, so the server and, with strict transfer, the
+    sites see the same ones.
+
+    Args:
+        config: the method's view settings.
+        pool: per input group, uint8 images N×C×S×S.
+        seed: the stage's distillation seed.
+    """
+    views, m = view_counts(config, list(pool)), config.method
+    generator = torch.Generator().manual_seed(seed)
+    return {
+        g: augmented_views(x, views[g], generator, m.distill_crop_area) if views[g] > 1 else x
+        for g, x in pool.items()
+    }
+
+
+def outputs_shape(config: FederationConfig, site: str, images: torch.Tensor) -> tuple[int, ...]:
+    """The shape of a site head's logits on `images` (N×C×S×S): (N, outputs) or, for a
+    segmentation head, (N, outputs, S, S)."""
+    spec = config.site(site)
+    kind = task_type(spec.task)
+    channels = kind.outputs(len(spec.classes))
+    spatial = tuple(images.shape[2:]) if kind.segmentation else ()
+    return (len(images), channels, *spatial)
+
+
 def server_step(
     previous: dict[str, torch.Tensor],
     updates: list[SiteUpdate],
@@ -136,11 +168,7 @@ def server_step(
     device = next(iter(pool.values())).device  # the models compute where the pool lives
     m = config.method
     views = view_counts(config, list(pool))
-    generator = torch.Generator().manual_seed(seed)
-    pool = {  # teachers and student compared on the same augmented views
-        g: augmented_views(x, views[g], generator, m.distill_crop_area) if views[g] > 1 else x
-        for g, x in pool.items()
-    }
+    pool = distillation_pool(config, pool, seed)
     weights = None
     if own and m.distill_own_weight != 1:
         weights = {
@@ -156,6 +184,9 @@ def server_step(
     )  # G_{s-1}'s outputs, before any site model is loaded
     teacher_logits: dict[str, torch.Tensor] = {}
     for u in updates:
+        if u.outputs is not None:  # strict transfer: the site computed them on the same views
+            teacher_logits[u.site] = u.outputs.to(device)
+            continue
         teacher.load_state_dict(u.state, strict=False)
         teacher_logits.update(pool_logits(teacher, [u.site], pool, group_of))
     student = student_for(previous, updates, config, device)
