@@ -236,3 +236,24 @@ def distill_screen_lines(doc: dict) -> list[str]:
             f"{row['distill_seconds']:.0f} |"
         )
     return lines
+
+
+def transfer_lines(doc: dict) -> list[str]:
+    """Strict transfer against weights: test means and bytes over the run's stages."""
+    lines = [
+        f"Strict transfer (`privacy.transfer`), {doc['config']}, seed {doc['seeds'][0]} "
+        f"(`bench/results/transfer.json`, `{doc['command']}`, commit `{doc['commit'][:7]}`; test "
+        "means over the tasks; bytes summed over the stages and sites of the universal model):",
+        "",
+        "| sites send | baseline | universal | universal_finetuned | MB to sites | MB from sites "
+        "| run time |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in doc["rows"]:
+        mean = r["test_mean"]
+        lines.append(
+            f"| {r['transfer']} | {mean['baseline']:.3f} | {mean['universal']:.3f} | "
+            f"{mean['universal_finetuned']:.3f} | {r['bytes_to_sites'] / 1e6:.1f} | "
+            f"{r['bytes_from_sites'] / 1e6:.1f} | {r['run_seconds']:.0f} s |"
+        )
+    return lines

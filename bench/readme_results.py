@@ -15,6 +15,7 @@ from readme_claims import (
     screening_table,
     speed_lines,
     targets_line,
+    transfer_lines,
 )
 from readme_competitors import competitor_lines
 
@@ -304,6 +305,9 @@ def section() -> str:
     private = load("privacy.json")
     if private is not None:
         lines += ["", *privacy_lines(private)]
+    strict = load("transfer.json")
+    if strict is not None:
+        lines += ["", *transfer_lines(strict)]
     screen = load("ablation.json")
     if screen is not None:
         lines += [

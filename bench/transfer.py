@@ -1,0 +1,72 @@
+"""Strict transfer against weights: the same run with sites sending their model's weights and
+with sites sending only their logits on the public pool (`privacy.transfer`); test metrics, bytes
+each way and time; writes bench/results/transfer.json.
+
+    python bench/transfer.py [--config CONFIG] [--set KEY=VALUE ...] [--work DIR]
+
+Without --config the bundled synthetic demo is used.
+"""
+
+import argparse
+from pathlib import Path
+import sys
+import time
+
+import numpy as np
+
+from meduniverse.core.config_file import load_config
+from meduniverse.core.files import write_json
+from meduniverse.core.provenance import git_commit, machine_info
+from meduniverse.interfaces.cli import demo_config_path
+from meduniverse.results.run import run
+
+ROOT = Path(__file__).resolve().parents[1]
+ARMS = ("baseline", "universal", "universal_finetuned")
+
+
+def row(transfer: str, results: dict, seconds: float) -> dict:
+    tasks, stages = results["tasks"], results["cost"]["universal"]["stages"]
+    return {
+        "transfer": transfer,
+        "test_mean": {
+            arm: float(np.mean([t["arms"][arm]["mean"] for t in tasks.values()])) for arm in ARMS
+        },
+        "test": {s: {arm: t["arms"][arm]["mean"] for arm in ARMS} for s, t in tasks.items()},
+        "bytes_to_sites": sum(sum(s["bytes_to_sites"].values()) for s in stages.values()),
+        "bytes_from_sites": sum(sum(s["bytes_from_sites"].values()) for s in stages.values()),
+        "run_seconds": seconds,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default=None)
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--work", type=Path, default=ROOT / "runs" / "bench_transfer")
+    parser.add_argument("--result", type=Path, default=ROOT / "bench" / "results" / "transfer.json")
+    args = parser.parse_args()
+    rows = []
+    for transfer in ("weights", "outputs"):
+        config = load_config(
+            args.config or demo_config_path(), [*args.overrides, f"privacy.transfer='{transfer}'"]
+        )
+        started = time.perf_counter()
+        results = run(config, args.work / transfer, show_progress=False)
+        rows.append(row(transfer, results, time.perf_counter() - started))
+        print(f"{transfer}: {rows[-1]['test_mean']}, {rows[-1]['bytes_from_sites']} bytes back")
+    write_json(
+        args.result,
+        {
+            "what": __doc__.splitlines()[0],
+            "command": "python bench/transfer.py " + " ".join(sys.argv[1:]),
+            "commit": git_commit(),
+            "machine": machine_info(),
+            "seeds": [config.seed],
+            "config": args.config or "demo (bundled, synthetic)",
+            "rows": rows,
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()
