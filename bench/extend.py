@@ -17,7 +17,7 @@ import time
 from meduniverse.core.config import leave_out
 from meduniverse.core.config_file import load_config
 from meduniverse.core.files import write_json
-from meduniverse.core.provenance import git_commit, machine_info
+from meduniverse.core.provenance import provenance
 from meduniverse.interfaces.cli import demo_config_path
 from meduniverse.results.extend import extend
 from meduniverse.results.run import run
@@ -55,10 +55,7 @@ def main() -> None:
 
     old = [s.name for s in early.sites]
     doc = {
-        "what": __doc__.splitlines()[0],
-        "command": "python bench/extend.py " + " ".join(sys.argv[1:]),
-        "commit": git_commit(),
-        "machine": machine_info(),
+        **provenance(__doc__, "python bench/extend.py " + " ".join(sys.argv[1:])),
         "seeds": [full.seed],
         "config": args.config or "demo (bundled, synthetic)",
         "new_site": args.site,

@@ -11,17 +11,15 @@ is used.
 
 import argparse
 from pathlib import Path
-import sys
 import time
 
 import numpy as np
 
 from meduniverse.core.config_file import load_config
-from meduniverse.core.files import write_json
-from meduniverse.core.provenance import git_commit, machine_info
 from meduniverse.interfaces.cli import demo_config_path
 from meduniverse.results.audit import AuditSettings, audit_run
 from meduniverse.results.run import run
+from rows import write_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 ARMS = ("baseline", "universal", "universal_finetuned")
@@ -78,18 +76,7 @@ def main() -> None:
         audit = audit_run(out, AuditSettings(args.references, args.limit, 0), show_progress=False)
         rows.append(row(epsilon, results, audit, seconds))
         print(f"epsilon {epsilon}: {rows[-1]['test_mean']} audit {rows[-1]['audit_mean']}")
-        write_json(
-            args.result,
-            {
-                "what": __doc__.splitlines()[0],
-                "command": "python bench/privacy.py " + " ".join(sys.argv[1:]),
-                "commit": git_commit(),
-                "machine": machine_info(),
-                "seeds": [config.seed],
-                "config": args.config or "demo (bundled, synthetic)",
-                "rows": rows,
-            },
-        )
+        write_rows(args.result, __doc__, "privacy.py", args.config, config.seed, rows)
 
 
 if __name__ == "__main__":

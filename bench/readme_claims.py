@@ -162,6 +162,11 @@ def extend_lines(doc: dict) -> list[str]:
     return lines
 
 
+def _method_means(mean: dict) -> str:
+    """The method's three arms as table cells."""
+    return " | ".join(f"{mean[a]:.3f}" for a in ("baseline", "universal", "universal_finetuned"))
+
+
 def privacy_lines(doc: dict) -> list[str]:
     """Utility and membership-inference AUC per target epsilon."""
     lines = [
@@ -178,8 +183,7 @@ def privacy_lines(doc: dict) -> list[str]:
         mean, audit = r["test_mean"], r["audit_mean"]
         spent = max(r["spent"].values()) if r.get("spent") else None
         lines.append(
-            f"| {r['epsilon']} | {mean['baseline']:.3f} | {mean['universal']:.3f} | "
-            f"{mean['universal_finetuned']:.3f} | "
+            f"| {r['epsilon']} | {_method_means(mean)} | "
             + (f"{spent:.2f}" if spent is not None else "-")
             + f" | {audit.get('loss_auc', float('nan')):.3f} | "
             f"{audit.get('reference_auc', float('nan')):.3f} | {r['run_seconds']:.0f} s |"
@@ -252,8 +256,7 @@ def transfer_lines(doc: dict) -> list[str]:
     for r in doc["rows"]:
         mean = r["test_mean"]
         lines.append(
-            f"| {r['transfer']} | {mean['baseline']:.3f} | {mean['universal']:.3f} | "
-            f"{mean['universal_finetuned']:.3f} | {r['bytes_to_sites'] / 1e6:.1f} | "
+            f"| {r['transfer']} | {_method_means(mean)} | {r['bytes_to_sites'] / 1e6:.1f} | "
             f"{r['bytes_from_sites'] / 1e6:.1f} | {r['run_seconds']:.0f} s |"
         )
     return lines

@@ -25,7 +25,7 @@ from meduniverse.core.checkpoints import Checkpoints
 from meduniverse.core.config import FederationConfig
 from meduniverse.core.config_file import check_config, config_from_dict
 from meduniverse.core.files import read_json, read_tensors, write_json, write_tensors
-from meduniverse.core.provenance import git_commit, machine_info
+from meduniverse.core.provenance import provenance
 from meduniverse.core.seeds import derive_seed
 from meduniverse.core.tasks import task_type
 from meduniverse.federation.client_app import site_model
@@ -112,10 +112,9 @@ def main() -> None:
     doc = read_json(args.out) if args.out.is_file() else {}
     doc.update(
         {
-            "what": __doc__.split("\n\n")[0],
-            "command": "python bench/screen_distill.py RUN OUT --variant ... (one per row)",
-            "commit": git_commit(),
-            "machine": machine_info(),
+            **provenance(
+                __doc__, "python bench/screen_distill.py RUN OUT --variant ... (one per row)"
+            ),
             "run": args.run.name,
             "stage": last,
             "teacher_val": float(np.mean(list(teacher_val.values()))),

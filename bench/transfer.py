@@ -9,16 +9,14 @@ Without --config the bundled synthetic demo is used.
 
 import argparse
 from pathlib import Path
-import sys
 import time
 
 import numpy as np
 
 from meduniverse.core.config_file import load_config
-from meduniverse.core.files import write_json
-from meduniverse.core.provenance import git_commit, machine_info
 from meduniverse.interfaces.cli import demo_config_path
 from meduniverse.results.run import run
+from rows import write_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 ARMS = ("baseline", "universal", "universal_finetuned")
@@ -54,18 +52,7 @@ def main() -> None:
         results = run(config, args.work / transfer, show_progress=False)
         rows.append(row(transfer, results, time.perf_counter() - started))
         print(f"{transfer}: {rows[-1]['test_mean']}, {rows[-1]['bytes_from_sites']} bytes back")
-    write_json(
-        args.result,
-        {
-            "what": __doc__.splitlines()[0],
-            "command": "python bench/transfer.py " + " ".join(sys.argv[1:]),
-            "commit": git_commit(),
-            "machine": machine_info(),
-            "seeds": [config.seed],
-            "config": args.config or "demo (bundled, synthetic)",
-            "rows": rows,
-        },
-    )
+    write_rows(args.result, __doc__, "transfer.py", args.config, config.seed, rows)
 
 
 if __name__ == "__main__":

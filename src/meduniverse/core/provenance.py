@@ -37,3 +37,14 @@ def machine_info() -> dict:
         "torch": torch.__version__,
         "python": platform.python_version(),
     }
+
+
+def provenance(what: str, command: str) -> dict:
+    """The head of a benchmark's JSON: what it measures (the first line of `what`, e.g. the
+    script's docstring), the command, the commit and the machine."""
+    return {
+        "what": what.strip().splitlines()[0],
+        "command": command,
+        "commit": git_commit(),
+        "machine": machine_info(),
+    }
