@@ -2,6 +2,7 @@
 predict, resume."""
 
 import json
+import shutil
 
 import numpy as np
 from PIL import Image
@@ -29,7 +30,8 @@ def tiny(*args: str) -> list[str]:
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo") / "run"
-    result = runner.invoke(app, tiny("run", "--out", str(out)))
+    keep = ["--set", "runtime.keep_site_models=true"]  # for the audit of the site models
+    result = runner.invoke(app, [*tiny("run", "--out", str(out)), *keep])
     assert result.exit_code == 0, result.output
     return out, result.output
 
@@ -124,6 +126,23 @@ def test_audit_reports_both_attacks_per_site(demo_run, demo_config, tmp_path):
     assert "Membership audit" in (out / "report.html").read_text()
     missing = runner.invoke(app, ["audit", str(tmp_path)])
     assert missing.exit_code == 1 and "results.json: not found" in missing.output
+
+
+@pytest.mark.slow
+def test_audit_attacks_the_site_models_the_server_received(demo_run, demo_config, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(demo_run[0], out)
+    args = ["audit", str(out), "--site-models", "--references", "0", "--limit", "20"]
+    result = runner.invoke(app, [*args, "--no-progress"])
+    assert result.exit_code == 0, result.output
+    audit = json.loads((out / "audit_site_models.json").read_text())
+    assert audit["target"].startswith("site models") and audit["attacks"] == ["loss"]
+    assert set(audit["sites"]) == {s.name for s in demo_config.sites}
+    assert json.loads((out / "results.json").read_text())["audit_site_models"] == audit
+    for kept in (out / "checkpoints").glob("stage_*_site_*.safetensors"):
+        kept.unlink()
+    missing = runner.invoke(app, [*args, "--no-progress"])
+    assert missing.exit_code == 1 and "runtime.keep_site_models" in missing.output
 
 
 def test_sites_command_lists_every_shared8_site(shared_data):

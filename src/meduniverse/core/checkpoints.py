@@ -46,6 +46,11 @@ class Checkpoints:
         stages = [int(s) for s in self.records(model)]
         return max(stages) if stages else None
 
+    @staticmethod
+    def site_part(site: str) -> str:
+        """The part a site model received at a stage is kept under (`runtime.keep_site_models`)."""
+        return f"site_{site}"
+
     def weights_path(self, stage: int, part: str = "model") -> Path:
         return self.dir / f"stage_{stage:03d}_{part}.safetensors"
 

@@ -167,6 +167,7 @@ class RuntimeConfig:
     min_sites: int = 0  # 0: every site must answer each stage
     update_norm_band: float = 10.0  # an update moving the encoder more than this x the median: out
     reply_timeout: float = 3600.0
+    keep_site_models: bool = False  # checkpoint the site models the server receives (for audit)
 
 
 @dataclass(frozen=True)

@@ -19,14 +19,14 @@ from meduniverse.core.config import FederationConfig
 from meduniverse.core.device import Compute
 from meduniverse.core.progress import RunProgress, log
 from meduniverse.core.seeds import derive_seed
-from meduniverse.core.tasks import task_type
 from meduniverse.federation.competitors import SiteHeads, competitor_strategy
 from meduniverse.federation.evaluation import evaluate_arm
 from meduniverse.federation.exchange import exchange_with_progress, handshake, message_bytes
 from meduniverse.federation.messages import from_arrays, to_arrays
-from meduniverse.federation.strategy import StrictTransfer, UniversalDistillation
+from meduniverse.federation.strategy import UniversalDistillation
+from meduniverse.federation.strict import StrictTransfer
 from meduniverse.method.mim import pretrain_mim
-from meduniverse.method.server import distillation_pool, outputs_shape, server_step
+from meduniverse.method.server import server_step
 from meduniverse.models.heads import DecoderHead
 from meduniverse.models.universal import build_model
 from meduniverse.sites.pool import Pool, own_images
@@ -107,9 +107,8 @@ def run_stage(
         config,
         progress,
     )
-    nodes = list(
-        roster
-    )  # the server step takes the sites in roster order, not arrival order: same seed, same model
+    # the server step takes the sites in roster order, not arrival order: same seed, same model
+    nodes = list(roster)
     replies.sort(
         key=lambda m: (
             nodes.index(m.metadata.src_node_id) if m.metadata.src_node_id in roster else len(nodes)
@@ -119,12 +118,10 @@ def run_stage(
         roster[m.metadata.src_node_id]: message_bytes(m) for m in replies if not m.has_error()
     }
     local_seconds = time.perf_counter() - started
-    with torch.random.fork_rng(
-        devices=[]
-    ):  # dropout in the distillation draws from the global generator: seeded,
-        torch.manual_seed(
-            derive_seed(seed, stage)
-        )  # a resumed run (a new process) equals an uninterrupted one
+    # dropout in the distillation draws from the global generator: seeded, so that a resumed run
+    # (a new process) equals an uninterrupted one
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(seed, stage))
         arrays, _ = strategy.aggregate_train(stage, replies)
     record = {
         **strategy.reports[stage],
@@ -229,13 +226,7 @@ def _serve(
         stage_zero(config, pool, seed, ckpt, progress)
     decoder = mim_decoder(config, ckpt, next(iter(pool.values())).device)
     step = partial(server_step, config=config, pool=pool, mim_decoder=decoder, own=own)
-    strict = None
-    if config.privacy.transfer == "outputs":
-        strict = StrictTransfer(
-            partial(distillation_pool, config, pool),
-            {s.name: task_type(s.task).group for s in config.sites},
-            partial(outputs_shape, config),
-        )
+    strict = StrictTransfer.of(config, pool) if config.privacy.transfer == "outputs" else None
     strategy = UniversalDistillation(
         roster,
         lambda prev, updates, s, on_step: step(prev, updates, seed=s, on_step=on_step),
@@ -252,7 +243,13 @@ def _serve(
         seed,
         config,
         progress,
-        lambda: {"mim_decoder": decoder.state_dict()} if decoder else {},
+        lambda: {
+            **({"mim_decoder": decoder.state_dict()} if decoder else {}),
+            **{  # runtime.keep_site_models: the site models received, for `audit --site-models`
+                ckpt.site_part(u.site): u.state
+                for u in (strategy.received if config.runtime.keep_site_models else [])
+            },
+        },
     )
     for model in config.competitors.federated if competitors else ():
         run_stages(

@@ -4,7 +4,6 @@ live here too.
 """
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 import math
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord
@@ -27,6 +26,7 @@ from meduniverse.federation.messages import (
     to_arrays,
 )
 from meduniverse.federation.schema import TRAIN, check_reply
+from meduniverse.federation.strict import StrictTransfer
 from meduniverse.method.loop import StepCallback, TrainStats
 from meduniverse.method.server import SiteUpdate, update_problem
 from meduniverse.models.universal import encoder_part, part_of, site_state
@@ -165,25 +165,6 @@ def outlying(
     }
 
 
-@dataclass(frozen=True)
-class StrictTransfer:
-    """Strict transfer (`privacy.transfer = 'outputs'`) for `UniversalDistillation`: each stage,
-    every site gets its input group's distillation images with the weights and sends back only its
-    model's logits on them.
-
-    Args:
-        pool: the stage's seed -> per input group, the images distilled on
-            (`meduniverse.method.server.distillation_pool`: the server draws the same ones again).
-        group_of: site -> its input group.
-        shape: (site, images) -> the shape its head's logits on them must have
-            (`meduniverse.method.server.outputs_shape`).
-    """
-
-    pool: Callable[[int], dict[str, torch.Tensor]]
-    group_of: dict[str, str]
-    shape: Callable[[str, torch.Tensor], tuple[int, ...]]
-
-
 class UniversalDistillation(FedAvg):
     """Each stage: send G_{s-1}'s encoder + head k to site k; distil the returned site models on the
     pool.
@@ -232,6 +213,7 @@ class UniversalDistillation(FedAvg):
         self.band, self.strict = band, strict
         self.previous: dict[str, torch.Tensor] = {}
         self.shapes: dict[str, tuple[int, ...]] | None = None  # this stage's, strict transfer
+        self.received: list[SiteUpdate] = []  # this stage's accepted site models
         self.reports: dict[int, dict] = {}
 
     def configure_train(
@@ -268,7 +250,7 @@ class UniversalDistillation(FedAvg):
             self.band,
             self.shapes,
         )
-        updates = [u for u, _ in accepted]
+        updates = self.received = [u for u, _ in accepted]
         on_step = (
             self.phase(f"{self.arm} stage {server_round}: server aggregation")
             if self.phase

@@ -117,6 +117,12 @@ def register_model_commands(app: typer.Typer) -> None:
         ),
         limit: int = typer.Option(500, help="Most members (and as many non-members) per site"),
         seed: int = typer.Option(0, help="Seed of the draws and of the reference models"),
+        site_models: bool = typer.Option(
+            False,
+            "--site-models",
+            help="Attack the site models the server received at the last stage (a run with "
+            "runtime.keep_site_models), each at its own site, instead of the released model",
+        ),
         progress: bool = typer.Option(True, help="Show a progress bar"),
     ) -> None:
         """Membership inference against the run's released model: attack AUC per site."""
@@ -124,7 +130,8 @@ def register_model_commands(app: typer.Typer) -> None:
         from meduniverse.results.audit import AuditSettings, audit_run
 
         try:
-            audit = audit_run(run_dir, AuditSettings(references, limit, seed), progress)
+            settings = AuditSettings(references, limit, seed, site_models)
+            audit = audit_run(run_dir, settings, progress)
         except MeduniverseError as exc:
             fail(exc)
         rows = [
@@ -140,4 +147,5 @@ def register_model_commands(app: typer.Typer) -> None:
             [["site", "members", "loss attack AUC", "calibrated attack AUC"], *rows],
             "membership inference (0.5: members cannot be told apart)",
         )
-        say(f"audit: {run_dir / 'audit.json'} (and results.json)")
+        name = "audit_site_models.json" if site_models else "audit.json"
+        say(f"audit: {run_dir / name} (and results.json)")

@@ -187,8 +187,10 @@ def _audit(audit: dict) -> str:
         [site, str(e["members"]), fmt(e["loss_auc"]), fmt(e.get("reference_auc"))]
         for site, e in audit["sites"].items()
     ]
+    target = audit.get("target", "released model")
     return (
-        f"<h2>Membership audit</h2><p>Attacks on the released model; {html.escape(privacy)}</p>"
+        f"<h2>Membership audit</h2><p>Attacks on the {html.escape(target)}; "
+        f"{html.escape(privacy)}</p>"
         + table(["site", "members (= non-members)", "loss attack AUC", "calibrated AUC"], rows)
     )
 
@@ -241,8 +243,9 @@ def build_report(
     ]
     if results.get("adapt"):
         parts.append(_adapt(results["adapt"], out_dir))
-    if results.get("audit"):
-        parts.append(_audit(results["audit"]))
+    for key in ("audit", "audit_site_models"):
+        if results.get(key):
+            parts.append(_audit(results[key]))
     title = html.escape(str(results.get("name") or (config.name if config else "run")))
     page = (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>meduniverse report: '

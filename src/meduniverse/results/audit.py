@@ -26,7 +26,7 @@ from meduniverse.core.checkpoints import Checkpoints
 from meduniverse.core.config import FederationConfig
 from meduniverse.core.config_file import config_from_dict
 from meduniverse.core.errors import ConfigError, DataError
-from meduniverse.core.files import read_json, write_json
+from meduniverse.core.files import read_json, read_tensors, write_json
 from meduniverse.core.progress import RunProgress, log
 from meduniverse.core.provenance import git_commit
 from meduniverse.core.seeds import derive_seed
@@ -90,11 +90,14 @@ class AuditSettings:
         references: reference models per site for the calibrated attack (0: loss attack only).
         limit: most members (and as many non-members) audited per site.
         seed: the draws and the reference models' training.
+        site_models: attack the last stage's site models the server received (kept with
+            `runtime.keep_site_models`), each at its own site, instead of the released model.
     """
 
     references: int = 4
     limit: int = 500
     seed: int = 0
+    site_models: bool = False
 
     def __post_init__(self) -> None:
         if self.references < 0 or self.references == 1:
@@ -160,8 +163,9 @@ def audit_site(
 
 
 def audit_run(run_dir: Path, settings: AuditSettings, show_progress: bool = True) -> dict:
-    """Audit every site of a run against its released model; writes RUN_DIR/audit.json and adds
-    `audit` to RUN_DIR/results.json.
+    """Audit every site of a run against its released model (or, with `settings.site_models`, the
+    site model the server received from it at the last stage); writes RUN_DIR/audit.json and adds
+    `audit` to RUN_DIR/results.json (`audit_site_models.json` and `audit_site_models`).
 
     Args:
         run_dir: a finished run directory (config.json, model/, checkpoints/, results.json).
@@ -188,19 +192,40 @@ def audit_run(run_dir: Path, settings: AuditSettings, show_progress: bool = True
         on_step = progress.phase("membership audit", total=len(config.sites))
         for k, site in enumerate(config.sites):
             data = load_site(site, config.pool, config.input_spec(site.task), config.seed)
-            sites[site.name] = audit_site(
-                released, stage0, site.name, data.splits, config, settings
+            target = (
+                site_model(run_dir, config, released, site.name)
+                if settings.site_models
+                else released
             )
+            sites[site.name] = audit_site(target, stage0, site.name, data.splits, config, settings)
             log.info("audit %s: %s", site.name, sites[site.name])
             on_step(k + 1, len(config.sites))
     results = read_json(results_path)
     audit = {
+        "target": "site models received at the last stage"
+        if settings.site_models
+        else "released model",
         "attacks": list(ATTACKS if settings.references else ATTACKS[:1]),
         "settings": vars(settings),
         "commit": git_commit(),
         "privacy": results.get("privacy"),
         "sites": sites,
     }
-    write_json(run_dir / "audit.json", audit)
-    write_json(results_path, {**results, "audit": audit})
+    key = "audit_site_models" if settings.site_models else "audit"
+    write_json(run_dir / f"{key}.json", audit)
+    write_json(results_path, {**results, key: audit})
     return audit
+
+
+def site_model(
+    run_dir: Path, config: FederationConfig, released: UniversalModel, site: str
+) -> UniversalModel:
+    """The released model with the encoder and head a site sent at the last stage."""
+    path = Checkpoints(run_dir).weights_path(config.method.stages, Checkpoints.site_part(site))
+    if not path.is_file():
+        raise DataError(
+            f"{path}: not found (the run did not keep its site models: runtime.keep_site_models)"
+        )
+    model = copy.deepcopy(released)
+    model.load_state_dict(read_tensors(path), strict=False)
+    return model
