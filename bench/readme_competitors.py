@@ -5,6 +5,7 @@ stands against it."""
 import re
 from statistics import mean
 
+LEVEL = 0.005  # a mean difference smaller than this is called level
 # (ours, competitor): the comparisons the README states, each between arms of the same kind
 STATEMENTS = (
     ("universal_finetuned", "fedavg_finetuned"),
@@ -51,11 +52,15 @@ def statement(doc: dict, ours: str, other: str) -> str | None:
     diff = mean(a - b for a, b in pairs)
     wins, losses = sum(a > b for a, b in pairs), sum(a < b for a, b in pairs)
     test = doc.get("tests", {}).get(f"{ours}_vs_{other}")
-    p = f", Wilcoxon p = {test['wilcoxon_p']:.2g}" if test else ""
-    where = "ahead of" if wins > losses and diff > 0 else "behind" if diff < 0 else "level with"
+    where = "level with" if abs(diff) < LEVEL else "ahead of" if diff > 0 else "behind"
+    if test:
+        p = test["wilcoxon_p"]
+        significance = f"Wilcoxon p = {p:.2g}, {'' if p < 0.05 else 'not '}significant at 0.05"
+    else:
+        significance = "no paired test in the experiment"
     return (
-        f"- `{ours}` is **{where}** `{other}`: mean difference {diff:+.3f}, {wins} wins and "
-        f"{losses} losses over {len(pairs)} (task, seed) pairs{p}."
+        f"- `{ours}` is **{where}** `{other}` on the mean ({diff:+.3f}; {wins} wins and "
+        f"{losses} losses over {len(pairs)} (task, seed) pairs; {significance})."
     )
 
 
@@ -85,4 +90,12 @@ def competitor_lines(doc: dict) -> list[str]:
             + f" | {mean(val):.3f} | {mean(test):.3f} |"
         )
     said = [s for s in (statement(doc, a, b) for a, b in STATEMENTS) if s]
-    return [*lines, "", "Where the universal model stands (from the same JSON):", "", *said]
+    return [
+        *lines,
+        "",
+        "Where the universal model stands (from the same JSON; Ditto's sites run two local updates "
+        "a stage, the global and the personal one, so it gets twice the local computation; every "
+        "arm's budget is in the JSON's `arms`):",
+        "",
+        *said,
+    ]

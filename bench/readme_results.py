@@ -233,7 +233,7 @@ def section() -> str:
     exp = load("shared8.json")
     if exp is not None:
         lines += [
-            targets_line(exp),
+            targets_line(exp, load("competitors.json")),
             "",
             f"`configs/shared8.toml`, {len(exp['seeds'])} seeds {exp['seeds']}, test split of each "
             "site (AUC for "
