@@ -23,15 +23,15 @@ ARMS = ("baseline", "universal", "universal_finetuned")
 
 
 def row(transfer: str, results: dict, seconds: float) -> dict:
-    tasks, stages = results["tasks"], results["cost"]["universal"]["stages"]
+    tasks, stages = results["tasks"], results["stages"].values()
     return {
         "transfer": transfer,
         "test_mean": {
             arm: float(np.mean([t["arms"][arm]["mean"] for t in tasks.values()])) for arm in ARMS
         },
         "test": {s: {arm: t["arms"][arm]["mean"] for arm in ARMS} for s, t in tasks.items()},
-        "bytes_to_sites": sum(sum(s["bytes_to_sites"].values()) for s in stages.values()),
-        "bytes_from_sites": sum(sum(s["bytes_from_sites"].values()) for s in stages.values()),
+        "bytes_to_sites": sum(sum(s.get("bytes_to_sites", {}).values()) for s in stages),
+        "bytes_from_sites": sum(sum(s.get("bytes_from_sites", {}).values()) for s in stages),
         "run_seconds": seconds,
     }
 
