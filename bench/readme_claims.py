@@ -246,7 +246,8 @@ def distill_screen_lines(doc: dict) -> list[str]:
         + f" | {doc['teacher_val']:.3f} | - | - | - |",
     ]
     for name, row in doc["variants"].items():
-        settings = f"`{row['settings']}`" if row["settings"] else "the run's own"
+        changed = row["settings"].replace("method.", "")
+        settings = f"`{changed}`" if changed else "the run's own"
         lines.append(
             f"| {name} | {settings} | "
             + " | ".join(f"{row['val_per_task'][t]:.3f}" for t in tasks)
