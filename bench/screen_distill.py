@@ -30,7 +30,7 @@ from meduniverse.core.seeds import derive_seed
 from meduniverse.core.tasks import task_type
 from meduniverse.federation.client_app import site_model
 from meduniverse.method.server import SiteUpdate, server_step
-from meduniverse.method.site import train_site
+from meduniverse.method.site import stage_method, train_site
 from meduniverse.method.supervised import evaluate
 from meduniverse.models.universal import build_model, part_of
 from meduniverse.sites.pool import build_pool, own_images
@@ -71,7 +71,8 @@ def teachers(
             model.load_state_dict(read_tensors(path))
         else:
             started = time.perf_counter()
-            train_site(model, name, data.splits, config.method, config.finetune, stage_seed)
+            method = stage_method(config.method, config.method.stages)
+            train_site(model, name, data.splits, method, config.finetune, stage_seed)
             write_tensors(path, model.state_dict())
             print(f"teacher {name}: {time.perf_counter() - started:.0f} s", flush=True)
         scores[name] = primary(model, name, data, "val")

@@ -25,7 +25,7 @@ from meduniverse.method.server import (
     update_problem,
     weighted_average,
 )
-from meduniverse.method.site import finetune, train_local, train_site
+from meduniverse.method.site import finetune, stage_method, train_local, train_site
 from meduniverse.method.supervised import evaluate, predict_probs
 from meduniverse.models.heads import DecoderHead
 from meduniverse.models.universal import build_model, part_of
@@ -336,6 +336,20 @@ def test_teachers_trained_to_convergence_stop_early_on_the_site_validation(demo_
     )
     assert stats.steps % per_epoch == 0 and per_epoch <= stats.steps <= 3 * per_epoch
     assert np.isfinite(stats.loss)
+
+
+def test_early_stopping_last_trains_teachers_to_convergence_only_in_the_last_stage(demo_config):
+    method = replace(demo_config.method, local_training="early_stopping_last", stages=3)
+    assert [stage_method(method, s).local_training for s in (1, 2, 3)] == [
+        "epochs",
+        "epochs",
+        "early_stopping",
+    ]
+    plain = replace(method, local_training="epochs")
+    assert stage_method(plain, 3) is plain
+    data, model = site_and_model(demo_config, 0)
+    with pytest.raises(ValueError, match="stage_method"):  # an unresolved setting is not guessed
+        train_site(model, data.name, data.splits, method, demo_config.finetune, seed=0)
 
 
 def test_adapters_start_as_nothing_and_belong_to_their_task(demo_config):

@@ -17,7 +17,7 @@ SITE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 
 VARIANTS = ("distil_only", "average_then_distil")
 SCHEDULES = ("mixed", "round_robin")
-LOCAL_TRAINING = ("epochs", "early_stopping")
+LOCAL_TRAINING = ("epochs", "early_stopping", "early_stopping_last")
 LR_SCHEDULES = ("constant", "cosine")
 TRANSFERS = ("weights", "outputs")
 
@@ -104,9 +104,11 @@ class ModelConfig:
 class MethodConfig:
     """Stage 0 (MIM) and stages 1..S (local training + server distillation).
 
-    `local_training`: 'epochs' (local_epochs passes over the site's train split) or 'early_stopping'
+    `local_training`: 'epochs' (local_epochs passes over the site's train split), 'early_stopping'
     (the fine-tune schedule of [finetune], early stopping on the site's validation split: teachers
-    trained to convergence); every federated model gets the same. `distill_views`: the pool and
+    trained to convergence) or 'early_stopping_last' (epochs in stages 1..S-1, early stopping in
+    the last stage, whose teachers the released model is distilled from); every federated model
+    gets the same. `distill_views`: the pool and
     views-1 augmented copies of it (random resized crop, flip, intensity) on which teachers and
     student are compared; `distill_dense_views`: the same for the pool of segmentation heads (0: as
     many as `distill_views`), whose few images need more crops; `distill_crop_area`: the smallest

@@ -22,7 +22,7 @@ from meduniverse.method.distill import pool_logits
 from meduniverse.method.loop import TrainStats
 from meduniverse.method.personal import train_ditto, train_fedrep
 from meduniverse.method.private import train_private
-from meduniverse.method.site import evaluate_arm, train_site
+from meduniverse.method.site import evaluate_arm, stage_method, train_site
 from meduniverse.method.supervised import evaluate, proximal_term
 from meduniverse.models.universal import (
     PERSONAL_PREFIX,
@@ -170,7 +170,8 @@ def local_update(
         The global update's TrainStats, more weights to send back (the personal model), and more
         metrics (with privacy.dp: the epsilon spent so far).
     """
-    mode, m, schedule = str(settings.get("local-mode", "plain")), config.method, config.finetune
+    mode, schedule = str(settings.get("local-mode", "plain")), config.finetune
+    m = stage_method(config.method, int(settings["stage"]))
     if mode == "fedrep":
         return train_fedrep(model, data.name, data.splits, m, schedule, seed), {}, {}
     if mode == "ditto":

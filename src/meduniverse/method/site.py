@@ -5,6 +5,7 @@ None of these needs Flower; the ClientApp only calls them.
 """
 
 import copy
+from dataclasses import replace
 import math
 
 from meduniverse.core.arms import FINETUNE, PROBE
@@ -139,6 +140,14 @@ def finetune(
     }
 
 
+def stage_method(method: MethodConfig, stage: int) -> MethodConfig:
+    """The method as stage `stage` (1..S) trains at the sites: `local_training` =
+    'early_stopping_last' is 'early_stopping' in the last stage and 'epochs' before it."""
+    if method.local_training != "early_stopping_last":
+        return method
+    return replace(method, local_training="early_stopping" if stage >= method.stages else "epochs")
+
+
 def train_site(
     model: UniversalModel,
     task_name: str,
@@ -163,6 +172,8 @@ def train_site(
         penalty: added to every step's loss (FedProx, Ditto).
         frozen_encoder: train the head only.
     """
+    if method.local_training not in ("epochs", "early_stopping"):
+        raise ValueError(f"local_training '{method.local_training}': resolve with stage_method")
     if method.local_training == "early_stopping":
         train, val = splits["train"], splits["val"]
         return finetune(
