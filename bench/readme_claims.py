@@ -236,13 +236,13 @@ def distill_screen_lines(doc: dict) -> list[str]:
     lines = [
         f"Distillation settings screened on the last stage of run `{doc['run']}` (its stage "
         f"{doc['stage'] - 1} model and the same stage-{doc['stage']} site teachers for every row; "
-        f"`bench/results/distill_screen.json`, `{doc['command']}`, commit `{doc['commit'][:7]}`). "
+        f"`bench/results/distill_screen.json`, `{doc['command']}`; each row's commit). "
         "Validation Dice/AUC of the universal model as is; choices on val, test only reported:",
         "",
-        "| variant | settings | " + " | ".join(tasks) + " | val | test | gap to teachers (val) "
-        "| seconds |",
-        "|---|---|" + "---|" * (len(tasks) + 4),
-        "| teachers | - | "
+        "| variant | commit | settings | " + " | ".join(tasks) + " | val | test | gap to teachers "
+        "(val) | seconds |",
+        "|---|---|---|" + "---|" * (len(tasks) + 4),
+        "| teachers | - | - | "
         + " | ".join(f"{doc['teacher_val_per_task'][t]:.3f}" for t in tasks)
         + f" | {doc['teacher_val']:.3f} | - | - | - |",
     ]
@@ -250,7 +250,7 @@ def distill_screen_lines(doc: dict) -> list[str]:
         changed = row["settings"].replace("method.", "")
         settings = f"`{changed}`" if changed else "the run's own"
         lines.append(
-            f"| {name} | {settings} | "
+            f"| {name} | `{row['commit'][:7]}` | {settings} | "
             + " | ".join(f"{row['val_per_task'][t]:.3f}" for t in tasks)
             + f" | {row['val']:.3f} | {row['test']:.3f} | {row['fidelity_gap_val']:.3f} | "
             f"{row['distill_seconds']:.0f} |"

@@ -25,7 +25,7 @@ from meduniverse.core.checkpoints import Checkpoints
 from meduniverse.core.config import FederationConfig
 from meduniverse.core.config_file import check_config, config_from_dict
 from meduniverse.core.files import read_json, read_tensors, write_json, write_tensors
-from meduniverse.core.provenance import provenance
+from meduniverse.core.provenance import git_commit, provenance
 from meduniverse.core.seeds import derive_seed
 from meduniverse.core.tasks import task_type
 from meduniverse.federation.client_app import site_model
@@ -131,7 +131,11 @@ def main() -> None:
         state, stats = server_step(
             previous, updates, varied, pool.images, seed=derive_seed(config.seed, last), own=own
         )
-        row = {"settings": settings, "distill_seconds": time.perf_counter() - started}
+        row = {
+            "settings": settings,
+            "commit": git_commit(),
+            "distill_seconds": time.perf_counter() - started,
+        }
         row.update(score(varied, state, sites))
         row["fidelity_gap_val"] = doc["teacher_val"] - row["val"]
         rows[name] = row
