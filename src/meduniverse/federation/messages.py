@@ -78,9 +78,9 @@ def reply(
             on them, float16, one row per image: sent instead of weights.
     """
     pool = pool_sent(to)
-    shape = None if pool is None or outputs is None else (len(pool), *outputs.shape[1:])
-    if pool is not None and outputs is None:
-        shape = (len(pool),)  # a strict request answered without outputs: refused below
+    shape = None  # weights: no outputs expected
+    if pool is not None:  # strict transfer: one row per pool image (no outputs: refused below)
+        shape = (len(pool),) if outputs is None else (len(pool), *outputs.shape[1:])
     problems = check_reply(
         to.metadata.message_type, task, metrics, info, state, sent, outputs, shape
     )

@@ -167,8 +167,9 @@ def server_step(
     group_of = {s.name: task_type(s.task).group for s in config.sites}
     device = next(iter(pool.values())).device  # the models compute where the pool lives
     m = config.method
-    views = view_counts(config, list(pool))
-    pool = distillation_pool(config, pool, seed)
+    drawn = distillation_pool(config, pool, seed)
+    views = {g: len(drawn[g]) // len(x) for g, x in pool.items()}  # the views per pool image
+    pool = drawn
     weights = None
     if own and m.distill_own_weight != 1:
         weights = {
