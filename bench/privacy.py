@@ -28,8 +28,9 @@ ARMS = ("baseline", "universal", "universal_finetuned")
 def dp_settings(epsilon: str) -> list[str]:
     """Config overrides for one target epsilon ('none': no DP); every row keeps only the federated
     competitors whose local training DP-SGD covers (they do not run here, but the config is
-    checked)."""
-    same = ['competitors.federated=["fedavg", "fedbn"]']
+    checked); every row trains `local_epochs` passes, the fixed step count DP-SGD spends its budget
+    over."""
+    same = ['competitors.federated=["fedavg", "fedbn"]', "method.local_training='epochs'"]
     if epsilon == "none":
         return [*same, "privacy.dp=false"]
     return [*same, "privacy.dp=true", f"privacy.epsilon={float(epsilon)}"]

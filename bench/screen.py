@@ -8,11 +8,19 @@ universal model as is). Choices are made on the validation columns; test is repo
 """
 
 import argparse
+from dataclasses import asdict
 import json
 from pathlib import Path
 
 import numpy as np
 
+from meduniverse.core.config import (
+    FinetuneConfig,
+    MethodConfig,
+    ModelConfig,
+    PoolConfig,
+    PrivacyConfig,
+)
 from meduniverse.core.config_file import load_config
 from meduniverse.core.files import write_json
 from meduniverse.core.provenance import machine_info
@@ -25,12 +33,22 @@ def primary(metrics: dict, prefix: str) -> float:
     return next(v for k, v in metrics.items() if k in (f"{prefix}auc", f"{prefix}dice"))
 
 
+SECTIONS = {
+    "pool": PoolConfig,
+    "model": ModelConfig,
+    "method": MethodConfig,
+    "finetune": FinetuneConfig,
+    "privacy": PrivacyConfig,
+}
+
+
 def changes(defaults: dict, config: dict) -> dict:
-    """Settings (section.key) a run set away from today's defaults (a setting the run's code did
-    not have yet counts as its default)."""
+    """Settings (section.key) a run set away from today's defaults. A setting the run's code did not
+    have yet took the value that the code's default still has (new settings default to off)."""
     out = {}
-    for section in ("pool", "model", "method", "finetune", "privacy"):
-        before, now = defaults.get(section, {}), config.get(section, {})
+    for section, cls in SECTIONS.items():
+        before = defaults.get(section, {})
+        now = {**json.loads(json.dumps(asdict(cls()))), **config.get(section, {})}
         out.update({f"{section}.{k}": v for k, v in sorted(now.items()) if before.get(k) != v})
     return out
 
