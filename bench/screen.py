@@ -67,6 +67,7 @@ def run_row(run_dir: Path, defaults: dict, commit: str | None) -> dict:
             "teacher_val": float(np.mean([primary(m, "val-") for m in sites.values()])),
             "teacher_val_per_task": {s: primary(m, "val-") for s, m in sites.items()},
             "teacher_test": float(np.mean([primary(m, "test-") for m in sites.values()])),
+            "teacher_test_per_task": {s: primary(m, "test-") for s, m in sites.items()},
             "local_seconds": record.get("local_seconds"),
             "distill_seconds": record.get("distill", {}).get("seconds"),
         }
@@ -77,6 +78,7 @@ def run_row(run_dir: Path, defaults: dict, commit: str | None) -> dict:
             "val": float(np.mean([primary(m, "val-") for m in sites.values()])),
             "test": float(np.mean([primary(m, "test-") for m in sites.values()])),
             "val_per_task": {s: primary(m, "val-") for s, m in sites.items()},
+            "test_per_task": {s: primary(m, "test-") for s, m in sites.items()},
             "seconds": evaluation.get("seconds"),
         }
     last = stages[max(stages, key=int)] if stages else None
