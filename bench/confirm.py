@@ -18,6 +18,7 @@ from meduniverse.core.files import write_json
 from meduniverse.core.provenance import machine_info
 from meduniverse.core.tasks import task_type
 from meduniverse.results.analysis import statistics
+from meduniverse.results.statistics import bootstrap_ci
 from screen import ROOT, run_row
 
 ARMS = ("baseline", "universal", "universal_finetuned")
@@ -45,7 +46,7 @@ def tasks_block(rows: list[dict], defaults: dict) -> dict:
         arms = {}
         for arm in ARMS:
             values = [r["arms"][arm]["test_per_task"][name] for r in rows]
-            arms[arm] = {"per_seed": values, "mean": mean(values)}
+            arms[arm] = {"per_seed": values, "mean": mean(values), "ci95": bootstrap_ci(values)}
         teacher = mean(last_stage(r)["teacher_test_per_task"][name] for r in rows)
         tasks[name] = {
             "task": site["task"],

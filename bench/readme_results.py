@@ -228,8 +228,40 @@ def adapt_table(doc: dict) -> list[str]:
     return lines
 
 
+def confirm_lines(doc: dict) -> list[str]:
+    """The defaults' confirmation, seed by seed (bench/confirm.py): the targets, each task's arms,
+    the last-stage teacher and the paired tests."""
+    runs = ", ".join(
+        f"seed {r['seed']} at `{r['commit'][:7]}` ({r['run_seconds'] / 60:.0f} min)"
+        for r in doc["runs"]
+    )
+    lines = [
+        f"**Today's defaults, confirmed seed by seed** ({len(doc['seeds'])} of 3 seeds so far; "
+        f"`bench/results/confirm_defaults.json`: `{doc['command']}`; {runs} on "
+        f"{doc['machine']['cpus']} CPU cores; test split, mean [95% bootstrap CI over seeds]):",
+        "",
+        targets_line(doc, load("competitors.json")),
+        "",
+        "| site | metric | baseline | universal | universal_finetuned | last-stage teacher | "
+        "universal - teacher |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for site, t in doc["tasks"].items():
+        arms, f = t["arms"], t["fidelity"]
+        lines.append(
+            f"| {site} | {t['metric']} | {cell(arms['baseline'])} | {cell(arms['universal'])} | "
+            f"{cell(arms['universal_finetuned'])} | {f['teacher_test']:.3f} | "
+            f"{f['universal_minus_teacher']:+.3f} |"
+        )
+    means = ", ".join(f"{a} {mean_of(doc, a):.3f}" for a in ARMS)
+    return [*lines, "", f"Mean over the tasks: {means}.", "", *tests_table(doc)]
+
+
 def section() -> str:
     lines = []
+    confirm = load("confirm_defaults.json")
+    if confirm is not None:
+        lines += [*confirm_lines(confirm), ""]
     exp = load("shared8.json")
     if exp is not None:
         lines += [
