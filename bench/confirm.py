@@ -8,18 +8,16 @@ the seeds accumulate. A run that changed any setting is refused: this file confi
         [--commit RUN_NAME=SHA ...] [--command "how the runs were started"]
 """
 
-import argparse
 import json
 from pathlib import Path
 from statistics import mean
 
-from meduniverse.core.config_file import load_config
 from meduniverse.core.files import write_json
 from meduniverse.core.provenance import machine_info
 from meduniverse.core.tasks import task_type
 from meduniverse.results.analysis import statistics
 from meduniverse.results.statistics import bootstrap_ci
-from screen import ROOT, run_row
+from screen import parse_runs, run_row
 
 ARMS = ("baseline", "universal", "universal_finetuned")
 
@@ -61,14 +59,9 @@ def tasks_block(rows: list[dict], defaults: dict) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("out", type=Path)
-    parser.add_argument("runs", type=Path, nargs="+")
-    parser.add_argument("--commit", action="append", default=[], help="RUN_NAME=SHA")
-    parser.add_argument("--command", default="meduniverse run configs/shared8.toml --set seed=N")
-    args = parser.parse_args()
-    commits = dict(c.split("=", 1) for c in args.commit)
-    defaults = load_config(ROOT / "configs" / "shared8.toml").to_dict()
+    args, commits, defaults = parse_runs(
+        __doc__.splitlines()[0], "meduniverse run configs/shared8.toml --set seed=N"
+    )
     kept = json.loads(args.out.read_text())["runs"] if args.out.is_file() else []
     new = [seed_row(r, defaults, commits.get(r.name)) for r in args.runs]
     by_seed = {r["seed"]: r for r in kept} | {r["seed"]: r for r in new}

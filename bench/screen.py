@@ -94,15 +94,23 @@ def run_row(run_dir: Path, defaults: dict, commit: str | None) -> dict:
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse_runs(description: str, command: str) -> tuple[argparse.Namespace, dict, dict]:
+    """The command line of a collector of runs: OUT RUN_DIR... [--commit RUN=SHA] [--command];
+    returns the arguments, each run's commit and configs/shared8.toml's settings."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("out", type=Path)
     parser.add_argument("runs", type=Path, nargs="+")
     parser.add_argument("--commit", action="append", default=[], help="RUN_NAME=SHA")
-    parser.add_argument("--command", default="meduniverse run configs/shared8.toml --set ...")
+    parser.add_argument("--command", default=command)
     args = parser.parse_args()
     commits = dict(c.split("=", 1) for c in args.commit)
-    defaults = load_config(ROOT / "configs" / "shared8.toml").to_dict()
+    return args, commits, load_config(ROOT / "configs" / "shared8.toml").to_dict()
+
+
+def main() -> None:
+    args, commits, defaults = parse_runs(
+        __doc__.splitlines()[0], "meduniverse run configs/shared8.toml --set ..."
+    )
     rows = [run_row(r, defaults, commits.get(r.name)) for r in args.runs]
     write_json(
         args.out,
