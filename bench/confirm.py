@@ -23,12 +23,12 @@ ARMS = ("baseline", "universal", "universal_finetuned")
 
 
 def seed_row(run_dir: Path, defaults: dict, commit: str | None) -> dict:
-    """One seed's run (bench/screen.py's row plus its seed); refused unless it ran the defaults."""
+    """One seed's run (bench/screen.py's row, which names its seed), refused unless it ran
+    the defaults."""
     row = run_row(run_dir, defaults, commit)
     if row["changes"]:
         raise SystemExit(f"{run_dir}: not the default configuration ({row['changes']})")
-    config = json.loads((run_dir / "results.json").read_text())["config"]
-    return {"seed": config["seed"], **row}
+    return row
 
 
 def last_stage(row: dict) -> dict:

@@ -85,6 +85,7 @@ def run_row(run_dir: Path, defaults: dict, commit: str | None) -> dict:
     universal = arms.get("universal")
     return {
         "run": run_dir.name,
+        "seed": results["config"]["seed"],
         "commit": commit or results.get("commit", "unknown"),
         "changes": changes(defaults, results["config"]),
         "run_seconds": results.get("run_seconds"),
@@ -118,7 +119,7 @@ def main() -> None:
             "what": __doc__.splitlines()[0],
             "command": args.command,
             "machine": machine_info(),
-            "seeds": [0],
+            "seeds": sorted({r["seed"] for r in rows}),
             "defaults": "configs/shared8.toml at the commit of this file",
             "runs": rows,
         },
