@@ -3,9 +3,11 @@
 experiment-style document: per task and arm the test value of every seed, the last-stage teachers
 (fidelity) and the paired tests over (task, seed) pairs, so the claim's targets 1-4 can be read as
 the seeds accumulate. A run that changed any setting is refused: this file confirms the defaults.
+`--adapt` attaches the adaptation of such a run (or of a leave-one-site-out run of the defaults)
+to an unseen site (target 5), replacing that site's earlier entry.
 
-    python bench/confirm.py bench/results/confirm_defaults.json RUN_DIR [RUN_DIR ...] \
-        [--commit RUN_NAME=SHA ...] [--command "how the runs were started"]
+    python bench/confirm.py bench/results/confirm_defaults.json [RUN_DIR ...] \
+        [--commit RUN_NAME=SHA ...] [--command "how the runs were started"] [--adapt ADAPT_DIR ...]
 """
 
 import json
@@ -17,7 +19,8 @@ from meduniverse.core.provenance import machine_info
 from meduniverse.core.tasks import task_type
 from meduniverse.results.analysis import statistics
 from meduniverse.results.statistics import bootstrap_ci
-from screen import parse_runs, run_row
+from rows import adapt_entries
+from screen import changes, parse_runs, run_row
 
 ARMS = ("baseline", "universal", "universal_finetuned")
 
@@ -29,6 +32,18 @@ def seed_row(run_dir: Path, defaults: dict, commit: str | None) -> dict:
     if row["changes"]:
         raise SystemExit(f"{run_dir}: not the default configuration ({row['changes']})")
     return row
+
+
+def adapt_of_defaults(adapt_dir: Path, defaults: dict) -> dict:
+    """One `meduniverse adapt` results.json, refused unless its source run ran the defaults (a
+    leave-one-site-out run differs only in its sites)."""
+    adapt = json.loads((adapt_dir / "results.json").read_text())
+    source = Path(adapt["source_run"])
+    run = source if (source / "results.json").is_file() else source.parent
+    changed = changes(defaults, json.loads((run / "results.json").read_text())["config"])
+    if changed:
+        raise SystemExit(f"{adapt_dir}: adapted from {run}, not the defaults ({changed})")
+    return adapt
 
 
 def last_stage(row: dict) -> dict:
@@ -60,19 +75,24 @@ def tasks_block(rows: list[dict], defaults: dict) -> dict:
 
 def main() -> None:
     args, commits, defaults = parse_runs(
-        __doc__.splitlines()[0], "meduniverse run configs/shared8.toml --set seed=N"
+        __doc__.splitlines()[0], "meduniverse run configs/shared8.toml --set seed=N", adapt=True
     )
-    kept = json.loads(args.out.read_text())["runs"] if args.out.is_file() else []
+    old = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    kept = old.get("runs", [])
     new = [seed_row(r, defaults, commits.get(r.name)) for r in args.runs]
     by_seed = {r["seed"]: r for r in kept} | {r["seed"]: r for r in new}
     rows = [by_seed[s] for s in sorted(by_seed)]
     tasks = tasks_block(rows, defaults)
     tests, per_task = statistics(tasks)
+    adapted = old.get("adapt_results", {})
+    for adapt_dir in args.adapt:
+        adapt = adapt_of_defaults(adapt_dir, defaults)
+        adapted |= adapt_entries(adapt, f"bench/results/{args.out.name}")
     write_json(
         args.out,
         {
             "what": __doc__.splitlines()[0],
-            "command": args.command,
+            "command": args.command if args.runs else old.get("command", args.command),
             "machine": machine_info(),
             "config": "configs/shared8.toml at each run's commit, no setting changed",
             "seeds": sorted(by_seed),
@@ -80,6 +100,7 @@ def main() -> None:
             "tasks": tasks,
             "tests": tests,
             "per_task_tests": per_task,
+            "adapt_results": adapted,
         },
     )
     for arm in ARMS:

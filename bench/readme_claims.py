@@ -69,7 +69,13 @@ def targets_line(doc: dict, smaller: dict | None = None) -> str:
         f"({sum(g >= -0.01 for g in gaps)} of {len(gaps)}, worst {min(gaps, default=0):+.3f}); "
         f"4. DRIVE universal >= baseline: {word[t4]}"
         + (f" ({_arm(thin, 'universal'):.3f} vs {_arm(thin, 'baseline'):.3f})" if thin else "")
-        + f"; 5. unseen sites: {_unseen(doc)} (leave-one-site-out runs not made yet); "
+        + f"; 5. unseen sites: {_unseen(doc)}"
+        + (
+            ""
+            if any(e.get("left_out") for e in doc.get("adapt_results", {}).values())
+            else " (leave-one-site-out runs not made yet)"
+        )
+        + "; "
         "6. centralized_finetuned: "
         + (
             f"mean {mean(ceiling):.3f}"

@@ -197,16 +197,23 @@ def fidelity_table(doc: dict) -> list[str]:
 
 
 def adapt_table(doc: dict) -> list[str]:
-    lines = []
+    """Per unseen site: each encoder's probe and fine-tune at every label fraction."""
+    lines: list[str] = []
     for site, entry in doc.get("adapt_results", {}).items():
         arms = entry["arms"]
         fractions = sorted({a.split("@")[1] for a in arms}, key=float)
+        origin = (
+            "a run of the same configuration that left it out"
+            if entry.get("left_out")
+            else "the encoders of the first seed's run"
+        )
+        minutes = f", {entry['seconds'] / 60:.0f} min" if entry.get("seconds") else ""
+        file = entry.get("file", f"bench/results/adapt_{site.split('_')[0]}.json")
         lines += [
-            f"Unseen site `{site}`, adapted from the encoders of the experiment's first seed (test "
-            f"{entry['metric']}, "
+            *([""] if lines else []),
+            f"Unseen site `{site}`, adapted from {origin} (test {entry['metric']}, "
             f"{len(entry['seeds'])} seeds of label subsets and training, mean [95% CI]; "
-            f"`bench/results/adapt_{site.split('_')[0]}.json`, "
-            f"commit `{entry['commit'][:12]}`):",
+            f"`{file}`, commit `{entry['commit'][:12]}`{minutes}):",
             "",
             "| labels | "
             + " | ".join(
@@ -254,7 +261,8 @@ def confirm_lines(doc: dict) -> list[str]:
             f"{f['universal_minus_teacher']:+.3f} |"
         )
     means = ", ".join(f"{a} {mean_of(doc, a):.3f}" for a in ARMS)
-    return [*lines, "", f"Mean over the tasks: {means}.", "", *tests_table(doc)]
+    lines += ["", f"Mean over the tasks: {means}.", "", *tests_table(doc)]
+    return lines + (["", *adapt_table(doc)] if doc.get("adapt_results") else [])
 
 
 def section() -> str:

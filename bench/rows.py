@@ -1,4 +1,5 @@
-"""The JSON of a benchmark that runs the demo (or a given config) once per row."""
+"""The JSON of a benchmark that runs the demo (or a given config) once per row, and the entry an
+adaptation run (`meduniverse adapt`) adds to a collected experiment."""
 
 from pathlib import Path
 import sys
@@ -21,3 +22,23 @@ def write_rows(
             "rows": rows,
         },
     )
+
+
+def adapt_entries(adapt: dict, file: str) -> dict[str, dict]:
+    """Per unseen site of one `meduniverse adapt` results.json: its arms, tests and provenance, as
+    the README's adaptation table and target 5 read them; `file` is where it is collected."""
+    command = adapt.get("command", "")
+    return {
+        site: {
+            "arms": t["arms"],
+            "metric": t["metric"],
+            "tests": adapt["tests"],
+            "seeds": adapt["seeds"],
+            "commit": adapt["commit"],
+            "command": command,
+            "left_out": "--leave-out" in command,
+            "seconds": adapt.get("seconds"),
+            "file": file,
+        }
+        for site, t in adapt["tasks"].items()
+    }

@@ -95,12 +95,19 @@ def run_row(run_dir: Path, defaults: dict, commit: str | None) -> dict:
     }
 
 
-def parse_runs(description: str, command: str) -> tuple[argparse.Namespace, dict, dict]:
-    """The command line of a collector of runs: OUT RUN_DIR... [--commit RUN=SHA] [--command];
-    returns the arguments, each run's commit and configs/shared8.toml's settings."""
+def parse_runs(
+    description: str, command: str, adapt: bool = False
+) -> tuple[argparse.Namespace, dict, dict]:
+    """The command line of a collector of runs: OUT RUN_DIR... [--commit RUN=SHA] [--command]
+    (and, with `adapt`, [--adapt ADAPT_DIR]); returns the arguments, each run's commit and
+    configs/shared8.toml's settings."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("out", type=Path)
-    parser.add_argument("runs", type=Path, nargs="+")
+    parser.add_argument("runs", type=Path, nargs="*" if adapt else "+")
+    if adapt:
+        parser.add_argument(
+            "--adapt", type=Path, action="append", default=[], help="a `meduniverse adapt` --out"
+        )
     parser.add_argument("--commit", action="append", default=[], help="RUN_NAME=SHA")
     parser.add_argument("--command", default=command)
     args = parser.parse_args()

@@ -17,6 +17,7 @@ import shutil
 from meduniverse.core.config_file import load_config
 from meduniverse.core.files import write_json
 from meduniverse.interfaces.report import build_report
+from rows import adapt_entries
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -72,17 +73,9 @@ def main() -> None:
     for adapt_dir in args.adapt:
         adapt = json.loads((adapt_dir / "results.json").read_text())
         results.setdefault("adapt", {}).update(adapt["adapt"])
+        site = next(iter(adapt["tasks"]))
         results.setdefault("adapt_results", {}).update(
-            {
-                site: {
-                    "arms": t["arms"],
-                    "metric": t["metric"],
-                    "tests": adapt["tests"],
-                    "seeds": adapt["seeds"],
-                    "commit": adapt["commit"],
-                }
-                for site, t in adapt["tasks"].items()
-            }
+            adapt_entries(adapt, f"bench/results/adapt_{site.split('_')[0]}.json")
         )
     write_json(RESULTS / "shared8.json", results)
     build_report(args.experiment, results, load_config(args.config))
