@@ -6,6 +6,7 @@ Simulation Engine takes about 12 s to start here); users always run on Flower's 
 """
 
 from collections.abc import Iterable
+from copy import deepcopy
 from uuid import uuid4
 
 from flwr.app import Context, Error, Message, RecordDict
@@ -65,8 +66,10 @@ class LoopbackGrid(Grid):
             msg.metadata.__dict__["_message_id"] = msg_id
             msg.metadata.__dict__["_src_node_id"] = 1
             self.requests.append(msg)
+            # a copy, as if it had been sent: Flower's mods may change what they receive
+            delivered = Message(metadata=msg.metadata, content=deepcopy(msg.content))
             try:
-                reply = self.client_app(msg, self.contexts[msg.metadata.dst_node_id])
+                reply = self.client_app(delivered, self.contexts[msg.metadata.dst_node_id])
             except Exception as exc:
                 reply = Message(Error(code=0, reason=repr(exc)), reply_to=msg)
             self.replies.append(reply)

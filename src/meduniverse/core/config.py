@@ -193,12 +193,18 @@ class PrivacyConfig:
     site sends the server after its stage of the universal model, 'weights' (its model's) or
     'outputs' (strict transfer: only its model's logits on the public pool images the server
     sends it, so no site weights ever reach the server; the federated competitors, which average
-    weights, still send theirs)."""
+    weights, still send theirs). `secure_aggregation`: the competitors that average weights
+    (`SECURE_MODELS`) send their encoder updates through Flower's SecAgg+, so the server learns
+    only their sum and each site's head stays at the site; the universal model distils every site
+    model (in both variants), which no sum can replace, so it needs `transfer = 'outputs'`, and
+    Ditto's and FedRep's personal parts are not covered, so they must be left out of
+    competitors.federated."""
 
     dp: bool = False
     epsilon: float = 8.0
     clip: float = 1.0
     transfer: str = "weights"
+    secure_aggregation: bool = False
 
 
 @dataclass(frozen=True)
@@ -236,6 +242,29 @@ class FederationConfig:
         of [competitors]."""
         c = self.competitors
         return selected_arms(c.federated, c.probes, c.finetuned, c.centralized, competitors)
+
+
+SECURE_MODELS = ("fedavg", "fedprox", "fedbn")  # what privacy.secure_aggregation covers
+
+
+def secure_aggregation_problem(config: FederationConfig) -> str:
+    """Why `privacy.secure_aggregation` cannot run with this configuration ('' if it can)."""
+    p, uncovered = config.privacy, sorted(set(config.competitors.federated) - set(SECURE_MODELS))
+    if not p.secure_aggregation:
+        return ""
+    if p.transfer != "outputs":
+        return (
+            "privacy.secure_aggregation needs privacy.transfer = 'outputs': the universal model "
+            "distils each site's own model (method.variant 'distil_only' and "
+            "'average_then_distil' alike), which a secure sum cannot replace, so without strict "
+            "transfer its site weights would still reach the server"
+        )
+    if uncovered:
+        return (
+            f"privacy.secure_aggregation covers {', '.join(SECURE_MODELS)} only; leave "
+            f"{uncovered} out of competitors.federated (their personal parts are not summed)"
+        )
+    return ""
 
 
 def _jsonable(value: Any) -> Any:

@@ -26,6 +26,7 @@ from meduniverse.core.config import (
     PrivacyConfig,
     RuntimeConfig,
     SiteConfig,
+    secure_aggregation_problem,
 )
 from meduniverse.core.device import DEVICES, PRECISIONS
 from meduniverse.core.errors import ConfigError
@@ -218,6 +219,8 @@ def check_config(config: FederationConfig) -> None:
             f"{src}: privacy.transfer = 'outputs' needs method.variant = 'distil_only' (the other "
             "variant averages the site models' weights)"
         )
+    if problem := secure_aggregation_problem(config):
+        raise ConfigError(f"{src}: {problem}")
     if p.dp:
         if p.epsilon <= 0 or p.clip <= 0:
             raise ConfigError(f"{src}: privacy.epsilon and privacy.clip must be positive")

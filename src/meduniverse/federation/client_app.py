@@ -18,6 +18,7 @@ from meduniverse.core.progress import log
 from meduniverse.core.tasks import task_type
 from meduniverse.federation.messages import ARRAYS, CONFIG, from_arrays, pool_sent, reply
 from meduniverse.federation.schema import ERROR_CODES, error_reason
+from meduniverse.federation.secure_site import secure_route
 from meduniverse.method.distill import pool_logits
 from meduniverse.method.loop import TrainStats
 from meduniverse.method.personal import train_ditto, train_fedrep
@@ -204,8 +205,18 @@ def handle_evaluate(msg: Message, config: FederationConfig, data: SiteData) -> M
 
 
 def make_client_app(get_config: ConfigSource) -> ClientApp:
-    """A ClientApp whose handlers load this node's site (cached per process) and run one step."""
-    app = ClientApp()
+    """A ClientApp whose handlers load this node's site (cached per process) and run one step;
+    secure aggregation's mod (`meduniverse.federation.secure_site`) sits in front of them."""
+
+    def failed(msg: Message, context: Context, exc: Exception) -> Message:
+        try:
+            site = site_of(context, get_config(context)).name
+        except Exception:  # no configuration: the node's own site name, if it is safe
+            named = str(context.node_config.get("site", ""))
+            site = named if SITE_NAME.fullmatch(named) else "?"
+        return error_reply(msg, site, exc)
+
+    app = ClientApp(mods=[secure_route(failed)])
 
     def run(
         handler: Callable[[Message, FederationConfig, SiteData], Message],
@@ -213,17 +224,12 @@ def make_client_app(get_config: ConfigSource) -> ClientApp:
         def wrapped(msg: Message, context: Context) -> Message:
             try:
                 config = get_config(context)
-                site = site_of(context, config).name
-            except Exception as exc:  # no configuration: the node's own site name, if it is safe
-                named = str(context.node_config.get("site", ""))
-                return error_reply(msg, named if SITE_NAME.fullmatch(named) else "?", exc)
-            try:
                 torch.set_num_threads(config.runtime.threads_per_site)
                 compute = Compute.of(config.runtime)
                 with compute.autocast():
                     return handler(msg, config, site_data(context, config, compute.device))
             except Exception as exc:
-                return error_reply(msg, site, exc)
+                return failed(msg, context, exc)
 
         return wrapped
 

@@ -15,6 +15,7 @@ from meduniverse.core.progress import RunProgress, log
 from meduniverse.federation.exchange import exchange_with_progress
 from meduniverse.federation.messages import error_text, received, request
 from meduniverse.federation.schema import EVALUATE, check_reply
+from meduniverse.federation.secure import evaluation_settings
 from meduniverse.models.universal import encoder_part, personal_part, site_state
 
 
@@ -54,7 +55,7 @@ def evaluate_arm(
         config: the federation (runtime.min_sites).
         progress: the run's progress bars.
     """
-    settings = {"arm": arm.name, "mode": arm.mode, "seed": seed}
+    settings = {"arm": arm.name, "mode": arm.mode, "seed": seed, **evaluation_settings(arm, config)}
     weights_for = arm_weights(arm, ckpt, last)
     messages = [
         request(MessageType.EVALUATE, n, settings, weights_for(s)) for n, s in roster.items()

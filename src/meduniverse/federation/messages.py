@@ -9,6 +9,9 @@ from meduniverse.federation.schema import ERROR_REASON, check_reply
 
 ARRAYS, CONFIG, METRICS = "arrays", "config", "metrics"
 POOL, OUTPUTS = "pool", "outputs"  # strict transfer: public pool images out, their logits back
+# secure aggregation: phase A's settings name the shared keys whose deltas phase B sums (in order);
+# an evaluation request names the securely trained model whose kept parts the site puts in
+SECURE_KEYS, SECURE_MODEL = "secure-keys", "secure-model"
 
 
 def to_arrays(state: dict[str, torch.Tensor]) -> ArrayRecord:

@@ -46,7 +46,8 @@ class Schema:
 def schema(message_type: str, task: str, transfer: str = "weights") -> Schema:
     """The reply schema of a message type for a site of task type `task`; with `transfer`
     'outputs' (strict transfer), a training reply carries the site model's outputs on the pool
-    images it was sent instead of its weights."""
+    images it was sent instead of its weights; with 'secure' (phase A of a secure aggregation
+    stage) neither: the site keeps its model and the weights travel masked in phase B."""
     kind = task_type(task)
     key, second = kind.primary, kind.secondary
     if message_type == QUERY:
@@ -64,13 +65,12 @@ def schema(message_type: str, task: str, transfer: str = "weights") -> Schema:
             f"test-{key}",
         }
         optional = frozenset({"dp-epsilon"})  # with privacy.dp: what the site has spent so far
-        strict = transfer == "outputs"
         return Schema(
             frozenset(required),
             optional,
             frozenset({"num-examples"}),
-            weights=not strict,
-            outputs=strict,
+            weights=transfer == "weights",
+            outputs=transfer == "outputs",
         )
     if message_type == EVALUATE:
         required = {
@@ -151,6 +151,7 @@ def check_reply(
     sent: dict[str, torch.Tensor] | None,
     outputs: torch.Tensor | None = None,
     outputs_shape: tuple[int, ...] | None = None,
+    transfer: str = "weights",
 ) -> list[str]:
     """Every way a reply breaks its schema (empty: it conforms).
 
@@ -164,8 +165,10 @@ def check_reply(
         outputs: its outputs on the pool (None: none).
         outputs_shape: with strict transfer, the shape its outputs must have (None: the reply
             must carry weights, not outputs).
+        transfer: 'secure' for a reply that carries neither weights nor outputs (phase A of a
+            secure aggregation stage); otherwise `outputs_shape` decides.
     """
-    expected = schema(message_type, task, "weights" if outputs_shape is None else "outputs")
+    expected = schema(message_type, task, "outputs" if outputs_shape is not None else transfer)
     problems = metric_problems(metrics, expected)
     if set(info or {}) != expected.info:
         problems.append("text fields are not the protocol's")

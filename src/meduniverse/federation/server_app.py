@@ -15,7 +15,7 @@ import torch
 
 from meduniverse.core.arms import computed_in_federation
 from meduniverse.core.checkpoints import Checkpoints
-from meduniverse.core.config import FederationConfig
+from meduniverse.core.config import SECURE_MODELS, FederationConfig
 from meduniverse.core.device import Compute
 from meduniverse.core.progress import RunProgress, log
 from meduniverse.core.seeds import derive_seed
@@ -23,6 +23,7 @@ from meduniverse.federation.competitors import SiteHeads, competitor_strategy
 from meduniverse.federation.evaluation import evaluate_arm
 from meduniverse.federation.exchange import exchange_with_progress, handshake, message_bytes
 from meduniverse.federation.messages import from_arrays, to_arrays
+from meduniverse.federation.secure import secure_stage
 from meduniverse.federation.strategy import UniversalDistillation
 from meduniverse.federation.strict import StrictTransfer
 from meduniverse.method.mim import pretrain_mim
@@ -159,8 +160,10 @@ def run_stages(
     state = ckpt.load_stage(last, part if last else ckpt.part("universal"))
     if last:
         log.info("%s: resuming after completed stage %d (%s)", strategy.arm, last, ckpt.dir)
+    secure = config.privacy.secure_aggregation and strategy.arm in SECURE_MODELS
     for stage in range(last + 1, config.method.stages + 1):
-        state, record = run_stage(grid, strategy, stage, state, seed, config, progress)
+        step = secure_stage if secure else run_stage  # secure: SiteHeads of a SECURE_MODELS arm
+        state, record = step(grid, strategy, stage, state, seed, config, progress)  # type: ignore
         ckpt.save_stage(stage, {part: state, **extra_parts()}, record, strategy.arm)
 
 

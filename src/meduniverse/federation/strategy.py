@@ -47,6 +47,7 @@ def accept_updates(
     report: dict,
     band: float = 10.0,
     outputs_shapes: dict[str, tuple[int, ...]] | None = None,
+    transfer: str = "weights",
 ) -> list[tuple[SiteUpdate, Message]]:
     """Site models that may be aggregated: the server trusts nothing a site sends. Errors, missing
     replies, replies that break the protocol (`meduniverse.federation.schema`), `num-examples`
@@ -69,7 +70,10 @@ def accept_updates(
         outputs_shapes: with strict transfer, per site the shape its pool outputs must have; the
             replies then carry outputs, not weights (the weight checks and the outlier rule, which
             read weights, do not apply).
+        transfer: 'secure' for phase A of a secure aggregation stage: the replies carry metrics
+            only (the weight checks and the outlier rule do not apply either).
     """
+    weighed = not outputs_shapes and transfer == "weights"  # the replies carry weights to check
     accepted, dropped, rejected = [], dict(roster), {}
     for msg in replies:
         site = roster.get(msg.metadata.src_node_id)
@@ -82,18 +86,26 @@ def accept_updates(
         metrics, info, weights = received(msg)
         outputs, shape = outputs_received(msg), (outputs_shapes or {}).get(site)
         why = reply_problem(
-            site, roster, site_state(previous, site), metrics, info, weights, outputs, shape
+            site,
+            roster,
+            site_state(previous, site),
+            metrics,
+            info,
+            weights,
+            outputs,
+            shape,
+            transfer,
         )
         if why:
             rejected[site] = why
             continue
         update = SiteUpdate(site, weights or {}, int(metrics["num-examples"]), outputs)
-        problem = None if outputs_shapes else update_problem(update, site_state(previous, site))
+        problem = update_problem(update, site_state(previous, site)) if weighed else None
         if problem:
             rejected[site] = f"update rejected: {problem}"
             continue
         accepted.append((update, msg))
-    for site, why in ({} if outputs_shapes else outlying(accepted, previous, band)).items():
+    for site, why in (outlying(accepted, previous, band) if weighed else {}).items():
         rejected[site] = why
     accepted = [(u, m) for u, m in accepted if u.site not in rejected]
     for update, msg in accepted:
@@ -121,15 +133,17 @@ def reply_problem(
     weights: dict[str, torch.Tensor] | None,
     outputs: torch.Tensor | None = None,
     outputs_shape: tuple[int, ...] | None = None,
+    transfer: str = "weights",
 ) -> str:
     """Why a training reply (as `messages.received` reads it) is refused ('' if it is not): the
     protocol's schema (with strict transfer, `outputs_shape` is the shape its pool outputs must
-    have), `num-examples`."""
+    have; with `transfer` 'secure', a phase A reply of secure aggregation: metrics only),
+    `num-examples`."""
     task = roster.tasks.get(site) if isinstance(roster, Roster) else None
     if task is None:
         return "reply refused: the site's task type is unknown"
     problems = check_reply(
-        TRAIN, task, metrics, info, weights, part_of(sent, site), outputs, outputs_shape
+        TRAIN, task, metrics, info, weights, part_of(sent, site), outputs, outputs_shape, transfer
     )
     if problems:
         return f"reply refused: {'; '.join(problems)}"
