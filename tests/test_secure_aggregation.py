@@ -27,6 +27,9 @@ from meduniverse.models.universal import build_model, encoder_part, is_task_key,
 
 pytestmark = pytest.mark.privacy
 QUIET = RunProgress(enabled=False)
+# SecAgg+ quantises each site's weighted delta in steps of 16 / 2**22 = 3.8e-6 (clipping range 8):
+# the mean of five deltas lies within a few steps of the exact one (the deltas reach about 2e-3)
+TOLERANCE = 2e-5
 
 
 def secure(config, min_sites: int = 0):
@@ -93,7 +96,7 @@ def test_secure_averaging_equals_plain_averaging_and_heads_stay_at_the_sites(
     gap = max(float((ours[k].double() - theirs[k].double()).abs().max()) for k in shared)
     moved = max(float((ours[k] - stage0[k]).abs().max()) for k in shared)
     print(f"{arm}: secure vs plain encoder, max abs difference {gap:.2e} (moved {moved:.2e})")
-    assert gap < 1e-4 < moved
+    assert gap < TOLERANCE < moved / 50
     for key, value in ours.items():  # heads and local layers never reached the server
         if is_task_key(key) or key not in shared:
             assert torch.equal(value, stage0[key]), key
@@ -145,7 +148,7 @@ def test_the_server_receives_only_the_masked_sum(demo_config, tmp_path):
             assert abs(float(correlation)) < 0.05  # a uniform mask, nothing of the delta
     assert masked == len(config.sites)
     # what the server added to the encoder is the sites' weighted mean delta
-    assert mean_gap(ckpt, weighted_mean(list(deltas.values()))) < 1e-4
+    assert mean_gap(ckpt, weighted_mean(list(deltas.values()))) < TOLERANCE
 
 
 @pytest.mark.parametrize("min_sites", [4, 0])
@@ -172,7 +175,7 @@ def test_a_site_lost_in_phase_b_is_recovered_or_named(
     assert record["secure"]["summed"] == sorted(set(roster.values()) - {victim})
     deltas = site_deltas(grid, "fedavg")
     mean = weighted_mean([d for node, d in deltas.items() if roster[node] != victim])
-    assert mean_gap(ckpt, mean) < 1e-4  # the others' mean, the victim's pairwise masks removed
+    assert mean_gap(ckpt, mean) < TOLERANCE  # the others' mean, the victim's pairwise masks removed
 
 
 def test_secure_aggregation_is_refused_where_it_cannot_protect(demo_config):

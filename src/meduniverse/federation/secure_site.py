@@ -19,6 +19,7 @@ import flwr.compat.common.recorddict_compat as compat
 import torch
 
 from meduniverse.core.errors import StageError
+from meduniverse.core.progress import log
 from meduniverse.federation.messages import (
     ARRAYS,
     CONFIG,
@@ -60,6 +61,8 @@ def train_and_keep(msg: Message, context: Context, call_next: ClientAppCallable)
     head and local layers and its encoder delta, and the reply leaves with its metrics only."""
     settings = msg.content[CONFIG]
     model, keys = str(settings["arm"]), [str(k) for k in settings[SECURE_KEYS]]
+    if int(settings["stage"]) > 1 and kept_key(model, "kept") not in context.state.array_records:
+        log.warning("'%s': no head kept here (restarted?), it starts from the server's", model)
     sent = with_weights(msg, own_parts(msg, context, model))
     out = call_next(sent, context)
     if out.has_error():
