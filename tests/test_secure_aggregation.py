@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from loopback import LoopbackGrid
-from meduniverse.core.arms import ARMS
+from meduniverse.core.arms import ARMS, computed_in_federation
 from meduniverse.core.checkpoints import Checkpoints
 from meduniverse.core.config_file import check_config
 from meduniverse.core.errors import ConfigError, StageError
@@ -21,9 +21,10 @@ from meduniverse.federation.client_app import make_client_app
 from meduniverse.federation.competitors import competitor_strategy
 from meduniverse.federation.evaluation import evaluate_arm
 from meduniverse.federation.exchange import handshake
-from meduniverse.federation.messages import CONFIG, METRICS, SECURE_KEYS
-from meduniverse.federation.server_app import run_stages
+from meduniverse.federation.messages import ARRAYS, CONFIG, METRICS, SECURE_KEYS
+from meduniverse.federation.server_app import run_federation, run_stages
 from meduniverse.models.universal import build_model, encoder_part, is_task_key, norm_keys
+from meduniverse.sites.pool import build_pool
 
 pytestmark = pytest.mark.privacy
 QUIET = RunProgress(enabled=False)
@@ -186,3 +187,22 @@ def test_secure_aggregation_is_refused_where_it_cannot_protect(demo_config):
     with pytest.raises(ConfigError, match=r"covers fedavg, fedprox, fedbn only.*'ditto', 'fedrep'"):
         check_config(strict)
     check_config(secure(demo_config))
+
+
+def test_a_secure_experiment_trains_and_evaluates_every_arm(demo_config, tmp_path):
+    config = secure(demo_config)
+    config = replace(
+        config,
+        competitors=replace(
+            config.competitors, probes=("fedbn",), finetuned=("fedavg",), centralized=False
+        ),
+    )
+    grid = LoopbackGrid(make_client_app(lambda context: config), len(config.sites))
+    run_federation(grid, config, tmp_path / "run", 0, build_pool(config), QUIET, competitors=True)
+    evaluation = Checkpoints(tmp_path / "run").evaluation(1)
+    arms = {a.name for a in filter(computed_in_federation, config.arms(True))}
+    assert {"fedavg", "fedbn", "fedavg_finetuned", "fedbn_probe"} <= arms == set(evaluation)
+    assert all(set(scores) == {s.name for s in config.sites} for scores in evaluation.values())
+    for request, reply in zip(grid.requests, grid.replies, strict=True):
+        if request.metadata.message_type == "train":  # no site weights reach the server
+            assert ARRAYS not in reply.content and not reply.has_error()
