@@ -36,11 +36,14 @@ def seed_row(run_dir: Path, defaults: dict, commit: str | None) -> dict:
 
 def adapt_of_defaults(adapt_dir: Path, defaults: dict) -> dict:
     """One `meduniverse adapt` results.json, refused unless its source run ran the defaults (a
-    leave-one-site-out run differs only in its sites)."""
+    leave-one-site-out run differs only in its sites and in the pool's, less the left-out site)."""
     adapt = json.loads((adapt_dir / "results.json").read_text())
     source = Path(adapt["source_run"])
     run = source if (source / "results.json").is_file() else source.parent
     changed = changes(defaults, json.loads((run / "results.json").read_text())["config"])
+    pool_sites = [s for s in defaults["pool"]["sites"] if s not in adapt["tasks"]]
+    if changed.get("pool.sites") == pool_sites:
+        del changed["pool.sites"]
     if changed:
         raise SystemExit(f"{adapt_dir}: adapted from {run}, not the defaults ({changed})")
     return adapt

@@ -207,7 +207,9 @@ def adapt_table(doc: dict) -> list[str]:
             if entry.get("left_out")
             else "the encoders of the first seed's run"
         )
-        minutes = f", {entry['seconds'] / 60:.0f} min" if entry.get("seconds") else ""
+        seconds = entry.get("seconds") or 0
+        minutes = f", {seconds / 60:.0f} min" if seconds > 120 else f", {seconds:.0f} s"
+        minutes = minutes if seconds else ""
         file = entry.get("file", f"bench/results/adapt_{site.split('_')[0]}.json")
         lines += [
             *([""] if lines else []),
