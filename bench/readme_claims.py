@@ -152,6 +152,30 @@ def speed_lines(doc: dict) -> list[str]:
                 f"{over['flower_seconds']:.1f} s: ratio {over['ratio']:.2f} (target 1.15), "
                 f"{over['flower_seconds'] - over['plain_loop_seconds']:+.1f} s.",
             ]
+    return lines + scaling_lines(doc.get("scaling"))
+
+
+def scaling_lines(scale: dict | None) -> list[str]:
+    """One server step (teacher outputs and one distillation epoch) for more sites and pools."""
+    if not scale:
+        return []
+    state = "every row" if scale["complete"] else "stopped before every row ran"
+    lines = [
+        "",
+        f"Scaling of one server step (`{scale['command']}`, commit `{scale['commit'][:7]}`, "
+        f"{state}): the eight real sites split into shards (their site models freshly "
+        "initialised), one distillation epoch over the pool, repeated and flipped for x4; "
+        "peak RSS is the process's high-water mark so far (plot: `bench/results/speed.png`):",
+        "",
+        "| sites | pool | pool images | server step (s) | seconds per site | peak RSS (MB) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in scale["rows"]:
+        lines.append(
+            f"| {r['sites']} | x{r['pool_factor']} | {sum(r['pool_images'].values())} | "
+            f"{r['server_step_seconds']:.0f} | {r['server_step_seconds'] / r['sites']:.1f} | "
+            f"{r['peak_rss_mb']:.0f} |"
+        )
     return lines
 
 

@@ -6,7 +6,7 @@ channels_last and torch.compile, the federation's overhead against a plain loop,
     python bench/speed.py scaling                     # 8 -> 32 -> 64 sites, pool x1 and x4
 
 Each part merges its figures into bench/results/speed.json (with the command, commit and machine);
-`python bench/speed.py plot` draws bench/results/speed.png from it.
+`python bench/speed.py plot` draws the scaling rows into bench/results/speed.png.
 """
 
 from collections.abc import Callable
@@ -374,11 +374,37 @@ def scaling() -> dict:
     return {"rows": rows, "complete": True}
 
 
+def plot() -> None:
+    """bench/results/speed.png: the scaling rows, server-step time and peak memory against sites."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = read_json(OUT)["scaling"]["rows"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.5))
+    for factor in sorted({r["pool_factor"] for r in rows}):
+        mine = [r for r in rows if r["pool_factor"] == factor]
+        sites = [r["sites"] for r in mine]
+        left.plot(sites, [r["server_step_seconds"] for r in mine], "o-", label=f"pool x{factor}")
+        right.plot(sites, [r["peak_rss_mb"] for r in mine], "o-", label=f"pool x{factor}")
+    left.set(xlabel="sites", ylabel="server step (s)", title="time")
+    right.set(xlabel="sites", ylabel="process peak RSS (MB)", title="server memory")
+    for ax in (left, right):
+        ax.legend()
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(OUT.with_suffix(".png"), dpi=120)
+    print(OUT.with_suffix(".png"), file=sys.stderr)
+
+
 PARTS = {"peak": peak, "phases": phases, "variants": variants, "scaling": scaling}
 
 if __name__ == "__main__":
     args = sys.argv[1:]
-    if args[:1] in (["overhead"], ["work"]):
+    if args == ["plot"]:
+        plot()
+    elif args[:1] in (["overhead"], ["work"]):
         which = args[args.index("--config") + 1] if "--config" in args else "demo"
         save(f"{args[0]}_{which}", (overhead if args[0] == "overhead" else work)(which))
     else:
