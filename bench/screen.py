@@ -70,6 +70,8 @@ def run_row(run_dir: Path, defaults: dict, commit: str | None) -> dict:
             "teacher_test_per_task": {s: primary(m, "test-") for s, m in sites.items()},
             "local_seconds": record.get("local_seconds"),
             "distill_seconds": record.get("distill", {}).get("seconds"),
+            # method.teachers = 'best': the sites whose teacher of the stage before won
+            "kept_teachers": sorted(s for s, m in sites.items() if m.get("kept-teacher")),
         }
     arms = {}
     for arm, evaluation in progress.get("evaluation", {}).items():

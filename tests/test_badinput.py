@@ -207,6 +207,14 @@ def test_cli_sites_on_bad_data_names_file(tmp_path):
             "privacy.dp needs method.local_training = 'epochs'",
         ),
         (
+            "[privacy]\ndp=true\n[method]\nteachers='best'\n[[sites]]\nname='a'\ntask='binary'\nclasses=['x','y']\npath='a.npz'\n",
+            "method.teachers = 'fresh'",
+        ),
+        (
+            "[method]\nteachers='oldest'\n[[sites]]\nname='a'\ntask='binary'\nclasses=['x','y']\npath='a.npz'\n",
+            "method.teachers",
+        ),
+        (
             "[privacy]\ndp=true\n[competitors]\nfederated=['fedavg','ditto']\n[[sites]]\nname='a'\ntask='binary'\nclasses=['x','y']\npath='a.npz'\n",
             "privacy.dp cannot run ['ditto']",
         ),

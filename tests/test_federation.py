@@ -161,8 +161,8 @@ def test_poisoned_update_is_rejected_and_logged(demo_config, tmp_path, monkeypat
     victim = config.sites[0].name
     real_handle = client_module.handle_train
 
-    def poisoned(msg, cfg, data):
-        out = real_handle(msg, cfg, data)
+    def poisoned(msg, cfg, data, context):
+        out = real_handle(msg, cfg, data, context)
         if data.name == victim:
             arrays = out.content[ARRAYS]
             state = {
@@ -251,3 +251,19 @@ def test_dp_sgd_sites_report_what_they_spent_and_the_card_says_so(demo_config, t
     assert all(0 < eps <= 4.0 + 1e-6 for eps in privacy["epsilon"].values())
     assert "DP-SGD" in privacy_text(privacy) and "target epsilon 4.0" in privacy_text(privacy)
     assert privacy_spent(demo_config, records) == {"dp": False}  # no DP: no claim of any
+
+
+def test_best_teachers_never_send_a_worse_teacher_than_the_stage_before(demo_config, tmp_path):
+    method = replace(demo_config.method, stages=3, teachers="best", lr=3e-2)
+    config = replace(demo_config, method=method)
+    federate(config, tmp_path / "run")
+    records = [Checkpoints(tmp_path / "run").stage_record(s)["sites"] for s in (1, 2, 3)]
+    for site in config.sites:
+        key = next(k for k in records[0][site.name] if k.startswith("val-"))
+        scores = [r[site.name][key] for r in records]
+        kept = [r[site.name]["kept-teacher"] for r in records]
+        assert kept[0] == 0 and scores[1] >= scores[0] - 1e-6 and scores[2] >= scores[1] - 1e-6
+        # a kept teacher is the one sent the stage before: the same validation score
+        for stage in (1, 2):
+            if kept[stage]:
+                assert scores[stage] == pytest.approx(scores[stage - 1])

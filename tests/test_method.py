@@ -25,7 +25,13 @@ from meduniverse.method.server import (
     update_problem,
     weighted_average,
 )
-from meduniverse.method.site import finetune, stage_method, train_local, train_site
+from meduniverse.method.site import (
+    finetune,
+    keep_better,
+    stage_method,
+    train_local,
+    train_site,
+)
 from meduniverse.method.supervised import evaluate, predict_probs
 from meduniverse.models.heads import DecoderHead
 from meduniverse.models.universal import build_model, part_of
@@ -336,6 +342,23 @@ def test_teachers_trained_to_convergence_stop_early_on_the_site_validation(demo_
     )
     assert stats.steps % per_epoch == 0 and per_epoch <= stats.steps <= 3 * per_epoch
     assert np.isfinite(stats.loss)
+
+
+def test_best_teachers_keep_whichever_model_scores_higher_on_the_site_validation(demo_config):
+    data, untrained = site_and_model(demo_config, 0)
+    _, trained = site_and_model(demo_config, 0)
+    method = replace(demo_config.method, local_epochs=3, min_steps_per_epoch=10, lr=3e-3)
+    train_local(trained, data.name, data.splits["train"], method, seed=0)
+    val = data.splits["val"]
+    scores = [evaluate(m, data.name, val)["auc"] for m in (untrained, trained)]
+    assert scores[1] > scores[0]
+    good = {k: v.clone() for k, v in trained.state_dict().items()}
+    assert keep_better(untrained, data.name, val, good)  # the kept teacher wins and is loaded
+    assert evaluate(untrained, data.name, val)["auc"] == pytest.approx(scores[1])
+    _, worse = site_and_model(demo_config, 0)
+    assert not keep_better(trained, data.name, val, worse.state_dict())  # the new model stays
+    assert evaluate(trained, data.name, val)["auc"] == pytest.approx(scores[1])
+    assert not keep_better(trained, data.name, val, None)  # stage 1: nothing kept
 
 
 def test_early_stopping_last_trains_teachers_to_convergence_only_in_the_last_stage(demo_config):

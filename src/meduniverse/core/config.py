@@ -20,6 +20,7 @@ SCHEDULES = ("mixed", "round_robin")
 LOCAL_TRAINING = ("epochs", "early_stopping", "early_stopping_last")
 LR_SCHEDULES = ("constant", "cosine")
 TRANSFERS = ("weights", "outputs")
+TEACHERS = ("fresh", "best")
 
 
 @dataclass(frozen=True)
@@ -117,7 +118,10 @@ class MethodConfig:
     much more the pool images a site lent weigh in its head's teacher term (1: as much as the
     others); `distill_dice_weight`: a soft Dice term between a segmentation head's and its
     teacher's foreground probabilities, added to the teacher term, so thin structures weigh as
-    much as large ones (0: none)."""
+    much as large ones (0: none). `teachers`: what a site sends as its teacher each stage, 'fresh'
+    (the model it just trained from the global one) or 'best' (that model or the teacher it sent
+    the stage before, whichever scores higher on the site's own validation split; the site keeps
+    its teacher between stages, so a stage that makes a site's teacher worse is not distilled)."""
 
     stages: int = 3
     variant: str = "distil_only"
@@ -126,6 +130,7 @@ class MethodConfig:
     mask_patch_fraction: float = 0.125
     local_training: str = "epochs"
     local_epochs: int = 2
+    teachers: str = "fresh"
     min_steps_per_epoch: int = 12
     max_steps_per_epoch: int = 0  # 0: no cap (a cap makes quick smoke runs)
     distill_epochs: int = 4

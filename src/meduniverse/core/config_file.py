@@ -14,6 +14,7 @@ from meduniverse.core.config import (
     LR_SCHEDULES,
     SCHEDULES,
     SITE_NAME,
+    TEACHERS,
     TRANSFERS,
     VARIANTS,
     CompetitorsConfig,
@@ -190,6 +191,7 @@ def check_config(config: FederationConfig) -> None:
     _choice(m.distill_schedule, SCHEDULES, f"{src}: method.distill_schedule")
     _choice(m.local_training, LOCAL_TRAINING, f"{src}: method.local_training")
     _choice(m.distill_lr_schedule, LR_SCHEDULES, f"{src}: method.distill_lr_schedule")
+    _choice(m.teachers, TEACHERS, f"{src}: method.teachers")
     if m.distill_views < 1 or m.distill_dense_views < 0:
         raise ConfigError(
             f"{src}: method.distill_views must be at least 1 and distill_dense_views at least 0"
@@ -224,10 +226,11 @@ def check_config(config: FederationConfig) -> None:
     if p.dp:
         if p.epsilon <= 0 or p.clip <= 0:
             raise ConfigError(f"{src}: privacy.epsilon and privacy.clip must be positive")
-        if m.local_training != "epochs":
+        if m.local_training != "epochs" or m.teachers != "fresh":
             raise ConfigError(
-                f"{src}: privacy.dp needs method.local_training = 'epochs' (a fixed "
-                "number of steps to spend the budget over)"
+                f"{src}: privacy.dp needs method.local_training = 'epochs' (a fixed number of "
+                "steps to spend the budget over) and method.teachers = 'fresh' (no choice on the "
+                "validation split, which the accountant does not cover)"
             )
         not_private = [a for a in c.federated if a in ("fedprox", "ditto", "fedrep")]
         if not_private:

@@ -16,14 +16,21 @@ from meduniverse.core.device import Compute
 from meduniverse.core.errors import DataError, PrivacyError, StageError
 from meduniverse.core.progress import log
 from meduniverse.core.tasks import task_type
-from meduniverse.federation.messages import ARRAYS, CONFIG, from_arrays, pool_sent, reply
+from meduniverse.federation.messages import (
+    ARRAYS,
+    CONFIG,
+    from_arrays,
+    pool_sent,
+    reply,
+    to_arrays,
+)
 from meduniverse.federation.schema import ERROR_CODES, error_reason
 from meduniverse.federation.secure_site import secure_route
 from meduniverse.method.distill import pool_logits
 from meduniverse.method.loop import TrainStats
 from meduniverse.method.personal import train_ditto, train_fedrep
 from meduniverse.method.private import train_private
-from meduniverse.method.site import evaluate_arm, stage_method, train_site
+from meduniverse.method.site import evaluate_arm, keep_better, stage_method, train_site
 from meduniverse.method.supervised import evaluate, proximal_term
 from meduniverse.models.universal import (
     PERSONAL_PREFIX,
@@ -102,19 +109,22 @@ def describe(data: SiteData) -> dict[str, int]:
     }
 
 
-def handle_query(msg: Message, config: FederationConfig, data: SiteData) -> Message:
+def handle_query(msg: Message, config: FederationConfig, data: SiteData, _: Context) -> Message:
     """Handshake: which site this node is and its split sizes (counts only)."""
     return reply(msg, data.task, describe(data), info={"site": data.name, "task": data.task})
 
 
-def handle_train(msg: Message, config: FederationConfig, data: SiteData) -> Message:
+def handle_train(
+    msg: Message, config: FederationConfig, data: SiteData, context: Context
+) -> Message:
     """Stage s at a site: fine-tune the received encoder + own head on private data; send the
     weights back, or with strict transfer (the request carries public pool images) only the
     model's logits on those images.
 
     Scores on the validation split before training (the previous stage's model, for the stage
     curves) and on validation and test after it (the stage's teacher); FedProx adds its proximal
-    term to the loss.
+    term to the loss; with `method.teachers` = 'best', the universal model's teacher is the better
+    of this stage's model and the one the site kept (`keep_teacher`).
     """
     settings = msg.content[CONFIG]
     seed = int(settings["seed"])
@@ -127,6 +137,7 @@ def handle_train(msg: Message, config: FederationConfig, data: SiteData) -> Mess
     stats, extra, privacy = local_update(
         model, data, received, personal_state, settings, config, seed
     )
+    kept = keep_teacher(model, data, settings, config, context)
     metrics = {
         "num-examples": len(data.splits["train"]),
         "train-loss": stats.loss,
@@ -136,6 +147,7 @@ def handle_train(msg: Message, config: FederationConfig, data: SiteData) -> Mess
         f"val-{key}": evaluate(model, data.name, data.splits["val"])[key],
         f"test-{key}": evaluate(model, data.name, data.splits["test"])[key],
         **privacy,
+        **kept,
     }
     pool = pool_sent(msg)
     if pool is not None:
@@ -190,7 +202,29 @@ def local_update(
     return train_site(model, data.name, data.splits, m, schedule, seed, penalty), {}, {}
 
 
-def handle_evaluate(msg: Message, config: FederationConfig, data: SiteData) -> Message:
+def keep_teacher(
+    model: UniversalModel,
+    data: SiteData,
+    settings: ConfigRecord,
+    config: FederationConfig,
+    context: Context,
+) -> dict[str, int]:
+    """`method.teachers` = 'best' for the universal model: `model` becomes the better of itself and
+    the teacher this site kept in `Context.state` the stage before (`keep_better`), which is kept in
+    turn. Returns the metric saying whether the kept one won (nothing with 'fresh' teachers)."""
+    if config.method.teachers != "best" or settings.get("arm") != "universal":
+        return {}
+    stage, state = int(settings["stage"]), context.state
+    last = state.config_records.get("teacher.stage")
+    fresh = last is None or int(last["stage"]) != stage - 1
+    kept = None if fresh else from_arrays(state.array_records["teacher.weights"])
+    won = keep_better(model, data.name, data.splits["val"], kept)
+    state["teacher.weights"] = to_arrays(model.state_dict())
+    state["teacher.stage"] = ConfigRecord({"stage": stage})
+    return {"kept-teacher": int(won)}
+
+
+def handle_evaluate(msg: Message, config: FederationConfig, data: SiteData, _: Context) -> Message:
     """Evaluate an arm at the site: fine-tune or probe first if its mode says so, then score val and
     test."""
     settings = msg.content[CONFIG]
@@ -219,7 +253,7 @@ def make_client_app(get_config: ConfigSource) -> ClientApp:
     app = ClientApp(mods=[secure_route(failed)])
 
     def run(
-        handler: Callable[[Message, FederationConfig, SiteData], Message],
+        handler: Callable[[Message, FederationConfig, SiteData, Context], Message],
     ) -> Callable[[Message, Context], Message]:
         def wrapped(msg: Message, context: Context) -> Message:
             try:
@@ -227,7 +261,8 @@ def make_client_app(get_config: ConfigSource) -> ClientApp:
                 torch.set_num_threads(config.runtime.threads_per_site)
                 compute = Compute.of(config.runtime)
                 with compute.autocast():
-                    return handler(msg, config, site_data(context, config, compute.device))
+                    data = site_data(context, config, compute.device)
+                    return handler(msg, config, data, context)
             except Exception as exc:
                 return failed(msg, context, exc)
 

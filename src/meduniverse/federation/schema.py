@@ -64,11 +64,13 @@ def schema(message_type: str, task: str, transfer: str = "weights") -> Schema:
             f"val-{key}",
             f"test-{key}",
         }
-        optional = frozenset({"dp-epsilon"})  # with privacy.dp: what the site has spent so far
+        # with privacy.dp: what the site has spent so far; with method.teachers = 'best': 1 if the
+        # teacher the site kept from the stage before won
+        optional = frozenset({"dp-epsilon", "kept-teacher"})
         return Schema(
             frozenset(required),
             optional,
-            frozenset({"num-examples"}),
+            frozenset({"num-examples", "kept-teacher"}),
             weights=transfer == "weights",
             outputs=transfer == "outputs",
         )

@@ -8,6 +8,8 @@ import copy
 from dataclasses import replace
 import math
 
+import torch
+
 from meduniverse.core.arms import FINETUNE, PROBE
 from meduniverse.core.config import FinetuneConfig, MethodConfig
 from meduniverse.core.seeds import derive_seed
@@ -184,6 +186,36 @@ def train_site(
         return train_local(model, task_name, splits["train"], method, seed, penalty)
     finally:
         model.encoder.requires_grad_(True)
+
+
+def keep_better(
+    model: UniversalModel,
+    task_name: str,
+    val: Split,
+    kept: dict[str, torch.Tensor] | None,
+) -> bool:
+    """`method.teachers` = 'best': the better of the stage's model and the teacher the site kept
+    from the stage before, by the primary metric on the site's validation split (a tie keeps the
+    new model).
+
+    Args:
+        model: the stage's trained model; ends holding the better of the two.
+        task_name: the site's head.
+        val: the site's validation split.
+        kept: the kept teacher's weights (encoder + the site's head), or None (stage 1).
+
+    Returns:
+        Whether the kept teacher won.
+    """
+    if kept is None:
+        return False
+    key = task_type(model.tasks[task_name].task).primary
+    new_score, new_state = evaluate(model, task_name, val)[key], copy.deepcopy(model.state_dict())
+    model.load_state_dict(kept)
+    if evaluate(model, task_name, val)[key] > new_score:
+        return True
+    model.load_state_dict(new_state)
+    return False
 
 
 def evaluate_arm(
