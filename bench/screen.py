@@ -4,13 +4,17 @@ site teachers per stage, and the distillation's fidelity gap (last-stage teacher
 universal model as is). Choices are made on the validation columns; test is reported only.
 
     python bench/screen.py bench/results/screen_issue10.json runs/speed_before runs/screen/S1_es ...
-        [--commit RUN_NAME=SHA ...] [--command "how the runs were started"]
+        [--commit RUN_NAME=SHA ...] [--command "how the runs were started"] [--append]
+
+With --append the file's earlier rows stay (a row of the same run name is replaced); each row
+names the commit whose configs/shared8.toml its changes are against ('defaults_at').
 """
 
 import argparse
 from dataclasses import asdict
 import json
 from pathlib import Path
+import subprocess
 
 import numpy as np
 
@@ -98,11 +102,11 @@ def run_row(run_dir: Path, defaults: dict, commit: str | None) -> dict:
 
 
 def parse_runs(
-    description: str, command: str, adapt: bool = False
+    description: str, command: str, adapt: bool = False, append: bool = False
 ) -> tuple[argparse.Namespace, dict, dict]:
     """The command line of a collector of runs: OUT RUN_DIR... [--commit RUN=SHA] [--command]
-    (and, with `adapt`, [--adapt ADAPT_DIR]); returns the arguments, each run's commit and
-    configs/shared8.toml's settings."""
+    (with `adapt`, [--adapt ADAPT_DIR]; with `append`, [--append]); returns the arguments, each
+    run's commit and configs/shared8.toml's settings."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("out", type=Path)
     parser.add_argument("runs", type=Path, nargs="*" if adapt else "+")
@@ -110,6 +114,8 @@ def parse_runs(
         parser.add_argument(
             "--adapt", type=Path, action="append", default=[], help="a `meduniverse adapt` --out"
         )
+    if append:
+        parser.add_argument("--append", action="store_true", help="keep the file's earlier rows")
     parser.add_argument("--commit", action="append", default=[], help="RUN_NAME=SHA")
     parser.add_argument("--command", default=command)
     args = parser.parse_args()
@@ -117,11 +123,25 @@ def parse_runs(
     return args, commits, load_config(ROOT / "configs" / "shared8.toml").to_dict()
 
 
+def head_commit() -> str:
+    done = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    )
+    return done.stdout.strip() or "unknown"
+
+
 def main() -> None:
     args, commits, defaults = parse_runs(
-        __doc__.splitlines()[0], "meduniverse run configs/shared8.toml --set ..."
+        __doc__.splitlines()[0], "meduniverse run configs/shared8.toml --set ...", append=True
     )
-    rows = [run_row(r, defaults, commits.get(r.name)) for r in args.runs]
+    rows = [
+        {**run_row(r, defaults, commits.get(r.name)), "defaults_at": head_commit()}
+        for r in args.runs
+    ]
+    if args.append and args.out.is_file():
+        new = {r["run"] for r in rows}
+        earlier = json.loads(args.out.read_text())["runs"]
+        rows = [r for r in earlier if r["run"] not in new] + rows
     write_json(
         args.out,
         {
