@@ -152,20 +152,23 @@ def speed_lines(doc: dict) -> list[str]:
                 f"{over['flower_seconds']:.1f} s: ratio {over['ratio']:.2f} (target 1.15), "
                 f"{over['flower_seconds'] - over['plain_loop_seconds']:+.1f} s.",
             ]
-    return lines + scaling_lines(doc.get("scaling"))
+    return lines + scaling_lines(doc.get("scaling")) + scaling_lines(doc.get("scaling_disk"))
 
 
 def scaling_lines(scale: dict | None) -> list[str]:
-    """One server step (teacher outputs and one distillation epoch) for more sites and pools."""
+    """One server step (teacher outputs and one distillation epoch) for more sites and pools, with
+    the teachers' outputs in memory or on disk (`runtime.teacher_outputs`)."""
     if not scale:
         return []
+    place = scale["rows"][0].get("teacher_outputs", "memory") if scale["rows"] else "memory"
     state = "every row" if scale["complete"] else "stopped before every row ran"
     lines = [
         "",
-        f"Scaling of one server step (`{scale['command']}`, commit `{scale['commit'][:7]}`, "
-        f"{state}): the eight real sites split into shards (their site models freshly "
-        "initialised), one distillation epoch over the pool, repeated and flipped for x4; "
-        "peak RSS is the process's high-water mark so far (plot: `bench/results/speed.png`):",
+        f"Scaling of one server step, teacher outputs in {place} (`{scale['command']}`, commit "
+        f"`{scale['commit'][:7]}`, {state}): the eight real sites split into shards (their site "
+        "models freshly initialised), one distillation epoch over the pool, repeated and flipped "
+        "for x4; peak RSS is the process's high-water mark so far (plot: "
+        "`bench/results/speed.png`):",
         "",
         "| sites | pool | pool images | server step (s) | seconds per site | peak RSS (MB) |",
         "|---|---|---|---|---|---|",

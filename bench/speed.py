@@ -4,6 +4,7 @@ channels_last and torch.compile, the federation's overhead against a plain loop,
     python bench/speed.py peak phases variants       # minutes, one process, nothing else running
     python bench/speed.py overhead --config demo     # a Flower run against a plain in-process loop
     python bench/speed.py scaling                     # 8 -> 32 -> 64 sites, pool x1 and x4
+    python bench/speed.py scaling_disk                # the same, teacher outputs on disk
 
 Each part merges its figures into bench/results/speed.json (with the command, commit and machine);
 `python bench/speed.py plot` draws the scaling rows into bench/results/speed.png.
@@ -326,14 +327,17 @@ def phase_seconds(run_dir: Path) -> dict:
 # ---------------------------------------------------------------------------------------- scaling
 
 
-def scaling() -> dict:
-    """Time of one server step and its peak memory for 8, 32 and 64 site models, pool x1 and x4."""
+def scaling(place: str = "memory") -> dict:
+    """Time of one server step and its peak memory for 8, 32 and 64 site models, pool x1 and x4,
+    with the teachers' outputs in `place` (`runtime.teacher_outputs`). The peak is the process's
+    since it started, so a row's figure is never below the rows before it."""
     rows = []
     for factor in (1, 4):
         config = shared8(
             f"pool.max_images={4000 * factor}",
             f"pool.segmentation_max={384 * factor}",
             "method.distill_epochs=1",
+            f"runtime.teacher_outputs='{place}'",
         )
         pool = build_pool(config).images
         if factor > 1:  # the shared datasets hold no more public images: repeat them, flipped
@@ -362,6 +366,7 @@ def scaling() -> dict:
                 {
                     "sites": sites,
                     "pool_factor": factor,
+                    "teacher_outputs": place,
                     "pool_images": {g: len(x) for g, x in pool.items()},
                     "server_step_seconds": seconds,
                     "peak_rss_mb": after / 1024,
@@ -369,7 +374,8 @@ def scaling() -> dict:
                 }
             )
             print(rows[-1], file=sys.stderr)
-            save("scaling", {"rows": rows, "complete": False})  # a long part: keep what is done
+            part = "scaling" if place == "memory" else f"scaling_{place}"
+            save(part, {"rows": rows, "complete": False})  # a long part: keep what is done
             del updates, state
     return {"rows": rows, "complete": True}
 
@@ -381,13 +387,15 @@ def plot() -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = read_json(OUT)["scaling"]["rows"]
+    figures = read_json(OUT)
+    parts = [figures[p]["rows"] for p in ("scaling", "scaling_disk") if p in figures]
+    rows = [r for part in parts for r in part]
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.5))
-    for factor in sorted({r["pool_factor"] for r in rows}):
-        mine = [r for r in rows if r["pool_factor"] == factor]
-        sites = [r["sites"] for r in mine]
-        left.plot(sites, [r["server_step_seconds"] for r in mine], "o-", label=f"pool x{factor}")
-        right.plot(sites, [r["peak_rss_mb"] for r in mine], "o-", label=f"pool x{factor}")
+    for key in sorted({(r["pool_factor"], r.get("teacher_outputs", "memory")) for r in rows}):
+        mine = [r for r in rows if (r["pool_factor"], r.get("teacher_outputs", "memory")) == key]
+        sites, label = [r["sites"] for r in mine], f"pool x{key[0]}, outputs in {key[1]}"
+        left.plot(sites, [r["server_step_seconds"] for r in mine], "o-", label=label)
+        right.plot(sites, [r["peak_rss_mb"] for r in mine], "o-", label=label)
     left.set(xlabel="sites", ylabel="server step (s)", title="time")
     right.set(xlabel="sites", ylabel="process peak RSS (MB)", title="server memory")
     for ax in (left, right):
@@ -398,7 +406,13 @@ def plot() -> None:
     print(OUT.with_suffix(".png"), file=sys.stderr)
 
 
-PARTS = {"peak": peak, "phases": phases, "variants": variants, "scaling": scaling}
+PARTS = {
+    "peak": peak,
+    "phases": phases,
+    "variants": variants,
+    "scaling": scaling,
+    "scaling_disk": lambda: scaling("disk"),
+}
 
 if __name__ == "__main__":
     args = sys.argv[1:]

@@ -211,6 +211,10 @@ def test_cli_sites_on_bad_data_names_file(tmp_path):
             "method.teachers = 'fresh'",
         ),
         (
+            "[runtime]\nteacher_outputs='cloud'\n[[sites]]\nname='a'\ntask='binary'\nclasses=['x','y']\npath='a.npz'\n",
+            "runtime.teacher_outputs",
+        ),
+        (
             "[method]\nteachers='oldest'\n[[sites]]\nname='a'\ntask='binary'\nclasses=['x','y']\npath='a.npz'\n",
             "method.teachers",
         ),

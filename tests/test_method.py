@@ -17,6 +17,7 @@ from meduniverse.method.distill import pool_logits
 from meduniverse.method.loop import steps_per_epoch
 from meduniverse.method.losses import soft_target_loss
 from meduniverse.method.mim import pretrain_mim
+from meduniverse.method.outputs import PLACES, DiskRows, outputs_folder
 from meduniverse.method.private import train_private
 from meduniverse.method.server import (
     SiteUpdate,
@@ -235,6 +236,35 @@ def test_distillation_moves_heads_towards_their_teachers(demo_config, schedule, 
     after = head_distance(config, new_state, teachers, pool)
     assert stats.steps > 0
     assert sum(after.values()) < 0.7 * sum(before.values())
+
+
+def test_teacher_outputs_on_disk_give_the_same_student_as_in_memory(demo_config, tmp_path):
+    config = replace(demo_config, method=replace(demo_config.method, distill_epochs=2, **DENSE))
+    whole = build_pool(config)
+    previous = build_model(config, seed=0).state_dict()
+    teachers = build_model(config, seed=1).state_dict()
+    updates = [SiteUpdate(s.name, part_of(teachers, s.name), 10) for s in config.sites]
+    states = {}
+    for place in PLACES:
+        runtime = replace(config.runtime, teacher_outputs=place)
+        torch.manual_seed(0)  # the same global draws for both
+        states[place], _ = server_step(
+            previous, updates, replace(config, runtime=runtime), whole.images, seed=0
+        )
+    assert all(torch.equal(states["memory"][k], states["disk"][k]) for k in states["memory"])
+    group_of = {s.name: task_type(s.task).group for s in config.sites}
+    model = build_model(config, seed=1)
+    names = list(group_of)
+    kept = pool_logits(model, names, whole.images, group_of)
+    spilled = pool_logits(model, names, whole.images, group_of, folder=tmp_path)
+    idx = torch.tensor([3, 0, 3, 1])
+    for name in names:
+        assert isinstance(spilled[name], DiskRows) and len(spilled[name]) == len(kept[name])
+        assert torch.equal(spilled[name][idx], kept[name][idx])
+    with pytest.raises(IndexError, match="row"):
+        spilled[names[0]][torch.tensor([len(kept[names[0]])])]
+    with pytest.raises(ValueError, match="teacher outputs"), outputs_folder("cloud"):
+        pass
 
 
 def test_retention_keeps_a_head_without_teacher_near_its_previous_outputs(demo_config):

@@ -164,13 +164,16 @@ class FinetuneConfig:
 class RuntimeConfig:
     """How a process computes (device, precision, threads) and how the Simulation Engine runs (sites
     in parallel). `device`: auto (CUDA if present), cpu or cuda; `precision`: auto (bf16 autocast on
-    CUDA, fp32 on a CPU without bf16 matrix units), fp32 or bf16."""
+    CUDA, fp32 on a CPU without bf16 matrix units), fp32 or bf16; `teacher_outputs`: where a server
+    step keeps the teachers' outputs on the pool, 'memory' or 'disk' (a scratch folder read a batch
+    at a time: the server's memory then stays flat in the number of sites)."""
 
     device: str = "auto"
     precision: str = "auto"
     parallel_sites: int = 2
     threads_per_site: int = 1
     server_threads: int = 2
+    teacher_outputs: str = "memory"
     min_sites: int = 0  # 0: every site must answer each stage
     update_norm_band: float = 10.0  # an update moving the encoder more than this x the median: out
     reply_timeout: float = 3600.0

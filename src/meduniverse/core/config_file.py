@@ -29,7 +29,7 @@ from meduniverse.core.config import (
     SiteConfig,
     secure_aggregation_problem,
 )
-from meduniverse.core.device import DEVICES, PRECISIONS
+from meduniverse.core.device import DEVICES, PLACES, PRECISIONS
 from meduniverse.core.errors import ConfigError
 from meduniverse.core.tasks import GROUPS, TASK_TYPES
 
@@ -203,6 +203,7 @@ def check_config(config: FederationConfig) -> None:
         )
     _choice(config.runtime.device, DEVICES, f"{src}: runtime.device")
     _choice(config.runtime.precision, PRECISIONS, f"{src}: runtime.precision")
+    _choice(config.runtime.teacher_outputs, PLACES, f"{src}: runtime.teacher_outputs")
     c = config.competitors
     for arm in c.federated:
         _choice(arm, COMPETITORS, f"{src}: competitors.federated")

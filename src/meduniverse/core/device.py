@@ -20,6 +20,7 @@ from meduniverse.core.errors import ConfigError
 
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")
+PLACES = ("memory", "disk")  # where a server step keeps the teachers' outputs
 
 
 def resolve_device(name: str) -> torch.device:

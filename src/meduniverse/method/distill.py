@@ -1,6 +1,8 @@
 """Server-side distillation: the site models' outputs on the public pool become targets for the
 universal model's heads, with a retention term that keeps what the heads knew before."""
 
+from pathlib import Path
+
 import torch
 
 from meduniverse.core.config import MethodConfig
@@ -18,6 +20,7 @@ from meduniverse.method.loop import (
 )
 from meduniverse.method.losses import soft_dice_loss, soft_target_loss
 from meduniverse.method.mim import mim_step_loss
+from meduniverse.method.outputs import DiskRows, RowWriter
 from meduniverse.models.heads import DecoderHead
 from meduniverse.models.universal import UniversalModel
 
@@ -29,7 +32,8 @@ def pool_logits(
     pool: dict[str, torch.Tensor],
     group_of: dict[str, str],
     batch: int = 128,
-) -> dict[str, torch.Tensor]:
+    folder: Path | None = None,
+) -> dict[str, torch.Tensor | DiskRows]:
     """Logits (float16) of the given heads on the pool images of their input group, one encoder pass
     per batch.
 
@@ -39,23 +43,28 @@ def pool_logits(
         pool: per input group, uint8 images N×C×S×S.
         group_of: each head's input group.
         batch: images per forward pass.
+        folder: None: each head's logits in memory, (N, C) or (N, C, S, S); a folder: written there
+            batch by batch and read back by rows (`DiskRows`), so memory holds one batch.
     """
     model.eval()
-    out: dict[str, list[torch.Tensor]] = {t: [] for t in task_names}
+    device = next(iter(pool.values())).device
+    if folder is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+    out: dict[str, RowWriter] = {}
     for group, images in pool.items():
         names = [t for t in task_names if group_of[t] == group]
-        if not names:
-            continue
+        writers = {t: RowWriter(t, folder, device) for t in names}
         for x in images.split(batch):
             for t, logits in model.forward_heads(normalize(x), names).items():
-                out[t].append(logits.half())
-    return {t: torch.cat(v) for t, v in out.items() if v}
+                writers[t].add(logits)
+        out.update(writers)
+    return {t: w.done() for t, w in out.items() if w.count}
 
 
 def distill(
     student: UniversalModel,
-    teacher_logits: dict[str, torch.Tensor],
-    retained_logits: dict[str, torch.Tensor],
+    teacher_logits: dict[str, torch.Tensor | DiskRows],
+    retained_logits: dict[str, torch.Tensor | DiskRows],
     pool: dict[str, torch.Tensor],
     group_of: dict[str, str],
     method: MethodConfig,
@@ -75,7 +84,7 @@ def distill(
     Args:
         student: the universal model, trained in place.
         teacher_logits: per head, the teacher's logits on its group's pool images (row i = pool
-        image i).
+            image i), a tensor or rows on disk (`pool_logits`).
         retained_logits: per head, G_{s-1}'s logits on the same images (the retention targets).
         pool: per input group, uint8 images N×C×S×S.
         group_of: each head's input group.
@@ -144,8 +153,8 @@ def teacher_term(
 
 def _distill_losses(
     student: UniversalModel,
-    teacher_logits: dict[str, torch.Tensor],
-    retained_logits: dict[str, torch.Tensor],
+    teacher_logits: dict[str, torch.Tensor | DiskRows],
+    retained_logits: dict[str, torch.Tensor | DiskRows],
     pool: dict[str, torch.Tensor],
     group_of: dict[str, str],
     method: MethodConfig,

@@ -11,6 +11,7 @@ from meduniverse.core.tasks import task_type
 from meduniverse.data.transforms import augmented_views
 from meduniverse.method.distill import distill, pool_logits
 from meduniverse.method.loop import StepCallback, TrainStats
+from meduniverse.method.outputs import DiskRows, outputs_folder
 from meduniverse.models.heads import DecoderHead
 from meduniverse.models.universal import (
     PERSONAL_PREFIX,
@@ -146,7 +147,8 @@ def server_step(
     on_step: StepCallback | None = None,
     own: dict[str, torch.Tensor] | None = None,
 ) -> tuple[dict[str, torch.Tensor], TrainStats]:
-    """One stage's server step: the teachers' and G_{s-1}'s outputs on the pool, then distillation
+    """One stage's server step: the teachers' and G_{s-1}'s outputs on the pool (in memory or, with
+    `runtime.teacher_outputs` = 'disk', in a scratch folder read row by row), then distillation
     into the student.
 
     Args:
@@ -178,29 +180,31 @@ def server_step(
             .to(device)
             for site, mask in own.items()
         }
-    teacher = build_model(config).to(device)
-    teacher.load_state_dict(previous)
-    retained = pool_logits(
-        teacher, list(group_of), pool, group_of
-    )  # G_{s-1}'s outputs, before any site model is loaded
-    teacher_logits: dict[str, torch.Tensor] = {}
-    for u in updates:
-        if u.outputs is not None:  # strict transfer: the site computed them on the same views
-            teacher_logits[u.site] = u.outputs.to(device)
-            continue
-        teacher.load_state_dict(u.state, strict=False)
-        teacher_logits.update(pool_logits(teacher, [u.site], pool, group_of))
-    student = student_for(previous, updates, config, device)
-    stats = distill(
-        student,
-        teacher_logits,
-        retained,
-        pool,
-        group_of,
-        m,
-        seed,
-        mim_decoder,
-        on_step,
-        weights,
-    )
+    with outputs_folder(config.runtime.teacher_outputs) as folder:
+        teacher = build_model(config).to(device)
+        teacher.load_state_dict(previous)
+        retained = pool_logits(  # G_{s-1}'s outputs, before any site model is loaded
+            teacher, list(group_of), pool, group_of, folder=folder and folder / "retained"
+        )
+        teacher_logits: dict[str, torch.Tensor | DiskRows] = {}
+        teachers = folder and folder / "teachers"
+        for u in updates:
+            if u.outputs is not None:  # strict transfer: the site computed them on the same views
+                teacher_logits[u.site] = u.outputs.to(device)
+                continue
+            teacher.load_state_dict(u.state, strict=False)
+            teacher_logits.update(pool_logits(teacher, [u.site], pool, group_of, folder=teachers))
+        student = student_for(previous, updates, config, device)
+        stats = distill(
+            student,
+            teacher_logits,
+            retained,
+            pool,
+            group_of,
+            m,
+            seed,
+            mim_decoder,
+            on_step,
+            weights,
+        )
     return student.state_dict(), stats
