@@ -6,7 +6,8 @@ channels_last and torch.compile, the federation's overhead against a plain loop,
     python bench/speed.py scaling                     # 8 -> 32 -> 64 sites, pool x1 and x4
     python bench/speed.py scaling_disk                # the same, teacher outputs on disk
 
-Each part merges its figures into bench/results/speed.json (with the command, commit and machine);
+Each part merges its figures into bench/results/speed.json (with the command, commit and machine;
+under PART_amx on a processor with AMX bf16 units);
 `python bench/speed.py plot` draws the scaling rows into bench/results/speed.png.
 """
 
@@ -25,6 +26,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from meduniverse.core.checkpoints import Checkpoints
 from meduniverse.core.config import FederationConfig
 from meduniverse.core.config_file import load_config
+from meduniverse.core.device import cpu_has_bf16_matrix_units
 from meduniverse.core.files import read_json, write_json
 from meduniverse.core.progress import RunProgress
 from meduniverse.core.provenance import git_commit, machine_info
@@ -54,8 +56,10 @@ def shared8(*overrides: str) -> FederationConfig:
 
 
 def save(part: str, figures: dict) -> None:
+    """Merge `figures` into speed.json under `part`; figures from a processor with AMX bf16 units
+    go under `part`_amx, beside the ones from the AVX2 machines (bf16 costs differ by an order)."""
     doc = read_json(OUT) if OUT.is_file() else {}
-    doc[part] = {
+    doc[f"{part}_amx" if cpu_has_bf16_matrix_units() else part] = {
         "command": " ".join(["python", "bench/speed.py", *sys.argv[1:]]),
         "commit": git_commit(),
         "machine": machine_info(),

@@ -340,6 +340,42 @@ def test_bf16_autocast_trains_and_predicts_on_the_cpu(demo_config):
     assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
+def test_bf16_autocast_forward_passes_see_weights_changed_in_place():
+    """One autocast context spans a site's whole handler: a forward pass after an optimiser step or
+    a `load_state_dict` must use the new weights, not bf16 copies cast before the change."""
+    layer, x = torch.nn.Linear(4, 1), torch.randn(3, 4)
+    optimizer = torch.optim.SGD(layer.parameters(), lr=0.1)
+    with Compute(torch.device("cpu"), "bf16").autocast():
+        losses = []
+        for _ in range(3):
+            loss = layer(x).float().pow(2).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses.append(float(loss.detach()))
+        with torch.no_grad():
+            layer.load_state_dict({"weight": torch.zeros(1, 4), "bias": torch.zeros(1)})
+            after = layer(x)
+    assert losses[2] < losses[1] < losses[0] and not after.any()
+
+
+@pytest.mark.parametrize("place", ["memory", "disk"])
+def test_a_server_step_runs_under_bf16_autocast_on_the_cpu(demo_config, place):
+    """The server's path under bf16 autocast (the default on CPUs with AMX): float16 teacher outputs
+    are gathered and distilled without autocast's CPU casting rules refusing them."""
+    config = replace(
+        demo_config,
+        method=replace(demo_config.method, distill_epochs=1),
+        runtime=replace(demo_config.runtime, teacher_outputs=place),
+    )
+    pool = build_pool(config).images
+    previous = build_model(config, seed=0).state_dict()
+    updates = [SiteUpdate(s.name, part_of(previous, s.name), 10) for s in config.sites]
+    with Compute(torch.device("cpu"), "bf16").autocast():
+        state, stats = server_step(previous, updates, config, pool, seed=0)
+    assert np.isfinite(stats.loss) and all(v.dtype != torch.bfloat16 for v in state.values())
+
+
 def test_device_and_precision_settings_are_checked():
     assert resolve_device("cpu") == torch.device("cpu")
     assert resolve_precision("auto", torch.device("cuda")) == "bf16"

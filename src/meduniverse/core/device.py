@@ -8,7 +8,7 @@ the AVX2 machines this project is tested on, a bf16 convolution takes 14x and a 
 """
 
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -70,9 +70,15 @@ class Compute:
 
     @contextmanager
     def autocast(self) -> Iterator[None]:
-        """bf16 autocast of the eligible operations (convolutions, matrix products), or nothing."""
-        bf16 = self.precision == "bf16"
-        with torch.autocast(self.device.type, dtype=torch.bfloat16) if bf16 else nullcontext():
+        """bf16 autocast of the eligible operations (convolutions, matrix products), or nothing.
+
+        One context spans a whole handler (training loops, evaluations, weights loaded in place),
+        so autocast's cache of bf16 weight copies is off: with it, every forward pass inside the
+        context would reuse the copies cast on the first one, blind to the optimiser's updates."""
+        if self.precision != "bf16":
+            yield
+            return
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, cache_enabled=False):
             yield
 
 

@@ -63,7 +63,9 @@ class RowWriter:
 
     def done(self) -> torch.Tensor | DiskRows:
         if self.file is None:
-            return torch.cat(self.parts)
+            # outside autocast: CPU autocast's cast rules refuse float16 inputs to cat
+            with torch.autocast(self.device.type, enabled=False):
+                return torch.cat(self.parts)
         self.file.close()
         return DiskRows(self.path, self.row_shape, self.device)
 

@@ -72,7 +72,8 @@ def train_private(
     seed: int,
     stage: int,
 ) -> tuple[TrainStats, float]:
-    """One stage's local training with DP-SGD.
+    """One stage's local training with DP-SGD, in fp32 whatever `runtime.precision` says: Opacus's
+    per-sample gradients follow the activations' dtype, and its noise step refuses bf16 ones.
 
     Args:
         model: encoder + the site's head, trained in place.
@@ -111,7 +112,8 @@ def train_private(
     try:
         batches = poisson_batches(n, rate, steps, generator)
         losses = supervised_losses(model, task_name, data, batches, generator, forward=wrapped)
-        with warnings.catch_warnings():  # Opacus's hooks fire on outputs: the inputs need no grad
+        fp32 = torch.autocast(data.images.device.type, enabled=False)
+        with fp32, warnings.catch_warnings():  # Opacus's hooks fire on outputs: inputs need no grad
             warnings.filterwarnings("ignore", message="Full backward hook")
             stats = optimise(optimizer, losses, steps)
     finally:
