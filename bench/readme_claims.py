@@ -116,11 +116,11 @@ def speed_lines(doc: dict) -> list[str]:
     """The machine's peak, each phase's share of it, the variants and the federation overhead."""
     peak = doc["peak"]
     lines = [
-        f"Measured peak of this machine (a 2048x2048 fp32 matrix product): fp32 "
+        f"Measured peak of an AVX2 machine (a 2048x2048 fp32 matrix product): fp32 "
         f"{peak['float32_1_threads_gflops']:.0f} GFLOP/s on 1 thread, "
         f"{peak['float32_2_threads_gflops']:.0f} on 2; bf16 "
-        f"{peak['bfloat16_2_threads_gflops']:.1f} on 2 (far below fp32 on these cores, so fp32 "
-        f"stays the CPU default). `bench/results/speed.json` (`{doc['phases']['command']}`, commit "
+        f"{peak['bfloat16_2_threads_gflops']:.1f} on 2 (far below fp32 on these AVX2 cores, so "
+        f"`runtime.precision = 'auto'` stays fp32 on them). `bench/results/speed.json` (`{doc['phases']['command']}`, commit "
         f"`{doc['phases']['commit'][:7]}`):",
         "",
         "| phase | threads | seconds | GFLOP | GFLOP/s | share of peak |",
@@ -131,16 +131,7 @@ def speed_lines(doc: dict) -> list[str]:
             f"| {r['phase']} | {r['threads']} | {r['seconds']:.1f} | {r['gflop']:.0f} | "
             f"{r['gflops_per_second']:.0f} | {r['share_of_peak']:.0%} |"
         )
-    lines += [
-        "",
-        "| variant | input | images/s (train, 2 threads) | first step (s) |",
-        "|---|---|---|---|",
-    ]
-    for r in doc["variants"]["rows"]:
-        lines.append(
-            f"| {r['variant']} | {r['size']} px, batch {r['batch']} | "
-            f"{r['images_per_second']:.0f} | {r['first_step_seconds']:.1f} |"
-        )
+    lines += ["", *variants_table(doc["variants"]["rows"]), *amx_lines(doc)]
     for config in ("demo", "shared8"):
         over = doc.get(f"overhead_{config}")
         if over:
@@ -153,6 +144,36 @@ def speed_lines(doc: dict) -> list[str]:
                 f"{over['flower_seconds'] - over['plain_loop_seconds']:+.1f} s.",
             ]
     return lines + scaling_lines(doc.get("scaling")) + scaling_lines(doc.get("scaling_disk"))
+
+
+def variants_table(rows: list[dict]) -> list[str]:
+    lines = [
+        "| variant | input | images/s (train, 2 threads) | first step (s) |",
+        "|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['variant']} | {r['size']} px, batch {r['batch']} | "
+            f"{r['images_per_second']:.0f} | {r['first_step_seconds']:.1f} |"
+        )
+    return lines
+
+
+def amx_lines(doc: dict) -> list[str]:
+    """The peak and the training-step variants on a processor with AMX bf16 units, where
+    `runtime.precision = 'auto'` picks bf16."""
+    peak, variants = doc.get("peak_amx"), doc.get("variants_amx")
+    if not (peak and variants):
+        return []
+    return [
+        "",
+        f"The same on a processor with AMX bf16 matrix units (`{variants['command']}`, commit "
+        f"`{variants['commit'][:7]}`), where `runtime.precision = 'auto'` picks bf16: peak fp32 "
+        f"{peak['float32_2_threads_gflops']:.0f} GFLOP/s on 2 threads, bf16 "
+        f"{peak['bfloat16_2_threads_gflops']:.0f}.",
+        "",
+        *variants_table(variants["rows"]),
+    ]
 
 
 def scaling_lines(scale: dict | None) -> list[str]:

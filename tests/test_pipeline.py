@@ -10,6 +10,8 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import ROOT, TINY
+from meduniverse.core.config import RuntimeConfig
+from meduniverse.core.device import Compute
 from meduniverse.interfaces.cli import app, demo_config_path
 from meduniverse.sites.sources import load_site
 
@@ -40,7 +42,8 @@ def demo_run(tmp_path_factory):
 def test_run_writes_results_in_the_shared_layout(demo_run):
     out, output = demo_run
     results = json.loads((out / "results.json").read_text())
-    assert set(results) >= {"tasks", "config", "commit"}
+    assert set(results) >= {"tasks", "config", "commit", "machine"}
+    assert results["compute"] == Compute.of(RuntimeConfig()).describe()  # what 'auto' resolved to
     assert len(results["tasks"]) == 5
     for site, entry in results["tasks"].items():
         assert entry["metric"] == ("dice" if entry["task"] == "segmentation" else "auc")

@@ -68,6 +68,10 @@ class Compute:
         device = resolve_device(runtime.device)
         return cls(device, resolve_precision(runtime.precision, device))
 
+    def describe(self) -> dict[str, str]:
+        """The resolved device and precision, for results.json."""
+        return {"device": str(self.device), "precision": self.precision}
+
     @contextmanager
     def autocast(self) -> Iterator[None]:
         """bf16 autocast of the eligible operations (convolutions, matrix products), or nothing.

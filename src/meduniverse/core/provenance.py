@@ -30,10 +30,13 @@ def machine_info() -> dict:
     """What a benchmark ran on."""
     import torch
 
+    from meduniverse.core.device import cpu_has_bf16_matrix_units
+
     return {
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
         "cpus": os.cpu_count(),
+        "bf16_matrix_units": cpu_has_bf16_matrix_units(),  # AMX: what precision 'auto' picks
         "torch": torch.__version__,
         "python": platform.python_version(),
     }

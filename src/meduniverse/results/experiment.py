@@ -136,6 +136,7 @@ def experiment_results(
             "name": config.name,
             "command": " ".join(["meduniverse", *sys.argv[1:]]),
             "machine": machine_info(),
+            "compute": Compute.of(config.runtime).describe(),
             "arms": {
                 a: {
                     "description": describe_arm(a),

@@ -10,10 +10,11 @@ import time
 from meduniverse.core.arms import computed_in_federation
 from meduniverse.core.checkpoints import Checkpoints
 from meduniverse.core.config import FederationConfig
+from meduniverse.core.device import Compute
 from meduniverse.core.errors import ConfigError
 from meduniverse.core.files import read_json, write_json
 from meduniverse.core.progress import RunProgress, log
-from meduniverse.core.provenance import git_commit
+from meduniverse.core.provenance import git_commit, machine_info
 from meduniverse.federation.simulation import simulate
 from meduniverse.models.io import save_model
 from meduniverse.models.universal import build_model
@@ -120,6 +121,8 @@ def finish_run(
             "privacy": privacy_spent(config, ckpt.records()),
             "evaluation_seconds": ckpt.evaluation_seconds(),
             "run_seconds": time.perf_counter() - started,
+            "machine": machine_info(),
+            "compute": Compute.of(config.runtime).describe(),
             "train_sizes": sizes,
             **(extra or {}),
         },
