@@ -120,7 +120,8 @@ def speed_lines(doc: dict) -> list[str]:
         f"{peak['float32_1_threads_gflops']:.0f} GFLOP/s on 1 thread, "
         f"{peak['float32_2_threads_gflops']:.0f} on 2; bf16 "
         f"{peak['bfloat16_2_threads_gflops']:.1f} on 2 (far below fp32 on these AVX2 cores, so "
-        f"`runtime.precision = 'auto'` stays fp32 on them). `bench/results/speed.json` (`{doc['phases']['command']}`, commit "
+        f"`runtime.precision = 'auto'` stays fp32 on them). `bench/results/speed.json` "
+        f"(`{doc['phases']['command']}`, commit "
         f"`{doc['phases']['commit'][:7]}`):",
         "",
         "| phase | threads | seconds | GFLOP | GFLOP/s | share of peak |",
@@ -165,7 +166,7 @@ def amx_lines(doc: dict) -> list[str]:
     peak, variants = doc.get("peak_amx"), doc.get("variants_amx")
     if not (peak and variants):
         return []
-    return [
+    lines = [
         "",
         f"The same on a processor with AMX bf16 matrix units (`{variants['command']}`, commit "
         f"`{variants['commit'][:7]}`), where `runtime.precision = 'auto'` picks bf16: peak fp32 "
@@ -174,6 +175,25 @@ def amx_lines(doc: dict) -> list[str]:
         "",
         *variants_table(variants["rows"]),
     ]
+    run = doc.get("precision_amx")
+    if run:
+        lines += [
+            "",
+            f"One `shared8` seed of the defaults on it (`{run['command']}`, commit "
+            f"`{run['commit'][:7]}`, seed {run['seed']}, {run['compute']['precision']}): "
+            f"{run['run_seconds'] / 60:.0f} min, against {run['fp32_run_seconds'] / 60:.0f} min "
+            "for the fp32 run of the same seed in the confirmation (an AVX2 machine). Test means:",
+            "",
+            f"| arm | {run['compute']['precision']} | fp32 | difference | fp32 seed-to-seed "
+            "spread (std) |",
+            "|---|---|---|---|---|",
+        ]
+        for arm, a in run["arms"].items():
+            lines.append(
+                f"| {arm} | {a['test']:.3f} | {a['fp32_test']:.3f} | "
+                f"{a['test_minus_fp32']:+.3f} | {a['fp32_seed_spread_test']:.3f} |"
+            )
+    return lines
 
 
 def scaling_lines(scale: dict | None) -> list[str]:

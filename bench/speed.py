@@ -5,6 +5,7 @@ channels_last and torch.compile, the federation's overhead against a plain loop,
     python bench/speed.py overhead --config demo     # a Flower run against a plain in-process loop
     python bench/speed.py scaling                     # 8 -> 32 -> 64 sites, pool x1 and x4
     python bench/speed.py scaling_disk                # the same, teacher outputs on disk
+    python bench/speed.py precision RUN_DIR           # a default run against the fp32 seeds
 
 Each part merges its figures into bench/results/speed.json (with the command, commit and machine;
 under PART_amx on a processor with AMX bf16 units);
@@ -328,6 +329,48 @@ def phase_seconds(run_dir: Path) -> dict:
     return out
 
 
+# -------------------------------------------------------------------------------------- precision
+
+
+def precision(run_dir: Path) -> dict:
+    """A finished `meduniverse run configs/shared8.toml` of the defaults, at whatever precision it
+    resolved to, against the fp32 runs of bench/results/confirm_defaults.json: its time and each
+    arm's val/test means beside the fp32 run of the same seed and the fp32 seed-to-seed spread."""
+    from statistics import stdev
+
+    from screen import run_row
+
+    reference = read_json(OUT.parent / "confirm_defaults.json")
+    row = run_row(run_dir, load_config(ROOT / "configs" / "shared8.toml").to_dict(), None)
+    if row["changes"]:
+        raise SystemExit(f"{run_dir}: not the default configuration ({row['changes']})")
+    same = next((r for r in reference["runs"] if r["seed"] == row["seed"]), None)
+    if same is None:
+        raise SystemExit(f"confirm_defaults.json has no fp32 run of seed {row['seed']}")
+    results = read_json(run_dir / "results.json")
+    arms = {}
+    for arm, now in row["arms"].items():
+        fp32 = [r["arms"][arm]["test"] for r in reference["runs"]]
+        arms[arm] = {
+            "val": now["val"],
+            "test": now["test"],
+            "fp32_val": same["arms"][arm]["val"],
+            "fp32_test": same["arms"][arm]["test"],
+            "test_minus_fp32": now["test"] - same["arms"][arm]["test"],
+            "fp32_seed_spread_test": stdev(fp32),  # sample std of the fp32 seeds' test means
+        }
+    return {
+        "run": str(run_dir),
+        "seed": row["seed"],
+        "compute": results.get("compute"),
+        "run_seconds": row["run_seconds"],
+        "fp32_run_seconds": same["run_seconds"],
+        "fp32_machine": reference["machine"],
+        "phases": phase_seconds(run_dir),
+        "arms": arms,
+    }
+
+
 # ---------------------------------------------------------------------------------------- scaling
 
 
@@ -422,6 +465,8 @@ if __name__ == "__main__":
     args = sys.argv[1:]
     if args == ["plot"]:
         plot()
+    elif args[:1] == ["precision"]:
+        save("precision", precision(Path(args[1])))
     elif args[:1] in (["overhead"], ["work"]):
         which = args[args.index("--config") + 1] if "--config" in args else "demo"
         save(f"{args[0]}_{which}", (overhead if args[0] == "overhead" else work)(which))
