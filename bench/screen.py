@@ -95,6 +95,8 @@ def run_row(run_dir: Path, defaults: dict, commit: str | None) -> dict:
         "commit": commit or results.get("commit", "unknown"),
         "changes": changes(defaults, results["config"]),
         "run_seconds": results.get("run_seconds"),
+        # runs since 9549bbf name their machine; the file's own `machine` is its first rows'
+        "machine": results.get("machine"),
         "stages": stages,
         "arms": arms,
         "fidelity_gap_val": last["teacher_val"] - universal["val"] if last and universal else None,
@@ -138,17 +140,21 @@ def main() -> None:
         {**run_row(r, defaults, commits.get(r.name)), "defaults_at": head_commit()}
         for r in args.runs
     ]
+    seeds, machine = {r["seed"] for r in rows}, machine_info()
     if args.append and args.out.is_file():
         new = {r["run"] for r in rows}
-        earlier = json.loads(args.out.read_text())["runs"]
-        rows = [r for r in earlier if r["run"] not in new] + rows
+        earlier = json.loads(args.out.read_text())
+        # rows written before rows named their seed keep the file's own seed list
+        seeds |= set(earlier.get("seeds", []))
+        machine = earlier.get("machine", machine)
+        rows = [r for r in earlier["runs"] if r["run"] not in new] + rows
     write_json(
         args.out,
         {
             "what": __doc__.splitlines()[0],
             "command": args.command,
-            "machine": machine_info(),
-            "seeds": sorted({r["seed"] for r in rows}),
+            "machine": machine,
+            "seeds": sorted(seeds | {r["seed"] for r in rows if "seed" in r}),
             "defaults": "configs/shared8.toml at the commit of this file",
             "runs": rows,
         },

@@ -326,7 +326,7 @@ def test_variant_c_adds_the_mim_loss_and_trains_the_mim_decoder(demo_config):
 
 
 def test_bf16_autocast_trains_and_predicts_on_the_cpu(demo_config):
-    """The mixed-precision path (CUDA's default) runs end to end; on this CPU it is only slower."""
+    """The mixed-precision path (the default on CUDA and on AMX CPUs) trains and predicts."""
     data, model = site_and_model(demo_config, 0)
     small = data.splits["train"].subset(torch.arange(32))
     method = replace(
