@@ -133,12 +133,13 @@ def speed_lines(doc: dict) -> list[str]:
             f"{r['gflops_per_second']:.0f} | {r['share_of_peak']:.0%} |"
         )
     lines += ["", *variants_table(doc["variants"]["rows"]), *amx_lines(doc)]
-    for config in ("demo", "shared8"):
-        over = doc.get(f"overhead_{config}")
+    for config, part in [(c, p) for c in ("demo", "shared8") for p in ("", "_amx")]:
+        over = doc.get(f"overhead_{config}{part}")
         if over:
+            where = " on the AMX machine" if part else ""
             lines += [
                 "",
-                f"Federation overhead on `{config}` (`{over['command']}`, commit "
+                f"Federation overhead on `{config}`{where} (`{over['command']}`, commit "
                 f"`{over['commit'][:7]}`): the same stages and arms as a plain in-process loop "
                 f"{over['plain_loop_seconds']:.1f} s, under Flower's Simulation Engine "
                 f"{over['flower_seconds']:.1f} s: ratio {over['ratio']:.2f} (target 1.15), "

@@ -3,6 +3,7 @@ channels_last and torch.compile, the federation's overhead against a plain loop,
 
     python bench/speed.py peak phases variants       # minutes, one process, nothing else running
     python bench/speed.py overhead --config demo     # a Flower run against a plain in-process loop
+    python bench/speed.py overhead --config shared8 --flower-run RUN_DIR   # a finished run's time
     python bench/speed.py scaling                     # 8 -> 32 -> 64 sites, pool x1 and x4
     python bench/speed.py scaling_disk                # the same, teacher outputs on disk
     python bench/speed.py precision RUN_DIR           # a default run against the fp32 seeds
@@ -300,20 +301,31 @@ def work(which: str) -> dict:
     }
 
 
-def overhead(which: str) -> dict:
-    """Wall time of a whole run on Flower's Simulation Engine against the plain loop."""
+def overhead(which: str, flower_run: Path | None = None) -> dict:
+    """Wall time of a whole run on Flower's Simulation Engine against the plain loop. With
+    `flower_run`, a finished `meduniverse run` of the same configuration on this machine stands for
+    the Flower side (a shared8 seed takes half an hour), and only the plain loop runs here."""
     config = load_config(demo_config_path()) if which == "demo" else shared8()
     scratch = ROOT / "runs" / "bench-speed"
-    flower_dir, loop_dir = scratch / f"{which}-flower", scratch / f"{which}-loop"
-    for d in (flower_dir, loop_dir):
+    flower_dir, loop_dir = flower_run or scratch / f"{which}-flower", scratch / f"{which}-loop"
+    for d in (loop_dir,) if flower_run else (flower_dir, loop_dir):
         if d.exists():
             import shutil
 
             shutil.rmtree(d)
-    flower_seconds = timed(lambda: run(config, flower_dir, show_progress=False))
+    if flower_run:
+        done = read_json(flower_run / "results.json")
+        where = {"data_root": None, "source": None}  # the same settings, wherever they were read
+        same = {**done["config"], **where} == {**config.to_dict(), **where}
+        if not same or done.get("machine") != machine_info():
+            sys.exit(f"{flower_run}: not a run of the {which} defaults on this machine")
+        flower_seconds = done["run_seconds"]
+    else:
+        flower_seconds = timed(lambda: run(config, flower_dir, show_progress=False))
     loop = plain_loop(config, loop_dir, config.seed)
     return {
         "config": which,
+        "flower_run": str(flower_run) if flower_run else None,
         "flower_seconds": flower_seconds,
         "plain_loop_seconds": loop["total"],
         "ratio": flower_seconds / loop["total"],
@@ -469,7 +481,11 @@ if __name__ == "__main__":
         save("precision", precision(Path(args[1])))
     elif args[:1] in (["overhead"], ["work"]):
         which = args[args.index("--config") + 1] if "--config" in args else "demo"
-        save(f"{args[0]}_{which}", (overhead if args[0] == "overhead" else work)(which))
+        if args[0] == "work":
+            save(f"work_{which}", work(which))
+        else:
+            flower = Path(args[args.index("--flower-run") + 1]) if "--flower-run" in args else None
+            save(f"overhead_{which}", overhead(which, flower))
     else:
         for part in args:
             save(part, PARTS[part]())
