@@ -28,7 +28,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from meduniverse.core.checkpoints import Checkpoints
 from meduniverse.core.config import FederationConfig
 from meduniverse.core.config_file import load_config
-from meduniverse.core.device import cpu_has_bf16_matrix_units
+from meduniverse.core.device import Compute, cpu_has_bf16_matrix_units
 from meduniverse.core.files import read_json, write_json
 from meduniverse.core.progress import RunProgress
 from meduniverse.core.provenance import git_commit, machine_info
@@ -240,44 +240,48 @@ def variants() -> dict:
 
 def plain_loop(config: FederationConfig, out: Path, seed: int) -> dict:
     """The run's stages and evaluation arms as a plain loop in this process (no Flower, no Ray):
-    the same functions and steps, one site after the other with every thread."""
+    the same functions and steps, one site after the other with every thread, at the same
+    precision."""
     torch.set_num_threads(config.runtime.server_threads)
-    started = time.perf_counter()
-    pool = build_pool(config)
-    sites = {
-        s.name: load_site(s, config.pool, config.input_spec(s.task), config.seed)
-        for s in config.sites
-    }
-    ckpt = Checkpoints(out)
-    stage_zero(config, pool.images, seed, ckpt, RunProgress(enabled=False))
-    state = ckpt.load_stage(0)
-    timings = {"stage_0": time.perf_counter() - started}
-    for stage in range(1, config.method.stages + 1):
-        began, updates = time.perf_counter(), []
-        for name, data in sites.items():
-            model = site_model(config, data, part_of(state, name), derive_seed(seed, stage))
-            train_local(model, name, data.splits["train"], config.method, derive_seed(seed, stage))
-            key = task_type(data.task).primary
-            evaluate(model, name, data.splits["val"])[key]
-            evaluate(model, name, data.splits["test"])[key]
-            updates.append(SiteUpdate(name, model.state_dict(), len(data.splits["train"])))
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(derive_seed(seed, stage))
-            state, _ = server_step(state, updates, config, pool.images, derive_seed(seed, stage))
-        timings[f"stage_{stage}"] = time.perf_counter() - began
-    for arm in config.arms(False):
-        began = time.perf_counter()
-        for name, data in sites.items():
-            weights = (
-                encoder_part(ckpt.load_stage(0))
-                if arm.model == "baseline"
-                else site_state(state, name)
-            )
-            model = site_model(config, data, weights, seed)
-            evaluate_arm(model, name, data.splits, arm.mode, config.method, config.finetune, seed)
-        timings[f"evaluation:{arm.name}"] = time.perf_counter() - began
-    timings["total"] = time.perf_counter() - started
-    return timings
+    # at the precision the ServerApp and the ClientApps compute in (bf16 autocast where 'auto' says)
+    with Compute.of(config.runtime).autocast():
+        started = time.perf_counter()
+        pool = build_pool(config)
+        sites = {
+            s.name: load_site(s, config.pool, config.input_spec(s.task), config.seed)
+            for s in config.sites
+        }
+        ckpt = Checkpoints(out)
+        stage_zero(config, pool.images, seed, ckpt, RunProgress(enabled=False))
+        state = ckpt.load_stage(0)
+        timings = {"stage_0": time.perf_counter() - started}
+        for stage in range(1, config.method.stages + 1):
+            began, updates, stage_seed = time.perf_counter(), [], derive_seed(seed, stage)
+            for name, data in sites.items():
+                model = site_model(config, data, part_of(state, name), stage_seed)
+                train_local(model, name, data.splits["train"], config.method, stage_seed)
+                key = task_type(data.task).primary
+                evaluate(model, name, data.splits["val"])[key]
+                evaluate(model, name, data.splits["test"])[key]
+                updates.append(SiteUpdate(name, model.state_dict(), len(data.splits["train"])))
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(stage_seed)
+                state, _ = server_step(state, updates, config, pool.images, stage_seed)
+            timings[f"stage_{stage}"] = time.perf_counter() - began
+        for arm in config.arms(False):
+            began = time.perf_counter()
+            for name, data in sites.items():
+                weights = (
+                    encoder_part(ckpt.load_stage(0))
+                    if arm.model == "baseline"
+                    else site_state(state, name)
+                )
+                model = site_model(config, data, weights, seed)
+                method, schedule = config.method, config.finetune
+                evaluate_arm(model, name, data.splits, arm.mode, method, schedule, seed)
+            timings[f"evaluation:{arm.name}"] = time.perf_counter() - began
+        timings["total"] = time.perf_counter() - started
+        return timings
 
 
 def work(which: str) -> dict:
