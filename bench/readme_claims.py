@@ -103,8 +103,10 @@ def screening_table(doc: dict) -> list[str]:
         }
         changed = ", ".join(f"`{k}={v}`" for k, v in row["changes"].items()) or "none"
         seconds = row.get("run_seconds")
+        compute = row.get("compute")  # runs before 9549bbf: fp32 on AVX2 machines
+        precision = f", {compute['precision']}" if compute else ""
         lines.append(
-            f"| {row['run']} (`{row['commit'][:7]}`) | {changed} | {teachers:.3f} | "
+            f"| {row['run']} (`{row['commit'][:7]}`{precision}) | {changed} | {teachers:.3f} | "
             f"{pair['universal']} | {pair['universal_finetuned']} | {pair['baseline']} | "
             f"{row['fidelity_gap_val']:.3f} | "
             + (f"{seconds / 60:.0f} min |" if seconds else "- |")
@@ -278,6 +280,25 @@ def privacy_lines(doc: dict) -> list[str]:
             + f" | {audit.get('loss_auc', float('nan')):.3f} | "
             f"{audit.get('reference_auc', float('nan')):.3f} | {r['run_seconds']:.0f} s |"
         )
+    return lines
+
+
+def screening_unseen(doc: dict) -> list[str]:
+    """The screening runs adapted to an unseen site: each arm's val / test mean."""
+    runs = [r for r in doc["runs"] if r.get("unseen")]
+    if not runs:
+        return []
+    lines = [
+        "Screening runs adapted to a site that took no part (`meduniverse adapt`, 3 seeds of label "
+        "subsets; val / test):",
+        "",
+        "| run | site | " + " | ".join(next(iter(runs[0]["unseen"].values()))) + " |",
+        "|---|---|" + "---|" * len(next(iter(runs[0]["unseen"].values()))),
+    ]
+    for r in runs:
+        for site, arms in r["unseen"].items():
+            cells = [f"{a['val']:.3f} / {a['test']:.3f}" for a in arms.values()]
+            lines.append(f"| {r['run']} | {site} | " + " | ".join(cells) + " |")
     return lines
 
 

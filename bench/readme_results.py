@@ -13,6 +13,7 @@ from readme_claims import (
     fidelity_by_task,
     privacy_lines,
     screening_table,
+    screening_unseen,
     speed_lines,
     targets_line,
     transfer_lines,
@@ -360,9 +361,8 @@ def section() -> str:
             "",
             *screening_table(screen),
         ]
-        by_task = fidelity_by_task(screen)
-        if by_task:
-            lines += ["", *by_task]
+        for extra in (fidelity_by_task(screen), screening_unseen(screen)):
+            lines += ["", *extra] if extra else []
     distill_screen = load("distill_screen.json")
     if distill_screen is not None:
         lines += ["", *distill_screen_lines(distill_screen)]

@@ -5,7 +5,9 @@ universal model as is). Choices are made on the validation columns; test is repo
 
     python bench/screen.py bench/results/screen_issue10.json runs/speed_before runs/screen/S1_es ...
         [--commit RUN_NAME=SHA ...] [--command "how the runs were started"] [--append]
+        [--adapt ADAPT_DIR ...]
 
+An --adapt folder (`meduniverse adapt RUN_DIR --out ADAPT_DIR`) adds its run's unseen-site means.
 With --append the file's earlier rows stay (a row of the same run name is replaced); each row
 names the commit whose configs/shared8.toml its changes are against ('defaults_at').
 """
@@ -97,9 +99,21 @@ def run_row(run_dir: Path, defaults: dict, commit: str | None) -> dict:
         "run_seconds": results.get("run_seconds"),
         # runs since 9549bbf name their machine; the file's own `machine` is its first rows'
         "machine": results.get("machine"),
+        "compute": results.get("compute"),  # the resolved device and precision (since 9549bbf)
         "stages": stages,
         "arms": arms,
         "fidelity_gap_val": last["teacher_val"] - universal["val"] if last and universal else None,
+    }
+
+
+def unseen(run_dir: Path, adapted: list[dict]) -> dict:
+    """The `meduniverse adapt` results (given with --adapt) of this run: per unseen site and arm
+    (e.g. 'universal_probe@0.01'), the validation and test means over the adaptation's seeds."""
+    mine = [a for a in adapted if Path(a["source_run"]).resolve() == run_dir.resolve()]
+    return {
+        site: {arm: {"val": r["val"]["mean"], "test": r["mean"]} for arm, r in task["arms"].items()}
+        for a in mine
+        for site, task in a["tasks"].items()
     }
 
 
@@ -134,10 +148,18 @@ def head_commit() -> str:
 
 def main() -> None:
     args, commits, defaults = parse_runs(
-        __doc__.splitlines()[0], "meduniverse run configs/shared8.toml --set ...", append=True
+        __doc__.splitlines()[0],
+        "meduniverse run configs/shared8.toml --set ...",
+        adapt=True,
+        append=True,
     )
+    adapted = [json.loads((a / "results.json").read_text()) for a in args.adapt]
     rows = [
-        {**run_row(r, defaults, commits.get(r.name)), "defaults_at": head_commit()}
+        {
+            **run_row(r, defaults, commits.get(r.name)),
+            "defaults_at": head_commit(),
+            "unseen": unseen(r, adapted),
+        }
         for r in args.runs
     ]
     seeds, machine = {r["seed"] for r in rows}, machine_info()
