@@ -147,7 +147,10 @@ def speed_lines(doc: dict) -> list[str]:
                 f"{over['flower_seconds']:.1f} s: ratio {over['ratio']:.2f} (target 1.15), "
                 f"{over['flower_seconds'] - over['plain_loop_seconds']:+.1f} s.",
             ]
-    return lines + scaling_lines(doc.get("scaling")) + scaling_lines(doc.get("scaling_disk"))
+    for part in ("scaling", "scaling_disk", "scaling_disk_amx"):
+        where = " on the AMX machine (bf16)" if part.endswith("_amx") else ""
+        lines += scaling_lines(doc.get(part), where)
+    return lines
 
 
 def variants_table(rows: list[dict]) -> list[str]:
@@ -199,16 +202,17 @@ def amx_lines(doc: dict) -> list[str]:
     return lines
 
 
-def scaling_lines(scale: dict | None) -> list[str]:
+def scaling_lines(scale: dict | None, where: str = "") -> list[str]:
     """One server step (teacher outputs and one distillation epoch) for more sites and pools, with
-    the teachers' outputs in memory or on disk (`runtime.teacher_outputs`)."""
+    the teachers' outputs in memory or on disk (`runtime.teacher_outputs`), measured `where`."""
     if not scale:
         return []
     place = scale["rows"][0].get("teacher_outputs", "memory") if scale["rows"] else "memory"
     state = "every row" if scale["complete"] else "stopped before every row ran"
     lines = [
         "",
-        f"Scaling of one server step, teacher outputs in {place} (`{scale['command']}`, commit "
+        f"Scaling of one server step{where}, teacher outputs {'on' if place == 'disk' else 'in'} "
+        f"{place} (`{scale['command']}`, commit "
         f"`{scale['commit'][:7]}`, {state}): the eight real sites split into shards (their site "
         "models freshly initialised), one distillation epoch over the pool, repeated and flipped "
         "for x4; peak RSS is the process's high-water mark so far (plot: "

@@ -451,12 +451,28 @@ def plot() -> None:
     import matplotlib.pyplot as plt
 
     figures = read_json(OUT)
-    parts = [figures[p]["rows"] for p in ("scaling", "scaling_disk") if p in figures]
-    rows = [r for part in parts for r in part]
+    parts = ("scaling", "scaling_disk", "scaling_disk_amx")
+    rows = [
+        {
+            **r,
+            "outputs": r.get("teacher_outputs", "memory"),
+            "machine": "AMX, bf16" if p.endswith("_amx") else "AVX2, fp32",
+        }
+        for p in parts
+        if p in figures
+        for r in figures[p]["rows"]
+    ]
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.5))
-    for key in sorted({(r["pool_factor"], r.get("teacher_outputs", "memory")) for r in rows}):
-        mine = [r for r in rows if (r["pool_factor"], r.get("teacher_outputs", "memory")) == key]
-        sites, label = [r["sites"] for r in mine], f"pool x{key[0]}, outputs in {key[1]}"
+
+    def key(r: dict) -> tuple:
+        return r["pool_factor"], r["outputs"], r["machine"]
+
+    for group in sorted({key(r) for r in rows}):
+        mine = [r for r in rows if key(r) == group]
+        sites = [r["sites"] for r in mine]
+        label = "pool x{}, outputs {} {} ({})".format(
+            group[0], "on" if group[1] == "disk" else "in", *group[1:]
+        )
         left.plot(sites, [r["server_step_seconds"] for r in mine], "o-", label=label)
         right.plot(sites, [r["peak_rss_mb"] for r in mine], "o-", label=label)
     left.set(xlabel="sites", ylabel="server step (s)", title="time")
