@@ -40,7 +40,7 @@ from meduniverse.interfaces.cli import demo_config_path
 from meduniverse.method.distill import pool_logits
 from meduniverse.method.mim import pretrain_mim
 from meduniverse.method.server import SiteUpdate, server_step
-from meduniverse.method.site import evaluate_arm, finetune, train_local
+from meduniverse.method.site import evaluate_arm, finetune, stage_method, train_local, train_site
 from meduniverse.method.supervised import evaluate
 from meduniverse.models.heads import DecoderHead
 from meduniverse.models.universal import build_model, encoder_part, part_of, site_state
@@ -257,10 +257,14 @@ def plain_loop(config: FederationConfig, out: Path, seed: int) -> dict:
         timings = {"stage_0": time.perf_counter() - started}
         for stage in range(1, config.method.stages + 1):
             began, updates, stage_seed = time.perf_counter(), [], derive_seed(seed, stage)
+            method = stage_method(config.method, stage)
             for name, data in sites.items():
+                # what a site's ClientApp does with a train request (handle_train): score the
+                # received model, train by the method's local_training, score the teacher
                 model = site_model(config, data, part_of(state, name), stage_seed)
-                train_local(model, name, data.splits["train"], config.method, stage_seed)
                 key = task_type(data.task).primary
+                evaluate(model, name, data.splits["val"])[key]
+                train_site(model, name, data.splits, method, config.finetune, stage_seed)
                 evaluate(model, name, data.splits["val"])[key]
                 evaluate(model, name, data.splits["test"])[key]
                 updates.append(SiteUpdate(name, model.state_dict(), len(data.splits["train"])))
