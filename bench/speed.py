@@ -268,9 +268,11 @@ def plain_loop(config: FederationConfig, out: Path, seed: int) -> dict:
                 evaluate(model, name, data.splits["val"])[key]
                 evaluate(model, name, data.splits["test"])[key]
                 updates.append(SiteUpdate(name, model.state_dict(), len(data.splits["train"])))
+            timings[f"stage_{stage}_local"] = time.perf_counter() - began
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(stage_seed)
-                state, _ = server_step(state, updates, config, pool.images, stage_seed)
+                state, stats = server_step(state, updates, config, pool.images, stage_seed)
+            timings[f"stage_{stage}_distill"] = stats.seconds
             timings[f"stage_{stage}"] = time.perf_counter() - began
         for arm in config.arms(False):
             began = time.perf_counter()
@@ -344,7 +346,13 @@ def overhead(which: str, flower_run: Path | None = None) -> dict:
 
 def phase_seconds(run_dir: Path) -> dict:
     ckpt = Checkpoints(run_dir)
-    out = {f"stage_{s}": r["seconds"] for s, r in ckpt.records().items()}
+    out = {}
+    for s, r in ckpt.records().items():
+        # a stage's round of site training (wall time, sites in parallel) and its distillation
+        local, distill = r.get("local_seconds"), r.get("distill", {}).get("seconds")
+        out.update({f"stage_{s}_local": local} if local is not None else {})
+        out.update({f"stage_{s}_distill": distill} if distill is not None else {})
+        out[f"stage_{s}"] = r["seconds"]
     out.update({f"evaluation:{a}": s for a, s in ckpt.evaluation_seconds().items()})
     return out
 
