@@ -1,5 +1,5 @@
-"""The distillation's segmentation terms: the soft Dice against a teacher and the views per pool
-group."""
+"""The distillation's extra terms: the soft Dice against a teacher, the views per pool group and
+feature-level distillation."""
 
 from dataclasses import replace
 
@@ -8,9 +8,12 @@ import torch
 
 from meduniverse.core.config_file import check_config
 from meduniverse.core.errors import ConfigError
-from meduniverse.method.distill import teacher_term
-from meduniverse.method.losses import soft_dice_loss, soft_target_loss
-from meduniverse.method.server import view_counts
+from meduniverse.core.tasks import task_type
+from meduniverse.method.distill import pool_features, teacher_term
+from meduniverse.method.losses import feature_distance, soft_dice_loss, soft_target_loss
+from meduniverse.method.server import SiteUpdate, server_step, view_counts
+from meduniverse.models.universal import build_model, part_of
+from meduniverse.sites.pool import build_pool
 
 
 def thin_structure(n: int = 4, size: int = 32) -> torch.Tensor:
@@ -72,4 +75,51 @@ def test_view_counts_give_segmentation_pools_their_own_views(demo_config):
 def test_bad_distillation_settings_are_refused(demo_config, setting):
     config = replace(demo_config, method=replace(demo_config.method, **setting))
     with pytest.raises(ConfigError, match=r"method\.distill_"):
+        check_config(config)
+
+
+def test_feature_distance_is_blind_to_scale_and_sees_direction():
+    a = torch.randn(8, 16)
+    assert float(feature_distance(a, 3 * a)) == pytest.approx(0.0, abs=1e-6)
+    assert float(feature_distance(a, -a)) == pytest.approx(4.0, abs=1e-5)
+    assert 0 < float(feature_distance(a, torch.randn(8, 16))) < 4
+
+
+def test_feature_distillation_pulls_the_students_features_towards_the_teachers(demo_config):
+    pool = build_pool(demo_config).images
+    previous = build_model(demo_config, seed=0).state_dict()
+    teacher = build_model(demo_config, seed=1)
+    updates = [
+        SiteUpdate(s.name, part_of(teacher.state_dict(), s.name), 10) for s in demo_config.sites
+    ]
+    distance = {}
+    for weight in (0.0, 5.0):
+        method = replace(demo_config.method, distill_epochs=4, feature_weight=weight)
+        config = replace(demo_config, method=method)
+        state, _ = server_step(previous, updates, config, pool, seed=0)
+        student = build_model(config)
+        student.load_state_dict(state)
+        distance[weight] = 0.0
+        for site in config.sites:
+            images = pool[task_type(site.task).group]
+            distance[weight] += float(
+                feature_distance(
+                    pool_features(student, site.name, images).float(),
+                    pool_features(teacher, site.name, images).float(),
+                )
+            )
+    assert distance[5.0] < 0.8 * distance[0.0]
+
+
+@pytest.mark.parametrize(
+    "setting, transfer",
+    [({"feature_weight": -1.0}, "weights"), ({"feature_weight": 1.0}, "outputs")],
+)
+def test_feature_distillation_settings_are_checked(demo_config, setting, transfer):
+    config = replace(
+        demo_config,
+        method=replace(demo_config.method, **setting),
+        privacy=replace(demo_config.privacy, transfer=transfer),
+    )
+    with pytest.raises(ConfigError, match=r"method\.feature_weight"):
         check_config(config)

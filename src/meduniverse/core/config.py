@@ -121,7 +121,12 @@ class MethodConfig:
     much as large ones (0: none). `teachers`: what a site sends as its teacher each stage, 'fresh'
     (the model it just trained from the global one) or 'best' (that model or the teacher it sent
     the stage before, whichever scores higher on the site's own validation split; the site keeps
-    its teacher between stages, so a stage that makes a site's teacher worse is not distilled)."""
+    its teacher between stages, so a stage that makes a site's teacher worse is not distilled).
+    `feature_weight`: feature-level distillation (Li, Liu & Bilen, ICCV 2021): each head's teacher's
+    encoder features on the pool (the deepest level, averaged over space) are matched by the
+    student's through a linear map per head, trained along and dropped after the stage; the loss is
+    the squared distance between the two L2-normalised vectors (0: none; needs the site weights,
+    so with strict transfer it is refused)."""
 
     stages: int = 3
     variant: str = "distil_only"
@@ -144,6 +149,7 @@ class MethodConfig:
     retention: float = 0.5
     temperature: float = 2.0
     mim_weight: float = 0.0
+    feature_weight: float = 0.0
     lr: float = 1e-3
     batch_size: int = 64
     seg_batch_size: int = 16

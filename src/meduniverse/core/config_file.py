@@ -201,6 +201,11 @@ def check_config(config: FederationConfig) -> None:
             f"{src}: method.distill_crop_area must lie in (0, 1] and distill_dice_weight be at "
             "least 0"
         )
+    if m.feature_weight < 0 or (m.feature_weight > 0 and config.privacy.transfer != "weights"):
+        raise ConfigError(
+            f"{src}: method.feature_weight must be at least 0, and 0 unless privacy.transfer is "
+            "'weights' (it needs the site encoders)"
+        )
     _choice(config.runtime.device, DEVICES, f"{src}: runtime.device")
     _choice(config.runtime.precision, PRECISIONS, f"{src}: runtime.precision")
     _choice(config.runtime.teacher_outputs, PLACES, f"{src}: runtime.teacher_outputs")

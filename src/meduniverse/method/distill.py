@@ -1,9 +1,11 @@
 """Server-side distillation: the site models' outputs on the public pool become targets for the
 universal model's heads, with a retention term that keeps what the heads knew before."""
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from meduniverse.core.config import MethodConfig
 from meduniverse.core.tasks import task_type
@@ -18,11 +20,11 @@ from meduniverse.method.loop import (
     pool_batch_sizes,
     pool_steps,
 )
-from meduniverse.method.losses import soft_dice_loss, soft_target_loss
+from meduniverse.method.losses import feature_distance, soft_dice_loss, soft_target_loss
 from meduniverse.method.mim import mim_step_loss
 from meduniverse.method.outputs import DiskRows, RowWriter
 from meduniverse.models.heads import DecoderHead
-from meduniverse.models.universal import UniversalModel
+from meduniverse.models.universal import UniversalModel, pooled
 
 
 @torch.no_grad()
@@ -61,6 +63,43 @@ def pool_logits(
     return {t: w.done() for t, w in out.items() if w.count}
 
 
+@torch.no_grad()
+def pool_features(
+    model: UniversalModel, task: str, images: torch.Tensor, batch: int = 128
+) -> torch.Tensor:
+    """One task's encoder features on its group's pool images (`pooled`: the deepest level averaged
+    over space), float16, N×D.
+
+    Args:
+        model: evaluated in eval mode.
+        task: whose pyramid (its adapters, if the model has them).
+        images: uint8 N×C×S×S.
+        batch: images per forward pass.
+    """
+    model.eval()
+    return torch.cat(
+        [pooled(model.pyramids(normalize(x), [task])[task]).half() for x in images.split(batch)]
+    )
+
+
+@dataclass
+class FeatureTargets:
+    """Feature-level distillation's targets and maps: per head, its teacher's `pool_features` (N×D)
+    and a linear map from the student's features to them (starts as the identity)."""
+
+    features: dict[str, torch.Tensor]
+    maps: nn.ModuleDict
+
+    @classmethod
+    def identity(cls, features: dict[str, torch.Tensor]) -> "FeatureTargets":
+        maps = nn.ModuleDict()
+        for task, f in features.items():
+            maps[task] = nn.Linear(f.shape[1], f.shape[1]).to(f.device)
+            nn.init.eye_(maps[task].weight)
+            nn.init.zeros_(maps[task].bias)
+        return cls(features, maps)
+
+
 def distill(
     student: UniversalModel,
     teacher_logits: dict[str, torch.Tensor | DiskRows],
@@ -72,6 +111,7 @@ def distill(
     mim_decoder: DecoderHead | None = None,
     on_step: StepCallback | None = None,
     weights: dict[str, torch.Tensor] | None = None,
+    teacher_features: dict[str, torch.Tensor] | None = None,
 ) -> TrainStats:
     """Train the student so that head k matches teacher k on the pool, plus the retention term.
 
@@ -79,7 +119,8 @@ def distill(
     (`retained_logits`). 'round_robin' (FedNet): the steps are split into one block per site k; in
     block k the loss is KD(H_k, teacher_k) + retention * mean over j != k of KD(H_j, H_j as it was
     when block k began). Either way + mim_weight * the MIM loss on the pool when a MIM decoder is
-    given (variant c).
+    given (variant c), + feature_weight * the feature term of every head whose teacher's features
+    are given (`FeatureTargets`).
 
     Args:
         student: the universal model, trained in place.
@@ -94,12 +135,19 @@ def distill(
         on_step: progress callback (step, steps).
         weights: per head, a weight for each of its group's pool images in its teacher's term
             (None: equal weights).
+        teacher_features: per head, its teacher's `pool_features` (used when feature_weight > 0).
     """
     generator = torch.Generator().manual_seed(seed)
     sizes = pool_batch_sizes(pool, method)
     steps = pool_steps(pool, sizes, method.distill_epochs)
     names = list(teacher_logits)
+    targets = (
+        FeatureTargets.identity(teacher_features)
+        if teacher_features and method.feature_weight > 0
+        else None
+    )
     params = list(student.parameters()) + (list(mim_decoder.parameters()) if mim_decoder else [])
+    params += list(targets.maps.parameters()) if targets else []
     optimizer = make_optimizer(params, method.lr, method.weight_decay)
     scheduler = (
         torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
@@ -125,6 +173,7 @@ def distill(
         generator,
         mim_decoder,
         weights or {},
+        targets,
     )
     return optimise(optimizer, losses, steps, scheduler, on_step)
 
@@ -163,6 +212,7 @@ def _distill_losses(
     generator: torch.Generator,
     mim_decoder: DecoderHead | None,
     weights: dict[str, torch.Tensor],
+    targets: FeatureTargets | None,
 ) -> StepLosses:
     """The loss of each distillation step, block by block (see `distill`)."""
     mixed = method.distill_schedule == "mixed"
@@ -185,11 +235,16 @@ def _distill_losses(
                 ]
                 if not heads:
                     continue
-                outputs = student.forward_heads(normalize(pool[group][idx]), heads)
+                pyramids = student.pyramids(normalize(pool[group][idx]), heads)
                 for t in heads:
+                    output = student.heads[t](pyramids[t])
+                    if t in active and targets and t in targets.features:
+                        loss = loss + method.feature_weight * feature_distance(
+                            targets.maps[t](pooled(pyramids[t])), targets.features[t][idx].float()
+                        )
                     if t in active:
                         loss = loss + teacher_term(
-                            outputs[t],
+                            output,
                             teacher_logits[t][idx].float(),
                             tasks[t],
                             method,
@@ -197,7 +252,7 @@ def _distill_losses(
                         )
                     if t in retained:
                         loss = loss + weight * soft_target_loss(
-                            outputs[t],
+                            output,
                             retained_logits[t][idx].float(),
                             tasks[t],
                             method.temperature,

@@ -67,3 +67,13 @@ def mim_loss(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor)
     """SimMIM: L1 reconstruction error on the masked pixels only (mask is N×1×H×W, 1 = hidden)."""
     hidden = mask.expand_as(target)
     return (prediction - target).abs().mul(hidden).sum() / hidden.sum().clamp_min(1)
+
+
+def feature_distance(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """Squared distance between L2-normalised feature vectors (2 - 2 cos), mean over examples:
+    feature-level distillation, blind to the features' scale.
+
+    Args:
+        student, teacher: N×D.
+    """
+    return (F.normalize(student, dim=1) - F.normalize(teacher, dim=1)).pow(2).sum(1).mean()

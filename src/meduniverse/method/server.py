@@ -9,7 +9,7 @@ import torch
 from meduniverse.core.config import FederationConfig
 from meduniverse.core.tasks import task_type
 from meduniverse.data.transforms import augmented_views
-from meduniverse.method.distill import distill, pool_logits
+from meduniverse.method.distill import distill, pool_features, pool_logits
 from meduniverse.method.loop import StepCallback, TrainStats
 from meduniverse.method.outputs import DiskRows, outputs_folder
 from meduniverse.models.heads import DecoderHead
@@ -187,6 +187,7 @@ def server_step(
             teacher, list(group_of), pool, group_of, folder=folder and folder / "retained"
         )
         teacher_logits: dict[str, torch.Tensor | DiskRows] = {}
+        features: dict[str, torch.Tensor] = {}
         teachers = folder and folder / "teachers"
         for u in updates:
             if u.outputs is not None:  # strict transfer: the site computed them on the same views
@@ -194,6 +195,8 @@ def server_step(
                 continue
             teacher.load_state_dict(u.state, strict=False)
             teacher_logits.update(pool_logits(teacher, [u.site], pool, group_of, folder=teachers))
+            if m.feature_weight > 0:
+                features[u.site] = pool_features(teacher, u.site, pool[group_of[u.site]])
         student = student_for(previous, updates, config, device)
         stats = distill(
             student,
@@ -206,5 +209,6 @@ def server_step(
             mim_decoder,
             on_step,
             weights,
+            features,
         )
     return student.state_dict(), stats

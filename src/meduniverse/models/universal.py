@@ -59,12 +59,21 @@ class UniversalModel(nn.Module):
     def forward(self, x: torch.Tensor, task: str) -> torch.Tensor:
         return self.heads[task](self.encode(x, task))
 
-    def forward_heads(self, x: torch.Tensor, tasks: list[str]) -> dict[str, torch.Tensor]:
-        """Several heads: one encoder pass, or one per task with adapters."""
+    def pyramids(self, x: torch.Tensor, tasks: list[str]) -> dict[str, list[torch.Tensor]]:
+        """Each task's encoder pyramid: one encoder pass, or one per task with adapters."""
         if self.adapters:
-            return {t: self.heads[t](self.encode(x, t)) for t in tasks}
+            return {t: self.encode(x, t) for t in tasks}
         features = self.encoder(x)
-        return {t: self.heads[t](features) for t in tasks}
+        return dict.fromkeys(tasks, features)
+
+    def forward_heads(self, x: torch.Tensor, tasks: list[str]) -> dict[str, torch.Tensor]:
+        """Several heads' logits (see `pyramids`)."""
+        return {t: self.heads[t](f) for t, f in self.pyramids(x, tasks).items()}
+
+
+def pooled(pyramid: list[torch.Tensor]) -> torch.Tensor:
+    """The deepest level of an encoder pyramid averaged over space: N×D."""
+    return pyramid[-1].mean((2, 3))
 
 
 def zero_conv(channels: int) -> nn.Conv2d:
