@@ -9,8 +9,13 @@ import torch
 from meduniverse.core.config_file import check_config
 from meduniverse.core.errors import ConfigError
 from meduniverse.core.tasks import task_type
-from meduniverse.method.distill import pool_features, teacher_term
-from meduniverse.method.losses import feature_distance, soft_dice_loss, soft_target_loss
+from meduniverse.method.distill import pool_features
+from meduniverse.method.losses import (
+    feature_distance,
+    soft_dice_loss,
+    soft_target_loss,
+    teacher_term,
+)
 from meduniverse.method.server import SiteUpdate, server_step, view_counts
 from meduniverse.models.universal import build_model, part_of
 from meduniverse.sites.pool import build_pool

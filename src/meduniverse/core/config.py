@@ -21,6 +21,7 @@ LOCAL_TRAINING = ("epochs", "early_stopping", "early_stopping_last")
 LR_SCHEDULES = ("constant", "cosine")
 TRANSFERS = ("weights", "outputs")
 TEACHERS = ("fresh", "best")
+SELECTS = ("last", "agreement")
 
 
 @dataclass(frozen=True)
@@ -126,7 +127,10 @@ class MethodConfig:
     encoder features on the pool (the deepest level, averaged over space) are matched by the
     student's through a linear map per head, trained along and dropped after the stage; the loss is
     the squared distance between the two L2-normalised vectors (0: none; needs the site weights,
-    so with strict transfer it is refused)."""
+    so with strict transfer it is refused). `distill_select`: which student a distillation returns,
+    'last' (after its last step) or 'agreement' (the one, checked after every epoch, with the
+    lowest teacher loss on the `distill_holdout` share of pool images held out of the distillation:
+    chosen without labels)."""
 
     stages: int = 3
     variant: str = "distil_only"
@@ -146,6 +150,8 @@ class MethodConfig:
     distill_dice_weight: float = 0.0
     distill_own_weight: float = 1.0
     distill_lr_schedule: str = "constant"
+    distill_select: str = "last"
+    distill_holdout: float = 0.1
     retention: float = 0.5
     temperature: float = 2.0
     mim_weight: float = 0.0

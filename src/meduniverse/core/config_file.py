@@ -13,6 +13,7 @@ from meduniverse.core.config import (
     LOCAL_TRAINING,
     LR_SCHEDULES,
     SCHEDULES,
+    SELECTS,
     SITE_NAME,
     TEACHERS,
     TRANSFERS,
@@ -192,6 +193,9 @@ def check_config(config: FederationConfig) -> None:
     _choice(m.local_training, LOCAL_TRAINING, f"{src}: method.local_training")
     _choice(m.distill_lr_schedule, LR_SCHEDULES, f"{src}: method.distill_lr_schedule")
     _choice(m.teachers, TEACHERS, f"{src}: method.teachers")
+    _choice(m.distill_select, SELECTS, f"{src}: method.distill_select")
+    if not 0 < m.distill_holdout <= 0.5:
+        raise ConfigError(f"{src}: method.distill_holdout must lie in (0, 0.5]")
     if m.distill_views < 1 or m.distill_dense_views < 0:
         raise ConfigError(
             f"{src}: method.distill_views must be at least 1 and distill_dense_views at least 0"

@@ -8,7 +8,6 @@ import torch
 from torch import nn
 
 from meduniverse.core.config import MethodConfig
-from meduniverse.core.tasks import task_type
 from meduniverse.data.transforms import normalize
 from meduniverse.method.loop import (
     StepCallback,
@@ -20,9 +19,10 @@ from meduniverse.method.loop import (
     pool_batch_sizes,
     pool_steps,
 )
-from meduniverse.method.losses import feature_distance, soft_dice_loss, soft_target_loss
+from meduniverse.method.losses import feature_distance, soft_target_loss, teacher_term
 from meduniverse.method.mim import mim_step_loss
 from meduniverse.method.outputs import DiskRows, RowWriter
+from meduniverse.method.select import BestStudent
 from meduniverse.models.heads import DecoderHead
 from meduniverse.models.universal import UniversalModel, pooled
 
@@ -112,6 +112,7 @@ def distill(
     on_step: StepCallback | None = None,
     weights: dict[str, torch.Tensor] | None = None,
     teacher_features: dict[str, torch.Tensor] | None = None,
+    held: dict[str, torch.Tensor] | None = None,
 ) -> TrainStats:
     """Train the student so that head k matches teacher k on the pool, plus the retention term.
 
@@ -136,6 +137,8 @@ def distill(
         weights: per head, a weight for each of its group's pool images in its teacher's term
             (None: equal weights).
         teacher_features: per head, its teacher's `pool_features` (used when feature_weight > 0).
+        held: per input group, the pool rows held out of training (`holdout_rows`); given, the
+            student is checked on them after every epoch and the best one is kept (`BestStudent`).
     """
     generator = torch.Generator().manual_seed(seed)
     sizes = pool_batch_sizes(pool, method)
@@ -154,7 +157,12 @@ def distill(
         if method.distill_lr_schedule == "cosine"
         else None
     )
-    batches = cycle_batches(pool, sizes, steps, generator)
+    best = BestStudent(student, teacher_logits, pool, held, group_of, method) if held else None
+    out = held or {g: torch.zeros(len(x), dtype=torch.bool) for g, x in pool.items()}
+    rows = {g: (~mask).nonzero().squeeze(1).to(pool[g].device) for g, mask in out.items()}
+    batches = (  # the trained rows only
+        {g: rows[g][i] for g, i in b.items()} for b in cycle_batches(rows, sizes, steps, generator)
+    )
     if method.distill_schedule == "mixed":
         blocks = [(set(names), steps)]
     else:
@@ -175,29 +183,11 @@ def distill(
         weights or {},
         targets,
     )
-    return optimise(optimizer, losses, steps, scheduler, on_step)
-
-
-def teacher_term(
-    student: torch.Tensor,
-    teacher: torch.Tensor,
-    task: str,
-    method: MethodConfig,
-    weights: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """A head's loss towards its teacher: the tempered soft-target loss, plus for segmentation
-    heads `distill_dice_weight` times the soft Dice between their foreground probabilities.
-
-    Args:
-        student, teacher: logits of the same shape, (N,C) or (N,C,H,W).
-        task: the head's task type.
-        method: temperature and distill_dice_weight.
-        weights: (N,) weights of the examples (None: equal).
-    """
-    loss = soft_target_loss(student, teacher, task, method.temperature, weights)
-    if method.distill_dice_weight > 0 and task_type(task).segmentation:
-        loss = loss + method.distill_dice_weight * soft_dice_loss(student, teacher, task, weights)
-    return loss
+    callback = best.every_epoch(steps // method.distill_epochs, on_step) if best else on_step
+    stats = optimise(optimizer, losses, steps, scheduler, callback)
+    if best:
+        best.restore()
+    return stats
 
 
 def _distill_losses(

@@ -7,6 +7,7 @@ Each task type's supervised loss lives in its entry of the task-type registry
 import torch
 import torch.nn.functional as F
 
+from meduniverse.core.config import MethodConfig
 from meduniverse.core.tasks import task_type
 
 
@@ -77,3 +78,25 @@ def feature_distance(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tens
         student, teacher: N×D.
     """
     return (F.normalize(student, dim=1) - F.normalize(teacher, dim=1)).pow(2).sum(1).mean()
+
+
+def teacher_term(
+    student: torch.Tensor,
+    teacher: torch.Tensor,
+    task: str,
+    method: MethodConfig,
+    weights: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """A head's loss towards its teacher: the tempered soft-target loss, plus for segmentation
+    heads `distill_dice_weight` times the soft Dice between their foreground probabilities.
+
+    Args:
+        student, teacher: logits of the same shape, (N,C) or (N,C,H,W).
+        task: the head's task type.
+        method: temperature and distill_dice_weight.
+        weights: (N,) weights of the examples (None: equal).
+    """
+    loss = soft_target_loss(student, teacher, task, method.temperature, weights)
+    if method.distill_dice_weight > 0 and task_type(task).segmentation:
+        loss = loss + method.distill_dice_weight * soft_dice_loss(student, teacher, task, weights)
+    return loss

@@ -12,6 +12,7 @@ from meduniverse.data.transforms import augmented_views
 from meduniverse.method.distill import distill, pool_features, pool_logits
 from meduniverse.method.loop import StepCallback, TrainStats
 from meduniverse.method.outputs import DiskRows, outputs_folder
+from meduniverse.method.select import holdout_rows
 from meduniverse.models.heads import DecoderHead
 from meduniverse.models.universal import (
     PERSONAL_PREFIX,
@@ -180,6 +181,9 @@ def server_step(
             .to(device)
             for site, mask in own.items()
         }
+    held = None
+    if m.distill_select == "agreement":
+        held = holdout_rows({g: len(x) for g, x in pool.items()}, views, m.distill_holdout, seed)
     with outputs_folder(config.runtime.teacher_outputs) as folder:
         teacher = build_model(config).to(device)
         teacher.load_state_dict(previous)
@@ -210,5 +214,6 @@ def server_step(
             on_step,
             weights,
             features,
+            held,
         )
     return student.state_dict(), stats
