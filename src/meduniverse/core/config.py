@@ -123,14 +123,9 @@ class MethodConfig:
     (the model it just trained from the global one) or 'best' (that model or the teacher it sent
     the stage before, whichever scores higher on the site's own validation split; the site keeps
     its teacher between stages, so a stage that makes a site's teacher worse is not distilled).
-    `feature_weight`: feature-level distillation (Li, Liu & Bilen, ICCV 2021): each head's teacher's
-    encoder features on the pool (the deepest level, averaged over space) are matched by the
-    student's through a linear map per head, trained along and dropped after the stage; the loss is
-    the squared distance between the two L2-normalised vectors (0: none; needs the site weights,
-    so with strict transfer it is refused). `distill_select`: which student a distillation returns,
-    'last' (after its last step) or 'agreement' (the one, checked after every epoch, with the
-    lowest teacher loss on the `distill_holdout` share of pool images held out of the distillation:
-    chosen without labels)."""
+    `feature_weight`: feature-level distillation (`FeatureTargets`; 0: none). `distill_select`:
+    'last' student or the one that agrees best with the teachers on `distill_holdout` of the pool
+    ('agreement', `BestStudent`)."""
 
     stages: int = 3
     variant: str = "distil_only"
@@ -265,26 +260,6 @@ class FederationConfig:
 
 
 SECURE_MODELS = ("fedavg", "fedprox", "fedbn")  # what privacy.secure_aggregation covers
-
-
-def secure_aggregation_problem(config: FederationConfig) -> str:
-    """Why `privacy.secure_aggregation` cannot run with this configuration ('' if it can)."""
-    p, uncovered = config.privacy, sorted(set(config.competitors.federated) - set(SECURE_MODELS))
-    if not p.secure_aggregation:
-        return ""
-    if p.transfer != "outputs":
-        return (
-            "privacy.secure_aggregation needs privacy.transfer = 'outputs': the universal model "
-            "distils each site's own model (method.variant 'distil_only' and "
-            "'average_then_distil' alike), which a secure sum cannot replace, so without strict "
-            "transfer its site weights would still reach the server"
-        )
-    if uncovered:
-        return (
-            f"privacy.secure_aggregation covers {', '.join(SECURE_MODELS)} only; leave "
-            f"{uncovered} out of competitors.federated (their personal parts are not summed)"
-        )
-    return ""
 
 
 def _jsonable(value: Any) -> Any:
