@@ -128,3 +128,16 @@ def test_feature_distillation_settings_are_checked(demo_config, setting, transfe
     )
     with pytest.raises(ConfigError, match=r"method\.feature_weight"):
         check_config(config)
+
+
+@pytest.mark.parametrize("setting", [{"feature_weight": 1.0}, {"distill_select": "agreement"}])
+def test_feature_distillation_and_selection_run_under_bf16_autocast(demo_config, setting):
+    """The default precision on AMX CPUs and CUDA: no float16 tensor may meet a bf16 one there."""
+    config = replace(demo_config, method=replace(demo_config.method, **setting))
+    pool = build_pool(config).images
+    previous = build_model(config, seed=0).state_dict()
+    teachers = build_model(config, seed=1).state_dict()
+    updates = [SiteUpdate(s.name, part_of(teachers, s.name), 10) for s in config.sites]
+    with torch.autocast("cpu", dtype=torch.bfloat16, cache_enabled=False):
+        state, stats = server_step(previous, updates, config, pool, seed=0)
+    assert stats.steps > 0 and all(torch.isfinite(v).all() for v in state.values())

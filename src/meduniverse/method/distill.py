@@ -68,7 +68,7 @@ def pool_features(
     model: UniversalModel, task: str, images: torch.Tensor, batch: int = 128
 ) -> torch.Tensor:
     """One task's encoder features on its group's pool images (`pooled`: the deepest level averaged
-    over space), float16, N×D.
+    over space), float32, N×D.
 
     Args:
         model: evaluated in eval mode.
@@ -78,7 +78,7 @@ def pool_features(
     """
     model.eval()
     return torch.cat(
-        [pooled(model.pyramids(normalize(x), [task])[task]).half() for x in images.split(batch)]
+        [pooled(model.pyramids(normalize(x), [task])[task]).float() for x in images.split(batch)]
     )
 
 
