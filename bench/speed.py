@@ -27,7 +27,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from meduniverse.core.checkpoints import Checkpoints
 from meduniverse.core.config import FederationConfig
-from meduniverse.core.config_file import load_config
+from meduniverse.core.config_file import config_from_dict, load_config
 from meduniverse.core.device import Compute, cpu_has_bf16_matrix_units
 from meduniverse.core.files import read_json, write_json
 from meduniverse.core.progress import RunProgress
@@ -326,7 +326,9 @@ def overhead(which: str, flower_run: Path | None = None) -> dict:
     if flower_run:
         done = read_json(flower_run / "results.json")
         where = {"data_root": None, "source": None}  # the same settings, wherever they were read
-        same = {**done["config"], **where} == {**config.to_dict(), **where}
+        # read back as the package reads a config.json: settings the run predates take defaults
+        then = config_from_dict(done["config"], str(flower_run)).to_dict()
+        same = {**then, **where} == {**config.to_dict(), **where}
         # the same kind of machine: the kernel build in `platform` changes between sessions
         kind = ("processor", "cpus", "bf16_matrix_units", "torch")
         here, there = machine_info(), done.get("machine", {})
