@@ -20,6 +20,7 @@ import subprocess
 
 import numpy as np
 
+from meduniverse.core.checkpoints import Checkpoints
 from meduniverse.core.config import (
     FinetuneConfig,
     MethodConfig,
@@ -30,6 +31,7 @@ from meduniverse.core.config import (
 from meduniverse.core.config_file import load_config
 from meduniverse.core.files import write_json
 from meduniverse.core.provenance import machine_info
+from meduniverse.results.analysis import seed_seconds
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -96,7 +98,9 @@ def run_row(run_dir: Path, defaults: dict, commit: str | None) -> dict:
         "seed": results["config"]["seed"],
         "commit": commit or results.get("commit", "unknown"),
         "changes": changes(defaults, results["config"]),
-        "run_seconds": results.get("run_seconds"),
+        # a run resumed before 2026-12-06 counted only its last attempt's seconds: at least the
+        # work its checkpoints record over every attempt (what finish_run itself writes since)
+        "run_seconds": max(results.get("run_seconds", 0.0), seed_seconds(Checkpoints(run_dir))),
         # runs since 9549bbf name their machine; the file's own `machine` is its first rows'
         "machine": results.get("machine"),
         "compute": results.get("compute"),  # the resolved device and precision (since 9549bbf)

@@ -10,9 +10,11 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import ROOT, TINY
+from meduniverse.core.checkpoints import Checkpoints
 from meduniverse.core.config import RuntimeConfig
 from meduniverse.core.device import Compute
 from meduniverse.interfaces.cli import app, demo_config_path
+from meduniverse.results.analysis import seed_seconds
 from meduniverse.sites.sources import load_site
 
 runner = CliRunner(env={"COLUMNS": "200"})  # wide enough that rich does not fold site names
@@ -71,6 +73,9 @@ def test_rerun_resumes_without_training_again(demo_run):
     result = runner.invoke(app, tiny("run", "--out", str(out)))
     assert result.exit_code == 0, result.output
     assert (out / "checkpoints" / "progress.json").read_text() == before
+    # the resumed run's cost is the work its checkpoints record, not the seconds of this attempt
+    rerun = json.loads((out / "results.json").read_text())
+    assert rerun["run_seconds"] >= seed_seconds(Checkpoints(out)) > 0
 
 
 @pytest.mark.slow

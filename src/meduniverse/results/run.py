@@ -18,6 +18,7 @@ from meduniverse.core.provenance import git_commit, machine_info
 from meduniverse.federation.simulation import simulate
 from meduniverse.models.io import save_model
 from meduniverse.models.universal import build_model
+from meduniverse.results.analysis import seed_seconds
 from meduniverse.results.document import privacy_spent, results_document
 from meduniverse.results.model_card import write_model_card
 from meduniverse.sites.pool import Pool, build_pool, verify_disjoint
@@ -102,7 +103,8 @@ def finish_run(
         run_dir: the run directory (its checkpoints hold every stage and evaluation).
         config: the federation.
         seed: the run's seed.
-        started: time.perf_counter() at the run's start (for run_seconds).
+        started: time.perf_counter() at this attempt's start (for run_seconds: this attempt's
+        wall time, or, for a resumed run, at least the work every attempt's checkpoints record).
         commit: the code's commit when the run started.
         extra: more top-level fields of results.json.
     """
@@ -120,7 +122,7 @@ def finish_run(
             "stages": ckpt.records(),
             "privacy": privacy_spent(config, ckpt.records()),
             "evaluation_seconds": ckpt.evaluation_seconds(),
-            "run_seconds": time.perf_counter() - started,
+            "run_seconds": max(time.perf_counter() - started, seed_seconds(ckpt)),
             "machine": machine_info(),
             "compute": Compute.of(config.runtime).describe(),
             "train_sizes": sizes,
