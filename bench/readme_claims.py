@@ -145,12 +145,28 @@ def speed_lines(doc: dict) -> list[str]:
                 f"`{over['commit'][:7]}`): the same stages and arms as a plain in-process loop "
                 f"{over['plain_loop_seconds']:.1f} s, under Flower's Simulation Engine "
                 f"{over['flower_seconds']:.1f} s: ratio {over['ratio']:.2f} (target 1.15), "
-                f"{over['flower_seconds'] - over['plain_loop_seconds']:+.1f} s.",
+                f"{over['flower_seconds'] - over['plain_loop_seconds']:+.1f} s."
+                + local_training_note(over),
             ]
     for part in ("scaling", "scaling_disk", "scaling_disk_amx"):
         where = " on the AMX machine (bf16)" if part.endswith("_amx") else ""
         lines += scaling_lines(doc.get(part), where)
     return lines
+
+
+def local_training_note(over: dict) -> str:
+    """Where the two sides differ most: the sites' local training, summed over the stages."""
+    loop, flower = (
+        sum(v for k, v in (over.get(side) or {}).items() if k.endswith("_local"))
+        for side in ("plain_loop_phases", "flower_phases")
+    )
+    if not (loop and flower):
+        return ""
+    return (
+        f" The sites' local training, every stage: plain loop {loop:.0f} s (one site after another "
+        f"on every thread), Flower {flower:.0f} s (`runtime.parallel_sites` at once, "
+        f"`runtime.threads_per_site` thread each)."
+    )
 
 
 def variants_table(rows: list[dict]) -> list[str]:
