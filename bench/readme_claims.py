@@ -7,6 +7,8 @@ figures (speed.json).
 
 from statistics import mean
 
+ARMS = ("baseline", "universal", "universal_finetuned")  # the method's arms, in table order
+
 
 def _arm(task: dict, arm: str) -> float | None:
     entry = task["arms"].get(arm)
@@ -276,14 +278,16 @@ def extend_lines(doc: dict) -> list[str]:
 
 def _method_means(mean: dict) -> str:
     """The method's three arms as table cells."""
-    return " | ".join(f"{mean[a]:.3f}" for a in ("baseline", "universal", "universal_finetuned"))
+    return " | ".join(f"{mean[a]:.3f}" for a in ARMS)
 
 
-def privacy_lines(doc: dict) -> list[str]:
-    """Utility and membership-inference AUC per target epsilon."""
+def privacy_lines(doc: dict, file: str) -> list[str]:
+    """Utility and membership-inference AUC per target epsilon, from `file` under bench/results;
+    with the issue's goal at epsilon 8 (calibrated AUC <= 0.55, mean drop <= 0.03) where both an
+    epsilon-8 row and a row without DP exist."""
     lines = [
         f"Differential privacy's price and the membership audit, {doc['config']}, seed "
-        f"{doc['seeds'][0]} (`bench/results/privacy.json`, `python bench/privacy.py`, commit "
+        f"{doc['seeds'][0]} (`bench/results/{file}`, `{doc['command']}`, commit "
         f"`{doc['commit'][:7]}`; test means over the tasks; AUC means over the sites, 0.5: "
         "members cannot be told apart):",
         "",
@@ -300,6 +304,19 @@ def privacy_lines(doc: dict) -> list[str]:
             + f" | {audit.get('loss_auc', float('nan')):.3f} | "
             f"{audit.get('reference_auc', float('nan')):.3f} | {r['run_seconds']:.0f} s |"
         )
+    by_epsilon = {r["epsilon"]: r for r in doc["rows"]}
+    if {"8", "none"} <= set(by_epsilon):
+        dp, plain = by_epsilon["8"], by_epsilon["none"]
+        auc = max(dp["audit_mean"].get(k, float("nan")) for k in ("loss_auc", "reference_auc"))
+        drop = {a: plain["test_mean"][a] - dp["test_mean"][a] for a in ARMS[1:]}
+        met = auc <= 0.55 and drop["universal"] <= 0.03
+        lines += [
+            "",
+            "Goal at epsilon 8 on the released (universal) model: attack AUC at most 0.55 and a "
+            f"mean drop of at most 0.03. Stronger attack's AUC {auc:.3f}, drop "
+            f"{drop['universal']:+.3f} (universal_finetuned {drop['universal_finetuned']:+.3f}): "
+            + ("met." if met else "**not met**."),
+        ]
     return lines
 
 

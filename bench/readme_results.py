@@ -345,9 +345,10 @@ def section() -> str:
     joined = load("extend.json")
     if joined is not None:
         lines += ["", *extend_lines(joined)]
-    private = load("privacy.json")
-    if private is not None:
-        lines += ["", *privacy_lines(private)]
+    for file in ("privacy.json", "privacy_shared8.json"):
+        private = load(file)
+        if private is not None:
+            lines += ["", *privacy_lines(private, file)]
     strict = load("transfer.json")
     if strict is not None:
         lines += ["", *transfer_lines(strict)]
