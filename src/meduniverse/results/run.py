@@ -10,7 +10,6 @@ import time
 from meduniverse.core.arms import computed_in_federation
 from meduniverse.core.checkpoints import Checkpoints
 from meduniverse.core.config import FederationConfig
-from meduniverse.core.config_file import config_from_dict
 from meduniverse.core.device import Compute
 from meduniverse.core.errors import ConfigError
 from meduniverse.core.files import read_json, write_json
@@ -71,12 +70,11 @@ def run_log(run_dir: Path, deployed: bool = False) -> Iterator[None]:
 
 
 def check_same_run(run_dir: Path, config: FederationConfig) -> None:
-    """Resuming needs the same configuration; only the stage count and the runtime may change.
-    Settings that the run directory's config.json predates count as their defaults."""
+    """Resuming needs the same configuration; only the stage count and the runtime may change."""
     path = Path(run_dir) / "config.json"
     if not path.is_file():
         return
-    before, now = config_from_dict(read_json(path), str(path)).to_dict(), config.to_dict()
+    before, now = read_json(path), config.to_dict()
     for d in (before, now):
         d.pop("runtime", None)
         d.get("method", {}).pop("stages", None)
