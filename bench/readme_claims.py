@@ -283,8 +283,8 @@ def _method_means(mean: dict) -> str:
 
 def privacy_lines(doc: dict, file: str) -> list[str]:
     """Utility and membership-inference AUC per target epsilon, from `file` under bench/results;
-    with the issue's goal at epsilon 8 (calibrated AUC <= 0.55, mean drop <= 0.03) where both an
-    epsilon-8 row and a row without DP exist."""
+    with the issue's goal at epsilon 8 (the stronger attack's AUC <= 0.55, the universal model's
+    mean drop <= 0.03) where both an epsilon-8 row and a row without DP exist."""
     lines = [
         f"Differential privacy's price and the membership audit, {doc['config']}, seed "
         f"{doc['seeds'][0]} (`bench/results/{file}`, `{doc['command']}`, commit "
