@@ -4,9 +4,9 @@ audited by membership inference; writes bench/results/privacy.json.
     python bench/privacy.py [--config CONFIG] [--epsilons none,8,3,1] [--set KEY=VALUE ...]
         [--references 2] [--work DIR]
 
-Per run: the universal model's and the fine-tuned arm's test metrics (mean over tasks), the epsilon
-each site spent, and both attacks' AUC per site. Without --config the bundled synthetic demo
-is used.
+Per run: the universal model's and the fine-tuned arm's test metrics (mean over tasks; val means
+too, to choose settings on), the epsilon each site spent, and both attacks' AUC per site. Without
+--config the bundled synthetic demo is used.
 """
 
 import argparse
@@ -43,6 +43,10 @@ def row(epsilon: str, results: dict, audit: dict, seconds: float) -> dict:
         "epsilon": epsilon,
         "test_mean": {
             arm: float(np.mean([t["arms"][arm]["mean"] for t in tasks.values()])) for arm in ARMS
+        },
+        "val_mean": {
+            arm: float(np.mean([t["arms"][arm]["val"]["mean"] for t in tasks.values()]))
+            for arm in ARMS
         },
         "test": {s: {arm: t["arms"][arm]["mean"] for arm in ARMS} for s, t in tasks.items()},
         "spent": (results.get("privacy") or {}).get("epsilon"),

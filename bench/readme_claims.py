@@ -281,10 +281,22 @@ def _method_means(mean: dict) -> str:
     return " | ".join(f"{mean[a]:.3f}" for a in ARMS)
 
 
-def privacy_lines(doc: dict, file: str) -> list[str]:
+def row_without_dp(docs: dict[str, dict], doc: dict) -> tuple[dict, str] | None:
+    """The row without DP of another privacy file in `docs` (name: document) that ran the same
+    config and seeds as `doc`, and that file's name; None if there is none."""
+    for file, other in docs.items():
+        if other is not doc and (other["config"], other["seeds"]) == (doc["config"], doc["seeds"]):
+            for r in other["rows"]:
+                if r["epsilon"] == "none":
+                    return r, file
+    return None
+
+
+def privacy_lines(doc: dict, file: str, without_dp: tuple[dict, str] | None = None) -> list[str]:
     """Utility and membership-inference AUC per target epsilon, from `file` under bench/results;
     with the issue's goal at epsilon 8 (the stronger attack's AUC <= 0.55, the universal model's
-    mean drop <= 0.03) where both an epsilon-8 row and a row without DP exist."""
+    mean drop <= 0.03) where an epsilon-8 row exists and a row without DP: this file's, or else
+    `without_dp` (a row and the file it is from: same config and seed)."""
     lines = [
         f"Differential privacy's price and the membership audit, {doc['config']}, seed "
         f"{doc['seeds'][0]} (`bench/results/{file}`, `{doc['command']}`, commit "
@@ -305,15 +317,18 @@ def privacy_lines(doc: dict, file: str) -> list[str]:
             f"{audit.get('reference_auc', float('nan')):.3f} | {r['run_seconds']:.0f} s |"
         )
     by_epsilon = {r["epsilon"]: r for r in doc["rows"]}
-    if {"8", "none"} <= set(by_epsilon):
-        dp, plain = by_epsilon["8"], by_epsilon["none"]
+    plain, source = by_epsilon.get("none"), ""
+    if plain is None and without_dp is not None:
+        plain, source = without_dp[0], f" (row without DP from `bench/results/{without_dp[1]}`)"
+    if "8" in by_epsilon and plain is not None:
+        dp = by_epsilon["8"]
         auc = max(dp["audit_mean"].get(k, float("nan")) for k in ("loss_auc", "reference_auc"))
         drop = {a: plain["test_mean"][a] - dp["test_mean"][a] for a in ARMS[1:]}
         met = auc <= 0.55 and drop["universal"] <= 0.03
         lines += [
             "",
             "Goal at epsilon 8 on the released (universal) model: attack AUC at most 0.55 and a "
-            f"mean drop of at most 0.03. Stronger attack's AUC {auc:.3f}, drop "
+            f"mean drop of at most 0.03{source}. Stronger attack's AUC {auc:.3f}, drop "
             f"{drop['universal']:+.3f} (universal_finetuned {drop['universal_finetuned']:+.3f}): "
             + ("met." if met else "**not met**."),
         ]

@@ -12,6 +12,7 @@ from readme_claims import (
     extend_lines,
     fidelity_by_task,
     privacy_lines,
+    row_without_dp,
     screening_table,
     screening_unseen,
     speed_lines,
@@ -345,10 +346,9 @@ def section() -> str:
     joined = load("extend.json")
     if joined is not None:
         lines += ["", *extend_lines(joined)]
-    for file in ("privacy.json", "privacy_shared8.json"):
-        private = load(file)
-        if private is not None:
-            lines += ["", *privacy_lines(private, file)]
+    private = {f.name: load(f.name) for f in sorted(RESULTS.glob("privacy*.json"))}
+    for file, doc in private.items():
+        lines += ["", *privacy_lines(doc, file, row_without_dp(private, doc))]
     strict = load("transfer.json")
     if strict is not None:
         lines += ["", *transfer_lines(strict)]

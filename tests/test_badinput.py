@@ -207,6 +207,10 @@ def test_cli_sites_on_bad_data_names_file(tmp_path):
             "privacy.dp needs method.local_training = 'epochs'",
         ),
         (
+            "[privacy]\ndp=true\ndp_trains='encoder'\n[[sites]]\nname='a'\ntask='binary'\nclasses=['x','y']\npath='a.npz'\n",
+            "privacy.dp_trains",
+        ),
+        (
             "[privacy]\ndp=true\n[method]\nteachers='best'\n[[sites]]\nname='a'\ntask='binary'\nclasses=['x','y']\npath='a.npz'\n",
             "method.teachers = 'fresh'",
         ),

@@ -474,3 +474,20 @@ def test_dp_sgd_trains_and_spends_its_budget_stage_by_stage(demo_config, index):
     assert np.isfinite(stats.loss) and 0 < first < second <= 8.0 + 1e-6  # the whole run: at most 8
     assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert not any(k.startswith("_module.") for k in model.state_dict())  # the model is unwrapped
+
+
+@pytest.mark.parametrize("trains", ["all", "head"])
+def test_dp_sgd_trains_only_the_head_when_told(demo_config, trains):
+    data, model = site_and_model(demo_config, 3)  # a segmentation site: a decoder head
+    small = data.splits["train"].subset(torch.arange(32))
+    method = replace(
+        demo_config.method, stages=1, local_epochs=1, min_steps_per_epoch=2, max_steps_per_epoch=2
+    )
+    privacy = PrivacyConfig(dp=True, epsilon=8.0, clip=1.0, dp_trains=trains)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    train_private(model, data.name, small, method, privacy, seed=0, stage=1)
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(before[k], v)}
+    assert any(k.startswith(f"heads.{data.name}.") for k in changed)
+    assert any(k.startswith("encoder.") for k in changed) == (trains == "all")
+    assert all(k.startswith(("encoder.", f"heads.{data.name}.")) for k in changed)
+    assert all(p.requires_grad for p in model.parameters())  # the frozen parts are given back

@@ -20,6 +20,7 @@ SCHEDULES = ("mixed", "round_robin")
 LOCAL_TRAINING = ("epochs", "early_stopping", "early_stopping_last")
 LR_SCHEDULES = ("constant", "cosine")
 TRANSFERS = ("weights", "outputs")
+DP_TRAINS = ("all", "head")
 TEACHERS = ("fresh", "best")
 SELECTS = ("last", "agreement")
 
@@ -213,11 +214,15 @@ class PrivacyConfig:
     only their sum and each site's head stays at the site; the universal model distils every site
     model (in both variants), which no sum can replace, so it needs `transfer = 'outputs'`, and
     Ditto's and FedRep's personal parts are not covered, so they must be left out of
-    competitors.federated."""
+    competitors.federated. `dp_trains`: what DP-SGD trains at a site, 'all' (the encoder and the
+    site's head) or 'head' (the site's head only, on the encoder as the site received it: the
+    noise is then shared by the head's parameters alone, ~40k for a decoder and ~1k for a
+    classifier, against ~1.5M with the encoder)."""
 
     dp: bool = False
     epsilon: float = 8.0
     clip: float = 1.0
+    dp_trains: str = "all"
     transfer: str = "weights"
     secure_aggregation: bool = False
 

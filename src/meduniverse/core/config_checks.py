@@ -4,6 +4,7 @@ reads)."""
 
 from meduniverse.core.arms import COMPETITORS
 from meduniverse.core.config import (
+    DP_TRAINS,
     LOCAL_TRAINING,
     LR_SCHEDULES,
     SCHEDULES,
@@ -125,6 +126,7 @@ def check_config(config: FederationConfig) -> None:
         _choice(model, (*COMPETITORS, "centralized"), f"{src}: competitors.finetuned")
     p = config.privacy
     _choice(p.transfer, TRANSFERS, f"{src}: privacy.transfer")
+    _choice(p.dp_trains, DP_TRAINS, f"{src}: privacy.dp_trains")
     if p.transfer == "outputs" and m.variant != "distil_only":
         raise ConfigError(
             f"{src}: privacy.transfer = 'outputs' needs method.variant = 'distil_only' (the other "

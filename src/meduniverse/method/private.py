@@ -52,14 +52,20 @@ def spent(noise: float, n: int, rate: float, steps: int) -> float:
         return float(accountant.get_epsilon(delta=1 / n))
 
 
-def used_parameters(model: UniversalModel, task_name: str, data: Split) -> list[torch.nn.Parameter]:
-    """The trainable parameters the task's forward pass reaches (one example, no update): Opacus
-    needs a per-example gradient for every parameter it optimises."""
+def used_parameters(
+    model: UniversalModel, task_name: str, data: Split, trains: str = "all"
+) -> list[torch.nn.Parameter]:
+    """The trainable parameters the task's forward pass reaches (one example, no update), all of
+    them or (`trains` = 'head') only its head's: Opacus needs a per-example gradient for every
+    parameter it optimises."""
     kind = task_type(model.tasks[task_name].task)
     model.zero_grad(set_to_none=True)
     kind.loss(model(normalize(data.images[:1]), task_name), data.targets[:1]).backward()
     used = [p for p in model.parameters() if p.requires_grad and p.grad is not None]
     model.zero_grad(set_to_none=True)
+    if trains == "head":
+        head = set(map(id, model.heads[task_name].parameters()))
+        used = [p for p in used if id(p) in head]
     return used
 
 
@@ -80,7 +86,7 @@ def train_private(
         task_name: the site's head.
         data: the site's private train split.
         method: stages, local epochs, batch sizes, lr (the stage runs `local_steps` steps).
-        privacy: target epsilon over the whole run and the clipping norm.
+        privacy: target epsilon over the whole run, the clipping norm, what DP-SGD trains.
         seed: the stage's seed at this site (batches, flips, noise).
         stage: which stage this is (1..S): what has been spent after it.
 
@@ -95,9 +101,9 @@ def train_private(
     steps = local_steps(task, n, method)
     noise = noise_for(privacy, n, rate, method.stages * steps)
     generator = torch.Generator().manual_seed(seed)
-    used = used_parameters(model, task_name, data)
+    used = used_parameters(model, task_name, data, privacy.dp_trains)
     frozen = [p for p in model.parameters() if p.requires_grad and all(p is not u for u in used)]
-    for p in frozen:  # other tasks' heads and adapters: nothing to learn here, no grad sample
+    for p in frozen:  # other tasks' heads, adapters (with 'head': the encoder): no grad sample
         p.requires_grad_(False)
     wrapped = GradSampleModule(model, loss_reduction="mean")
     optimizer = DPOptimizer(
