@@ -1,6 +1,7 @@
 """End to end through the CLI on Flower's Simulation Engine (Ray): run, results layout, model card,
 predict, resume."""
 
+from dataclasses import replace
 import json
 import shutil
 
@@ -13,8 +14,10 @@ from conftest import ROOT, TINY
 from meduniverse.core.checkpoints import Checkpoints
 from meduniverse.core.config import RuntimeConfig
 from meduniverse.core.device import Compute
+from meduniverse.core.errors import ConfigError
 from meduniverse.interfaces.cli import app, demo_config_path
 from meduniverse.results.analysis import seed_seconds
+from meduniverse.results.run import check_same_run
 from meduniverse.sites.sources import load_site
 
 runner = CliRunner(env={"COLUMNS": "200"})  # wide enough that rich does not fold site names
@@ -83,6 +86,23 @@ def test_rerun_with_another_configuration_is_refused(demo_run):
     out, _ = demo_run
     result = runner.invoke(app, tiny("run", "--out", str(out), "--set", "method.retention=0.9"))
     assert result.exit_code == 1 and "different configuration" in result.output
+
+
+def test_resume_accepts_a_run_that_predates_a_setting(demo_config, tmp_path):
+    """A config.json written before a setting existed resumes when that setting is at its
+    default, and is refused when the setting is not at its default now, or when a setting it does
+    hold has changed."""
+    older = demo_config.to_dict()
+    del older["privacy"]["dp_trains"]  # as a run started before privacy.dp_trains
+    (tmp_path / "config.json").write_text(json.dumps(older))
+    check_same_run(tmp_path, demo_config)
+    head = replace(demo_config, privacy=replace(demo_config.privacy, dp_trains="head"))
+    with pytest.raises(ConfigError, match="differs in: privacy"):
+        check_same_run(tmp_path, head)
+    older["method"]["retention"] = demo_config.method.retention + 0.1
+    (tmp_path / "config.json").write_text(json.dumps(older))
+    with pytest.raises(ConfigError, match="differs in: method"):
+        check_same_run(tmp_path, demo_config)
 
 
 @pytest.mark.slow

@@ -2,7 +2,7 @@
 the fine-tune schedule, the runtime and the comparison arms. `meduniverse.core.config_file` reads it
 from TOML."""
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, is_dataclass, replace
 from pathlib import Path
 import re
 from typing import Any
@@ -265,6 +265,16 @@ class FederationConfig:
 
 
 SECURE_MODELS = ("fedavg", "fedprox", "fedbn")  # what privacy.secure_aggregation covers
+
+
+def section_defaults() -> dict[str, dict[str, Any]]:
+    """Each settings section of a `FederationConfig` ('method', 'privacy', ...) at its defaults, as
+    `FederationConfig.to_dict` writes it."""
+    return {
+        f.name: _jsonable(asdict(f.default))
+        for f in fields(FederationConfig)
+        if is_dataclass(f.default)
+    }
 
 
 def _jsonable(value: Any) -> Any:

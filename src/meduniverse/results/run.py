@@ -9,7 +9,7 @@ import time
 
 from meduniverse.core.arms import computed_in_federation
 from meduniverse.core.checkpoints import Checkpoints
-from meduniverse.core.config import FederationConfig
+from meduniverse.core.config import FederationConfig, section_defaults
 from meduniverse.core.device import Compute
 from meduniverse.core.errors import ConfigError
 from meduniverse.core.files import read_json, write_json
@@ -70,11 +70,15 @@ def run_log(run_dir: Path, deployed: bool = False) -> Iterator[None]:
 
 
 def check_same_run(run_dir: Path, config: FederationConfig) -> None:
-    """Resuming needs the same configuration; only the stage count and the runtime may change."""
+    """Resuming needs the same configuration; only the stage count and the runtime may change. A
+    setting added since the run started counts as at its default there."""
     path = Path(run_dir) / "config.json"
     if not path.is_file():
         return
     before, now = read_json(path), config.to_dict()
+    for section, defaults in section_defaults().items():
+        if isinstance(before.get(section), dict):
+            before[section] = {**defaults, **before[section]}
     for d in (before, now):
         d.pop("runtime", None)
         d.get("method", {}).pop("stages", None)
