@@ -207,6 +207,14 @@ def test_cli_sites_on_bad_data_names_file(tmp_path):
             "privacy.dp needs method.local_training = 'epochs'",
         ),
         (
+            "[privacy]\ndp=true\nbatch_scale=0\n[[sites]]\nname='a'\ntask='binary'\nclasses=['x','y']\npath='a.npz'\n",
+            "privacy.batch_scale at least 1",
+        ),
+        (
+            "[privacy]\ndp=true\nbatch_scale=2.5\n[[sites]]\nname='a'\ntask='binary'\nclasses=['x','y']\npath='a.npz'\n",
+            "privacy.batch_scale",
+        ),
+        (
             "[privacy]\ndp=true\ndp_trains='encoder'\n[[sites]]\nname='a'\ntask='binary'\nclasses=['x','y']\npath='a.npz'\n",
             "privacy.dp_trains",
         ),

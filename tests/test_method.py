@@ -491,3 +491,24 @@ def test_dp_sgd_trains_only_the_head_when_told(demo_config, trains):
     assert any(k.startswith("encoder.") for k in changed) == (trains == "all")
     assert all(k.startswith(("encoder.", f"heads.{data.name}.")) for k in changed)
     assert all(p.requires_grad for p in model.parameters())  # the frozen parts are given back
+
+
+def test_dp_sgd_batch_scale_takes_fewer_larger_batches_over_the_same_passes(demo_config):
+    data, model = site_and_model(demo_config, 0)
+    small = data.splits["train"].subset(torch.arange(64))
+    method = replace(
+        demo_config.method,
+        stages=1,
+        local_epochs=2,
+        batch_size=8,
+        min_steps_per_epoch=1,
+        max_steps_per_epoch=0,
+    )
+    ran = {}
+    for scale in (1, 4):
+        privacy = PrivacyConfig(dp=True, epsilon=8.0, clip=1.0, batch_scale=scale)
+        stats, spent = train_private(model, data.name, small, method, privacy, seed=0, stage=1)
+        ran[scale] = stats
+        assert 0 < spent <= 8.0 + 1e-6
+    assert (ran[1].steps, ran[4].steps) == (16, 4)  # 2 passes of 64 in batches of 8, then of 32
+    assert ran[4].images / ran[4].steps > 2 * ran[1].images / ran[1].steps  # Poisson: ~32 vs ~8

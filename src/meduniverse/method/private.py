@@ -86,7 +86,8 @@ def train_private(
         task_name: the site's head.
         data: the site's private train split.
         method: stages, local epochs, batch sizes, lr (the stage runs `local_steps` steps).
-        privacy: target epsilon over the whole run, the clipping norm, what DP-SGD trains.
+        privacy: target epsilon over the whole run, the clipping norm, what DP-SGD trains, the
+            batch scale.
         seed: the stage's seed at this site (batches, flips, noise).
         stage: which stage this is (1..S): what has been spent after it.
 
@@ -97,8 +98,8 @@ def train_private(
     from opacus.optimizers import DPOptimizer
 
     n, task = len(data), model.tasks[task_name].task
-    rate = min(1.0, batch_size(task_type(task).group, method) / n)
-    steps = local_steps(task, n, method)
+    rate = min(1.0, privacy.batch_scale * batch_size(task_type(task).group, method) / n)
+    steps = local_steps(task, n, method, privacy.batch_scale)
     noise = noise_for(privacy, n, rate, method.stages * steps)
     generator = torch.Generator().manual_seed(seed)
     used = used_parameters(model, task_name, data, privacy.dp_trains)

@@ -25,9 +25,10 @@ from meduniverse.method.supervised import Penalty, evaluate, train_supervised
 from meduniverse.models.universal import UniversalModel
 
 
-def local_steps(task: str, n: int, method: MethodConfig) -> int:
-    """Steps of one stage's local training on n examples: local_epochs passes."""
-    batch = batch_size(task_type(task).group, method)
+def local_steps(task: str, n: int, method: MethodConfig, batch_scale: int = 1) -> int:
+    """Steps of one stage's local training on n examples: local_epochs passes, in batches of
+    `batch_scale` times the method's batch for the task."""
+    batch = batch_scale * batch_size(task_type(task).group, method)
     return method.local_epochs * steps_per_epoch(
         n, batch, method.min_steps_per_epoch, method.max_steps_per_epoch
     )
