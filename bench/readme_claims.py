@@ -281,6 +281,16 @@ def _method_means(mean: dict) -> str:
     return " | ".join(f"{mean[a]:.3f}" for a in ARMS)
 
 
+def _processor(machine: dict) -> str:
+    """Which kind of CPU a benchmark ran on, as far as its bf16 arithmetic goes."""
+    units = machine.get("bf16_matrix_units")
+    return (
+        "a CPU "
+        + {True: "with", False: "without"}.get(units, "of unrecorded")
+        + (" bf16 matrix units" if units is not None else " kind")
+    )
+
+
 def row_without_dp(docs: dict[str, dict], doc: dict) -> tuple[dict, str] | None:
     """The row without DP of another privacy file in `docs` (name: document) that ran the same
     config and seeds as `doc`, and that file's name; None if there is none."""
@@ -300,8 +310,8 @@ def privacy_lines(doc: dict, file: str, without_dp: tuple[dict, str] | None = No
     lines = [
         f"Differential privacy's price and the membership audit, {doc['config']}, seed "
         f"{doc['seeds'][0]} (`bench/results/{file}`, `{doc['command']}`, commit "
-        f"`{doc['commit'][:7]}`; test means over the tasks; AUC means over the sites, 0.5: "
-        "members cannot be told apart):",
+        f"`{doc['commit'][:7]}`, {_processor(doc['machine'])}; test means over the tasks; AUC "
+        "means over the sites, 0.5: members cannot be told apart):",
         "",
         "| target epsilon | baseline | universal | universal_finetuned | largest epsilon spent | "
         "loss attack AUC | calibrated attack AUC | run time |",
@@ -422,5 +432,28 @@ def transfer_lines(doc: dict) -> list[str]:
         lines.append(
             f"| {r['transfer']} | {_method_means(mean)} | {r['bytes_to_sites'] / 1e6:.1f} | "
             f"{r['bytes_from_sites'] / 1e6:.1f} | {r['run_seconds']:.0f} s |"
+        )
+    return lines
+
+
+def dp_screen_lines(doc: dict) -> list[str]:
+    """DP-SGD's settings screened on one config and seed: val and test means of the universal
+    model and its fine-tuned arm per setting and target epsilon."""
+    lines = [
+        f"DP-SGD's settings screened on {doc['config']}, seed {doc['seeds'][0]} "
+        "(`bench/results/dp_screen.json`, each row's command and commit there; chosen on val, "
+        "test only reported; means over the tasks):",
+        "",
+        "| setting | target epsilon | universal val / test | universal_finetuned val / test | "
+        "commit |",
+        "|---|---|---|---|---|",
+    ]
+    for r in doc["rows"]:
+        cells = [
+            f"{r['val_mean'][arm]:.3f} / {r['test_mean'][arm]:.3f}"
+            for arm in ("universal", "universal_finetuned")
+        ]
+        lines.append(
+            f"| `{r['setting']}` | {r['epsilon']} | {' | '.join(cells)} | `{r['commit'][:7]}` |"
         )
     return lines

@@ -9,6 +9,7 @@ import re
 
 from readme_claims import (
     distill_screen_lines,
+    dp_screen_lines,
     extend_lines,
     fidelity_by_task,
     privacy_lines,
@@ -349,6 +350,9 @@ def section() -> str:
     private = {f.name: load(f.name) for f in sorted(RESULTS.glob("privacy*.json"))}
     for file, doc in private.items():
         lines += ["", *privacy_lines(doc, file, row_without_dp(private, doc))]
+    dp_screen = load("dp_screen.json")
+    if dp_screen is not None:
+        lines += ["", *dp_screen_lines(dp_screen)]
     strict = load("transfer.json")
     if strict is not None:
         lines += ["", *transfer_lines(strict)]
