@@ -215,12 +215,10 @@ class PrivacyConfig:
     model (in both variants), which no sum can replace, so it needs `transfer = 'outputs'`, and
     Ditto's and FedRep's personal parts are not covered, so they must be left out of
     competitors.federated. `dp_trains`: what DP-SGD trains at a site, 'all' (the encoder and the
-    site's head) or 'head' (the site's head only, on the encoder as the site received it: the
-    noise is then shared by the head's parameters alone, ~40k for a decoder and ~1k for a
-    classifier, against ~1.5M with the encoder). `batch_scale`: DP-SGD's expected batch is this
-    many times the method's batch for the site's task, over the same `local_epochs` passes (so
-    fewer, less noisy steps: the noise is added once per batch, and over a fixed number of passes
-    its share of a batch's gradient falls about as 1/sqrt(batch_scale))."""
+    site's head) or 'head' (the head only, on the encoder as received: the noise is shared by
+    ~40k parameters for a decoder, ~1k for a classifier, against ~1.5M). `batch_scale`: DP-SGD's
+    batch is this many times the method's, over the same `local_epochs` passes (fewer steps; the
+    noise's share of a batch's gradient falls about as 1/sqrt(batch_scale))."""
 
     dp: bool = False
     epsilon: float = 8.0
