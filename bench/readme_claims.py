@@ -136,7 +136,7 @@ def speed_lines(doc: dict) -> list[str]:
             f"| {r['phase']} | {r['threads']} | {r['seconds']:.1f} | {r['gflop']:.0f} | "
             f"{r['gflops_per_second']:.0f} | {r['share_of_peak']:.0%} |"
         )
-    lines += ["", *variants_table(doc["variants"]["rows"]), *amx_lines(doc)]
+    lines += ["", *variants_table(doc["variants"]["rows"]), *amx_lines(doc), *avx512_lines(doc)]
     for config, part in [(c, p) for c in ("demo", "shared8") for p in ("", "_amx")]:
         over = doc.get(f"overhead_{config}{part}")
         if over:
@@ -217,6 +217,37 @@ def amx_lines(doc: dict) -> list[str]:
                 f"| {arm} | {a['test']:.3f} | {a['fp32_test']:.3f} | "
                 f"{a['test_minus_fp32']:+.3f} | {a['fp32_seed_spread_test']:.3f} |"
             )
+    return lines
+
+
+def avx512_lines(doc: dict) -> list[str]:
+    """The peak, the training-step variants and every phase in fp32 and in bf16 on a processor
+    with avx512_bf16 instructions but no AMX units."""
+    peak, variants = doc.get("peak_avx512"), doc.get("variants_avx512")
+    fp32, bf16 = doc.get("phases_fp32_avx512"), doc.get("phases_bf16_avx512")
+    if not (peak and variants and fp32 and bf16):
+        return []
+    lines = [
+        "",
+        "On a processor with avx512_bf16 instructions but no AMX units "
+        f"(`{variants['command']}`, commit `{variants['commit'][:7]}`): peak fp32 "
+        f"{peak['float32_2_threads_gflops']:.0f} GFLOP/s on 2 threads, bf16 "
+        f"{peak['bfloat16_2_threads_gflops']:.0f}.",
+        "",
+        *variants_table(variants["rows"]),
+        "",
+        f"Every phase there at both precisions (`{bf16['command']}`, commit `{bf16['commit'][:7]}`"
+        "; share of the peak of its own precision):",
+        "",
+        "| phase | threads | fp32 (s) | bf16 (s) | fp32 / bf16 | share of peak fp32 / bf16 |",
+        "|---|---|---|---|---|---|",
+    ]
+    for a, b in zip(fp32["rows"], bf16["rows"], strict=True):
+        lines.append(
+            f"| {a['phase']} | {a['threads']} | {a['seconds']:.2f} | {b['seconds']:.2f} | "
+            f"{a['seconds'] / b['seconds']:.2f} | {a['share_of_peak']:.0%} / "
+            f"{b['share_of_peak']:.0%} |"
+        )
     return lines
 
 

@@ -2,6 +2,7 @@
 channels_last and torch.compile, the federation's overhead against a plain loop, and scaling.
 
     python bench/speed.py peak phases variants       # minutes, one process, nothing else running
+    python bench/speed.py phases_fp32 phases_bf16    # every phase at one precision, then the other
     python bench/speed.py overhead --config demo     # a Flower run against a plain in-process loop
     python bench/speed.py overhead --config shared8 --flower-run RUN_DIR   # a finished run's time
     python bench/speed.py scaling                     # 8 -> 32 -> 64 sites, pool x1 and x4
@@ -9,7 +10,7 @@ channels_last and torch.compile, the federation's overhead against a plain loop,
     python bench/speed.py precision RUN_DIR           # a default run against the fp32 seeds
 
 Each part merges its figures into bench/results/speed.json (with the command, commit and machine;
-under PART_amx on a processor with AMX bf16 units);
+under PART_amx on a processor with AMX bf16 units, PART_avx512 on one with avx512_bf16 only);
 `python bench/speed.py plot` draws the scaling rows into bench/results/speed.png.
 """
 
@@ -28,7 +29,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from meduniverse.core.checkpoints import Checkpoints
 from meduniverse.core.config import FederationConfig
 from meduniverse.core.config_file import config_from_dict, load_config
-from meduniverse.core.device import Compute, cpu_has_bf16_matrix_units
+from meduniverse.core.device import Compute, cpu_bf16
 from meduniverse.core.files import read_json, write_json
 from meduniverse.core.progress import RunProgress
 from meduniverse.core.provenance import git_commit, machine_info
@@ -57,11 +58,17 @@ def shared8(*overrides: str) -> FederationConfig:
     return load_config(ROOT / "configs" / "shared8.toml", [f"data_root='{SHARED}'", *overrides])
 
 
+def part_name(part: str) -> str:
+    """`part` as speed.json names it on this processor: `part`_amx with AMX bf16 units,
+    `part`_avx512 with avx512_bf16 only, `part` on the AVX2 machines (bf16 costs differ by an
+    order between the three)."""
+    return part + {"amx": "_amx", "avx512": "_avx512", "none": ""}[cpu_bf16()]
+
+
 def save(part: str, figures: dict) -> None:
-    """Merge `figures` into speed.json under `part`; figures from a processor with AMX bf16 units
-    go under `part`_amx, beside the ones from the AVX2 machines (bf16 costs differ by an order)."""
+    """Merge `figures` into speed.json under `part_name(part)`."""
     doc = read_json(OUT) if OUT.is_file() else {}
-    doc[f"{part}_amx" if cpu_has_bf16_matrix_units() else part] = {
+    doc[part_name(part)] = {
         "command": " ".join(["python", "bench/speed.py", *sys.argv[1:]]),
         "commit": git_commit(),
         "machine": machine_info(),
@@ -163,18 +170,27 @@ def phase_cases(config: FederationConfig) -> dict[str, tuple[int, Callable[[], o
     }
 
 
-def phases() -> dict:
-    """Per phase: seconds, model FLOPs and the share of the measured peak at its thread count."""
-    config = shared8()
-    top = read_json(OUT)["peak"] if OUT.is_file() and "peak" in read_json(OUT) else peak()
+def phases(precision: str = "auto") -> dict:
+    """Per phase: seconds, model FLOPs and the share of this processor's measured peak at its
+    thread count, at `precision` (`runtime.precision`: 'auto', 'fp32' or 'bf16')."""
+    config = shared8(f"runtime.precision='{precision}'")
+    compute = Compute.of(config.runtime)
+    stored = read_json(OUT).get(part_name("peak")) if OUT.is_file() else None
+    top = stored or peak()
+    dtype = "bfloat16" if compute.precision == "bf16" else "float32"
     rows = []
-    for name, (threads, call) in phase_cases(config).items():
+    for name, (threads, work) in phase_cases(config).items():
+
+        def call(work: Callable[[], object] = work) -> None:
+            with compute.autocast():
+                work()
+
         torch.set_num_threads(threads)
         call()  # warm-up (data loading, allocator)
         flops = counted(call)
         seconds = min(timed(call) for _ in range(2))
         gflops = flops / seconds / 1e9
-        peak_gflops = top[f"float32_{threads}_threads_gflops"]
+        peak_gflops = top[f"{dtype}_{threads}_threads_gflops"]
         rows.append(
             {
                 "phase": name,
@@ -186,7 +202,7 @@ def phases() -> dict:
             }
         )
         print(rows[-1], file=sys.stderr)
-    return {"rows": rows, "peak": top}
+    return {"rows": rows, "peak": top, "precision": compute.precision}
 
 
 # ---------------------------------------------------------------------------------------- variants
@@ -213,7 +229,8 @@ def step_time(size: int, batch: int, threads: int, variant: str, reps: int = 5) 
         optimizer.step()
 
     first = timed(step)
-    seconds = min(timed(step) for _ in range(reps if variant != "bf16" else 1))
+    slow = variant == "bf16" and cpu_bf16() == "none"  # seconds a step on the AVX2 machines
+    seconds = min(timed(step) for _ in range(1 if slow else reps))
     return {
         "variant": variant,
         "size": size,
@@ -505,6 +522,8 @@ def plot() -> None:
 PARTS = {
     "peak": peak,
     "phases": phases,
+    "phases_fp32": lambda: phases("fp32"),
+    "phases_bf16": lambda: phases("bf16"),
     "variants": variants,
     "scaling": scaling,
     "scaling_disk": lambda: scaling("disk"),

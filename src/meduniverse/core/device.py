@@ -39,12 +39,19 @@ def resolve_device(name: str) -> torch.device:
 
 
 @cache
-def cpu_has_bf16_matrix_units() -> bool:
-    """Whether the processor reports AMX bf16 tiles (Linux /proc/cpuinfo; False elsewhere)."""
+def cpu_bf16() -> str:
+    """The processor's bf16 arithmetic (Linux /proc/cpuinfo; 'none' elsewhere): 'amx' (bf16
+    matrix tiles), 'avx512' (avx512_bf16 vector instructions, no tiles) or 'none'."""
     try:
-        return "amx_bf16" in Path("/proc/cpuinfo").read_text().split()
+        flags = set(Path("/proc/cpuinfo").read_text().split())
     except OSError:
-        return False
+        return "none"
+    return "amx" if "amx_bf16" in flags else "avx512" if "avx512_bf16" in flags else "none"
+
+
+def cpu_has_bf16_matrix_units() -> bool:
+    """Whether the processor reports AMX bf16 tiles."""
+    return cpu_bf16() == "amx"
 
 
 def resolve_precision(name: str, device: torch.device) -> str:
