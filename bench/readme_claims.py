@@ -230,7 +230,8 @@ def avx512_lines(doc: dict) -> list[str]:
     lines = [
         "",
         "On a processor with avx512_bf16 instructions but no AMX units "
-        f"(`{variants['command']}`, commit `{variants['commit'][:7]}`): peak fp32 "
+        f"(`{variants['command']}`, commit `{variants['commit'][:7]}`), where "
+        "`runtime.precision = 'auto'` picks bf16 since the phases below were measured: peak fp32 "
         f"{peak['float32_2_threads_gflops']:.0f} GFLOP/s on 2 threads, bf16 "
         f"{peak['bfloat16_2_threads_gflops']:.0f}.",
         "",
@@ -314,12 +315,16 @@ def _method_means(mean: dict) -> str:
 
 def _processor(machine: dict) -> str:
     """Which kind of CPU a benchmark ran on, as far as its bf16 arithmetic goes."""
-    units = machine.get("bf16_matrix_units")
-    return (
-        "a CPU "
-        + {True: "with", False: "without"}.get(units, "of unrecorded")
-        + (" bf16 matrix units" if units is not None else " kind")
-    )
+    kinds = {
+        "amx": "a CPU with AMX bf16 units",
+        "avx512": "a CPU with avx512_bf16 instructions but no AMX units",
+        "none": "a CPU without bf16 arithmetic",
+    }
+    if "cpu_bf16" in machine:
+        return kinds[machine["cpu_bf16"]]
+    if "bf16_matrix_units" not in machine:
+        return "a CPU of unrecorded kind"
+    return "a CPU with" + ("" if machine["bf16_matrix_units"] else "out") + " bf16 matrix units"
 
 
 def row_without_dp(docs: dict[str, dict], doc: dict) -> tuple[dict, str] | None:

@@ -132,7 +132,8 @@ def test_feature_distillation_settings_are_checked(demo_config, setting, transfe
 
 @pytest.mark.parametrize("setting", [{"feature_weight": 1.0}, {"distill_select": "agreement"}])
 def test_feature_distillation_and_selection_run_under_bf16_autocast(demo_config, setting):
-    """The default precision on AMX CPUs and CUDA: no float16 tensor may meet a bf16 one there."""
+    """The default precision on CUDA and on CPUs with bf16 arithmetic: no float16 tensor may meet a
+    bf16 one there."""
     config = replace(demo_config, method=replace(demo_config.method, **setting))
     pool = build_pool(config).images
     previous = build_model(config, seed=0).state_dict()

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from meduniverse.core import device
 from meduniverse.core.config import PrivacyConfig
 from meduniverse.core.device import Compute, resolve_device, resolve_precision
 from meduniverse.core.errors import ConfigError
@@ -326,7 +327,8 @@ def test_variant_c_adds_the_mim_loss_and_trains_the_mim_decoder(demo_config):
 
 
 def test_bf16_autocast_trains_and_predicts_on_the_cpu(demo_config):
-    """The mixed-precision path (the default on CUDA and on AMX CPUs) trains and predicts."""
+    """The mixed-precision path (the default on CUDA and on CPUs with bf16 arithmetic) trains and
+    predicts."""
     data, model = site_and_model(demo_config, 0)
     small = data.splits["train"].subset(torch.arange(32))
     method = replace(
@@ -361,8 +363,9 @@ def test_bf16_autocast_forward_passes_see_weights_changed_in_place():
 
 @pytest.mark.parametrize("place", ["memory", "disk"])
 def test_a_server_step_runs_under_bf16_autocast_on_the_cpu(demo_config, place):
-    """The server's path under bf16 autocast (the default on CPUs with AMX): float16 teacher outputs
-    are gathered and distilled without autocast's CPU casting rules refusing them."""
+    """The server's path under bf16 autocast (the default on CPUs with bf16 arithmetic): float16
+    teacher outputs are gathered and distilled without autocast's CPU casting rules refusing
+    them."""
     config = replace(
         demo_config,
         method=replace(demo_config.method, distill_epochs=1),
@@ -376,10 +379,14 @@ def test_a_server_step_runs_under_bf16_autocast_on_the_cpu(demo_config, place):
     assert np.isfinite(stats.loss) and all(v.dtype != torch.bfloat16 for v in state.values())
 
 
-def test_device_and_precision_settings_are_checked():
+def test_device_and_precision_settings_are_checked(monkeypatch):
     assert resolve_device("cpu") == torch.device("cpu")
     assert resolve_precision("auto", torch.device("cuda")) == "bf16"
     assert resolve_precision("fp32", torch.device("cuda")) == "fp32"
+    for kind, auto in {"amx": "bf16", "avx512": "bf16", "none": "fp32"}.items():
+        monkeypatch.setattr(device, "cpu_bf16", lambda kind=kind: kind)
+        assert resolve_precision("auto", torch.device("cpu")) == auto
+        assert resolve_precision("fp32", torch.device("cpu")) == "fp32"
     with pytest.raises(ConfigError, match=r"runtime\.device 'tpu' unknown"):
         resolve_device("tpu")
     if not torch.cuda.is_available():

@@ -86,8 +86,9 @@ def phase_b(grid) -> list:
 def test_secure_averaging_equals_plain_averaging_and_heads_stay_at_the_sites(
     demo_config, tmp_path, arm
 ):
-    # fp32 (bf16 is the default on AMX CPUs): under bf16 the few-1e-6 quantisation gap moves the
-    # synthetic sites' AUCs by a few 1e-3, more than the tolerance of the comparison below
+    # fp32 (bf16 is the default on CPUs with bf16 arithmetic): under bf16 the few-1e-6 quantisation
+    # gap moves the synthetic sites' AUCs by a few 1e-3, more than the tolerance of the comparison
+    # below
     demo_config = replace(demo_config, runtime=replace(demo_config.runtime, precision="fp32"))
     plain_grid, roster, plain = train(demo_config, tmp_path / "plain", arm)
     config = secure(demo_config)

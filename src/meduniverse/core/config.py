@@ -172,9 +172,9 @@ class FinetuneConfig:
 class RuntimeConfig:
     """How a process computes (device, precision, threads) and how the Simulation Engine runs (sites
     in parallel). `device`: auto (CUDA if present), cpu or cuda; `precision`: auto (bf16 autocast on
-    CUDA, fp32 on a CPU without bf16 matrix units), fp32 or bf16; `teacher_outputs`: where a server
-    step keeps the teachers' outputs on the pool, 'memory' or 'disk' (a scratch folder read a batch
-    at a time: the server's memory then stays flat in the number of sites)."""
+    CUDA and on CPUs with AMX or avx512_bf16, else fp32), fp32 or bf16; `teacher_outputs`: where a
+    server step keeps the teachers' outputs on the pool, 'memory' or 'disk' (a scratch folder read a
+    batch at a time: the server's memory then stays flat in the number of sites)."""
 
     device: str = "auto"
     precision: str = "auto"
@@ -217,8 +217,8 @@ class PrivacyConfig:
     competitors.federated. `dp_trains`: what DP-SGD trains at a site, 'all' (the encoder and the
     site's head) or 'head' (the head only, on the encoder as received: the noise is shared by
     ~40k parameters for a decoder, ~1k for a classifier, against ~1.5M). `batch_scale`: DP-SGD's
-    batch is this many times the method's, over the same `local_epochs` passes (fewer steps; the
-    noise's share of a batch's gradient falls about as 1/sqrt(batch_scale))."""
+    batch is this many times the method's, for the same steps per epoch (`local_steps`: at least
+    `min_steps_per_epoch`, so a small site sees more passes) or fewer on a large site."""
 
     dp: bool = False
     epsilon: float = 8.0

@@ -30,13 +30,14 @@ def machine_info() -> dict:
     """What a benchmark ran on."""
     import torch
 
-    from meduniverse.core.device import cpu_has_bf16_matrix_units
+    from meduniverse.core.device import cpu_bf16
 
     return {
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
         "cpus": os.cpu_count(),
-        "bf16_matrix_units": cpu_has_bf16_matrix_units(),  # AMX: what precision 'auto' picks
+        "bf16_matrix_units": cpu_bf16() == "amx",  # AMX units (files before cpu_bf16 had this)
+        "cpu_bf16": cpu_bf16(),  # 'amx', 'avx512' or 'none': what precision 'auto' picks
         "torch": torch.__version__,
         "python": platform.python_version(),
     }

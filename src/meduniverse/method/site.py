@@ -26,8 +26,9 @@ from meduniverse.models.universal import UniversalModel
 
 
 def local_steps(task: str, n: int, method: MethodConfig, batch_scale: int = 1) -> int:
-    """Steps of one stage's local training on n examples: local_epochs passes, in batches of
-    `batch_scale` times the method's batch for the task."""
+    """Steps of one stage's local training on n examples: local_epochs epochs, in batches of
+    `batch_scale` times the method's batch for the task; an epoch is one pass, but at least
+    `min_steps_per_epoch` steps (so with a larger batch a small site sees more passes)."""
     batch = batch_scale * batch_size(task_type(task).group, method)
     return method.local_epochs * steps_per_epoch(
         n, batch, method.min_steps_per_epoch, method.max_steps_per_epoch
