@@ -11,8 +11,8 @@ from meduniverse.core.config import MethodConfig, PrivacyConfig
 from meduniverse.core.tasks import task_type
 from meduniverse.data.splits import Split
 from meduniverse.data.transforms import normalize
-from meduniverse.method.loop import TrainStats, batch_size, make_optimizer, optimise
-from meduniverse.method.site import local_steps
+from meduniverse.method.loop import TrainStats, make_optimizer, optimise
+from meduniverse.method.site import local_batch, local_steps
 from meduniverse.method.supervised import supervised_losses
 from meduniverse.models.universal import UniversalModel
 
@@ -98,7 +98,7 @@ def train_private(
     from opacus.optimizers import DPOptimizer
 
     n, task = len(data), model.tasks[task_name].task
-    rate = min(1.0, privacy.batch_scale * batch_size(task_type(task).group, method) / n)
+    rate = min(1.0, local_batch(task, method, privacy.batch_scale) / n)
     steps = local_steps(task, n, method, privacy.batch_scale)
     noise = noise_for(privacy, n, rate, method.stages * steps)
     generator = torch.Generator().manual_seed(seed)

@@ -25,13 +25,20 @@ from meduniverse.method.supervised import Penalty, evaluate, train_supervised
 from meduniverse.models.universal import UniversalModel
 
 
+def local_batch(task: str, method: MethodConfig, batch_scale: int = 1) -> int:
+    """A local training batch: `batch_scale` times the method's batch for the task."""
+    return batch_scale * batch_size(task_type(task).group, method)
+
+
 def local_steps(task: str, n: int, method: MethodConfig, batch_scale: int = 1) -> int:
-    """Steps of one stage's local training on n examples: local_epochs epochs, in batches of
-    `batch_scale` times the method's batch for the task; an epoch is one pass, but at least
-    `min_steps_per_epoch` steps (so with a larger batch a small site sees more passes)."""
-    batch = batch_scale * batch_size(task_type(task).group, method)
+    """Steps of one stage's local training on n examples: local_epochs epochs of `local_batch`es;
+    an epoch is one pass, but at least `min_steps_per_epoch` steps (so with a larger batch a small
+    site sees more passes)."""
     return method.local_epochs * steps_per_epoch(
-        n, batch, method.min_steps_per_epoch, method.max_steps_per_epoch
+        n,
+        local_batch(task, method, batch_scale),
+        method.min_steps_per_epoch,
+        method.max_steps_per_epoch,
     )
 
 
