@@ -18,12 +18,15 @@ from meduniverse.core.provenance import provenance
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def setting(command: str) -> str:
-    """The --set overrides of a bench/privacy.py command, but where the data lies ('defaults' if
-    none)."""
+def overrides(command: str) -> list[str]:
+    """The --set overrides of a bench/privacy.py command, but where the data lies."""
     words = shlex.split(command)
-    sets = [v for k, v in pairwise(words) if k == "--set" and not v.startswith("data_root")]
-    return " ".join(sets) or "defaults"
+    return [v for k, v in pairwise(words) if k == "--set" and not v.startswith("data_root")]
+
+
+def setting(command: str) -> str:
+    """A command's overrides in one line ('defaults' if none)."""
+    return " ".join(overrides(command)) or "defaults"
 
 
 def screen_rows(doc: dict) -> list[dict]:

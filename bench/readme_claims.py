@@ -7,6 +7,8 @@ figures (speed.json).
 
 from statistics import mean
 
+from dp_screen import overrides
+
 ARMS = ("baseline", "universal", "universal_finetuned")  # the method's arms, in table order
 
 
@@ -327,18 +329,20 @@ def _processor(machine: dict) -> str:
     return "a CPU with" + ("" if machine["bf16_matrix_units"] else "out") + " bf16 matrix units"
 
 
-def row_without_dp(docs: dict[str, dict], doc: dict) -> tuple[dict, str] | None:
+def row_without_dp(docs: dict[str, dict], doc: dict) -> tuple[dict, str, str] | None:
     """The row without DP of another privacy file in `docs` (name: document) that ran the same
-    config and seeds as `doc`, and that file's name; None if there is none."""
+    config and seeds as `doc`, that file's name and its command; None if there is none."""
     for file, other in docs.items():
         if other is not doc and (other["config"], other["seeds"]) == (doc["config"], doc["seeds"]):
             for r in other["rows"]:
                 if r["epsilon"] == "none":
-                    return r, file
+                    return r, file, other["command"]
     return None
 
 
-def privacy_lines(doc: dict, file: str, without_dp: tuple[dict, str] | None = None) -> list[str]:
+def privacy_lines(
+    doc: dict, file: str, without_dp: tuple[dict, str, str] | None = None
+) -> list[str]:
     """Utility and membership-inference AUC per target epsilon, from `file` under bench/results;
     with the issue's goal at epsilon 8 (the stronger attack's AUC <= 0.55, the universal model's
     mean drop <= 0.03) where an epsilon-8 row exists and a row without DP: this file's, or else
@@ -365,7 +369,12 @@ def privacy_lines(doc: dict, file: str, without_dp: tuple[dict, str] | None = No
     by_epsilon = {r["epsilon"]: r for r in doc["rows"]}
     plain, source = by_epsilon.get("none"), ""
     if plain is None and without_dp is not None:
-        plain, source = without_dp[0], f" (row without DP from `bench/results/{without_dp[1]}`)"
+        plain, other, command = without_dp
+        unlike = [o for o in overrides(doc["command"]) if o.startswith("method.")]
+        unlike = [o for o in unlike if o not in overrides(command)]
+        source = f" (row without DP from `bench/results/{other}`" + (
+            f", which ran without {', '.join(f'`{o}`' for o in unlike)})" if unlike else ")"
+        )
     if "8" in by_epsilon and plain is not None:
         dp = by_epsilon["8"]
         auc = max(dp["audit_mean"].get(k, float("nan")) for k in ("loss_auc", "reference_auc"))
