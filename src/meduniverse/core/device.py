@@ -6,7 +6,7 @@ on CPUs with bf16 arithmetic (AMX tiles or avx512_bf16 instructions), fp32 on th
 (bench/results/speed.json): on an AVX2 machine a bf16 convolution takes 14x and a bf16 matrix
 product 90x the fp32 time; on an AMX machine bf16 trains the encoder 2x faster at 128 px than fp32,
 and one shared8 seed took 26 min (31 min in fp32 on the AVX2 machine); on an avx512_bf16 machine
-without AMX every training phase runs 1.5-1.7x faster in bf16 (PART_avx512 rows).
+without AMX every phase runs 1.4-1.7x faster in bf16 (PART_avx512 rows).
 """
 
 from collections.abc import Iterator
