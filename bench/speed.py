@@ -8,6 +8,7 @@ channels_last and torch.compile, the federation's overhead against a plain loop,
     python bench/speed.py scaling                     # 8 -> 32 -> 64 sites, pool x1 and x4
     python bench/speed.py scaling_disk                # the same, teacher outputs on disk
     python bench/speed.py precision RUN_DIR           # a default run against the fp32 seeds
+    python bench/speed.py allocator                   # a server step with malloc's defaults, kept
 
 Each part merges its figures into bench/results/speed.json (with the command, commit and machine;
 under PART_amx on a processor with AMX bf16 units, PART_avx512 on one with avx512_bf16 only);
@@ -20,6 +21,7 @@ import gc
 import json
 from pathlib import Path
 import resource
+import subprocess
 import sys
 import time
 
@@ -29,7 +31,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from meduniverse.core.checkpoints import Checkpoints
 from meduniverse.core.config import FederationConfig
 from meduniverse.core.config_file import config_from_dict, load_config
-from meduniverse.core.device import Compute, cpu_bf16
+from meduniverse.core.device import Compute, computing, cpu_bf16, keep_freed_memory
 from meduniverse.core.files import read_json, write_json
 from meduniverse.core.progress import RunProgress
 from meduniverse.core.provenance import git_commit, machine_info
@@ -252,6 +254,47 @@ def variants() -> dict:
     return {"rows": rows}
 
 
+# ---------------------------------------------------------------------------------------- allocator
+
+SERVER_STEP = "distillation (server, one epoch)"
+
+
+def server_step_usage(kept: bool) -> dict:
+    """One shared8 server step (teacher outputs, one distillation epoch) at 'auto' precision in
+    this process, after `keep_freed_memory` if `kept`: wall, user and system seconds, page
+    faults, peak RSS."""
+    config = shared8()
+    threads, work = phase_cases(config)[SERVER_STEP]
+    torch.set_num_threads(threads)
+    applied = keep_freed_memory() if kept else False
+    before, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+    with Compute.of(config.runtime).autocast():
+        work()
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    return {
+        "kept": applied,
+        "wall_seconds": time.perf_counter() - start,
+        "user_seconds": after.ru_utime - before.ru_utime,
+        "system_seconds": after.ru_stime - before.ru_stime,
+        "page_faults": after.ru_minflt - before.ru_minflt,
+        "peak_rss_mb": after.ru_maxrss / 1024,
+    }
+
+
+def allocator(reps: int = 2) -> dict:
+    """`server_step_usage` with malloc's defaults and with freed memory kept, alternately `reps`
+    times, each in a fresh process (mallopt cannot be undone inside one)."""
+    rows = []
+    for _ in range(reps):
+        for kept in (False, True):
+            child = [sys.executable, __file__, "server_step_usage", "kept" if kept else "default"]
+            done = subprocess.run(child, capture_output=True, text=True, check=True)
+            rows.append(json.loads(done.stdout.splitlines()[-1]))
+            print(rows[-1], file=sys.stderr)
+    precision = Compute.of(shared8().runtime).precision
+    return {"phase": SERVER_STEP, "precision": precision, "rows": rows}
+
+
 # ---------------------------------------------------------------------------------------- overhead
 
 
@@ -259,9 +302,8 @@ def plain_loop(config: FederationConfig, out: Path, seed: int) -> dict:
     """The run's stages and evaluation arms as a plain loop in this process (no Flower, no Ray):
     the same functions and steps, one site after the other with every thread, at the same
     precision."""
-    torch.set_num_threads(config.runtime.server_threads)
-    # at the precision the ServerApp and the ClientApps compute in (bf16 autocast where 'auto' says)
-    with Compute.of(config.runtime).autocast():
+    # set up as the ServerApp and the ClientApps are (bf16 autocast where 'auto' says)
+    with computing(config.runtime, config.runtime.server_threads):
         started = time.perf_counter()
         pool = build_pool(config)
         sites = {
@@ -525,6 +567,7 @@ PARTS = {
     "phases_fp32": lambda: phases("fp32"),
     "phases_bf16": lambda: phases("bf16"),
     "variants": variants,
+    "allocator": allocator,
     "scaling": scaling,
     "scaling_disk": lambda: scaling("disk"),
 }
@@ -533,6 +576,8 @@ if __name__ == "__main__":
     args = sys.argv[1:]
     if args == ["plot"]:
         plot()
+    elif args[:1] == ["server_step_usage"]:  # a child of `allocator`
+        print(json.dumps(server_step_usage(args[1] == "kept")))
     elif args[:1] == ["precision"]:
         save("precision", precision(Path(args[1])))
     elif args[:1] in (["overhead"], ["work"]):

@@ -7,10 +7,14 @@ on CPUs with bf16 arithmetic (AMX tiles or avx512_bf16 instructions), fp32 on th
 product 90x the fp32 time; on an AMX machine bf16 trains the encoder 2x faster at 128 px than fp32,
 and one shared8 seed took 26 min (31 min in fp32 on the AVX2 machine); on an avx512_bf16 machine
 without AMX every phase runs 1.4-1.7x faster in bf16 (PART_avx512 rows).
+
+`computing` sets a process up for a handler or a step: its threads, malloc keeping freed memory
+(`keep_freed_memory`), and the autocast.
 """
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+import ctypes
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -91,3 +95,32 @@ class Compute:
 
 
 CPU = Compute(torch.device("cpu"), "fp32")
+
+M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc's mallopt parameters (malloc.h)
+
+
+@cache
+def keep_freed_memory() -> bool:
+    """Have glibc's malloc keep freed memory for reuse instead of handing it back to the kernel:
+    no block of its own mapping (M_MMAP_MAX = 0), the heap's free top returned only past 1 GiB.
+    PyTorch's CPU tensors come from malloc; by default every large one (an activation of a server
+    step's batch) is a fresh mapping that the kernel zeroes page by page when it is first written.
+    Measured on one shared8 distillation epoch in bf16 on 2 threads (bench/speed.py allocator):
+    22 million page faults and a third of a core in the kernel without it. Returns whether it
+    applied (glibc only: elsewhere nothing changes)."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError, TypeError):  # not glibc, or no C library to load
+        return False
+    return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, 1 << 30))
+
+
+@contextmanager
+def computing(runtime: RuntimeConfig, threads: int) -> Iterator[Compute]:
+    """This process set to compute one handler or step: `threads` torch threads, freed memory kept
+    (`keep_freed_memory`), and the compute `runtime` names (its autocast around the body)."""
+    torch.set_num_threads(threads)
+    keep_freed_memory()
+    compute = Compute.of(runtime)
+    with compute.autocast():
+        yield compute

@@ -12,7 +12,7 @@ from flwr.clientapp import ClientApp
 import torch
 
 from meduniverse.core.config import SITE_NAME, FederationConfig, SiteConfig
-from meduniverse.core.device import Compute
+from meduniverse.core.device import computing
 from meduniverse.core.errors import DataError, PrivacyError, StageError
 from meduniverse.core.progress import log
 from meduniverse.core.tasks import task_type
@@ -258,9 +258,7 @@ def make_client_app(get_config: ConfigSource) -> ClientApp:
         def wrapped(msg: Message, context: Context) -> Message:
             try:
                 config = get_config(context)
-                torch.set_num_threads(config.runtime.threads_per_site)
-                compute = Compute.of(config.runtime)
-                with compute.autocast():
+                with computing(config.runtime, config.runtime.threads_per_site) as compute:
                     data = site_data(context, config, compute.device)
                     return handler(msg, config, data, context)
             except Exception as exc:

@@ -16,7 +16,7 @@ import torch
 from meduniverse.core.arms import computed_in_federation
 from meduniverse.core.checkpoints import Checkpoints
 from meduniverse.core.config import SECURE_MODELS, FederationConfig
-from meduniverse.core.device import Compute
+from meduniverse.core.device import computing
 from meduniverse.core.progress import RunProgress, log
 from meduniverse.core.seeds import derive_seed
 from meduniverse.federation.competitors import SiteHeads, competitor_strategy
@@ -203,9 +203,7 @@ def run_federation(
         roster: node id -> site from an earlier handshake (the deployed server checks it before
             writing anything).
     """
-    torch.set_num_threads(config.runtime.server_threads)
-    compute = Compute.of(config.runtime)
-    with compute.autocast():
+    with computing(config.runtime, config.runtime.server_threads) as compute:
         images, own = pool.on(compute.device), own_images(config, pool)
         _serve(grid, config, run_dir, seed, images, own, progress, competitors, roster)
 

@@ -16,7 +16,7 @@ import torch
 from meduniverse.core.arms import ARMS, MODELS, POOLED, Arm, arm_order, describe_arm
 from meduniverse.core.checkpoints import Checkpoints
 from meduniverse.core.config import FederationConfig
-from meduniverse.core.device import Compute
+from meduniverse.core.device import Compute, computing
 from meduniverse.core.files import write_json
 from meduniverse.core.progress import RunProgress, log
 from meduniverse.core.provenance import git_commit, machine_info
@@ -49,9 +49,7 @@ def run_pooled(config: FederationConfig, run_dir: Path, seed: int, show_progress
     arms = [a for a in config.arms(True) if MODELS[a.model].training == POOLED]
     if all(a.name in ckpt.evaluation(last) for a in arms):
         return
-    torch.set_num_threads(config.runtime.server_threads)
-    compute = Compute.of(config.runtime)
-    with compute.autocast():
+    with computing(config.runtime, config.runtime.server_threads) as compute:
         _pooled_arms(config, ckpt, seed, arms, compute.device, show_progress)
 
 
