@@ -8,6 +8,7 @@ figures (speed.json).
 from statistics import mean
 
 from dp_screen import overrides
+from processors import NAME, SUFFIX, processor
 
 ARMS = ("baseline", "universal", "universal_finetuned")  # the method's arms, in table order
 
@@ -138,7 +139,8 @@ def speed_lines(doc: dict) -> list[str]:
             f"| {r['phase']} | {r['threads']} | {r['seconds']:.1f} | {r['gflop']:.0f} | "
             f"{r['gflops_per_second']:.0f} | {r['share_of_peak']:.0%} |"
         )
-    lines += ["", *variants_table(doc["variants"]["rows"]), *amx_lines(doc), *avx512_lines(doc)]
+    lines += ["", *variants_table(doc["variants"]["rows"])]
+    lines += [*processor_lines(doc, "amx"), *processor_lines(doc, "avx512")]
     for config, part in [(c, p) for c in ("demo", "shared8") for p in ("", "_amx")]:
         over = doc.get(f"overhead_{config}{part}")
         if over:
@@ -186,72 +188,98 @@ def variants_table(rows: list[dict]) -> list[str]:
     return lines
 
 
-def amx_lines(doc: dict) -> list[str]:
-    """The peak and the training-step variants on a processor with AMX bf16 units, where
-    `runtime.precision = 'auto'` picks bf16."""
-    peak, variants = doc.get("peak_amx"), doc.get("variants_amx")
+PROCESSOR_PARTS = ("peak", "variants", "phases_fp32", "phases_bf16", "precision", "allocator")
+
+
+def processor_lines(doc: dict, kind: str) -> list[str]:
+    """What speed.json holds for one kind of processor with bf16 arithmetic (`SUFFIX`), where
+    `runtime.precision = 'auto'` picks bf16: its peak and the training-step variants, every phase
+    at both precisions, a default shared8 seed against the fp32 seeds, and a server step with
+    malloc's defaults against freed memory kept."""
+    part = {name: doc.get(name + SUFFIX[kind]) for name in PROCESSOR_PARTS}
+    peak, variants = part["peak"], part["variants"]
     if not (peak and variants):
         return []
-    lines = [
+    return [
         "",
-        f"The same on a processor with AMX bf16 matrix units (`{variants['command']}`, commit "
-        f"`{variants['commit'][:7]}`), where `runtime.precision = 'auto'` picks bf16: peak fp32 "
+        f"On {NAME[kind]} (`{variants['command']}`, commit `{variants['commit'][:7]}`), where "
+        "`runtime.precision = 'auto'` picks bf16: peak fp32 "
         f"{peak['float32_2_threads_gflops']:.0f} GFLOP/s on 2 threads, bf16 "
         f"{peak['bfloat16_2_threads_gflops']:.0f}.",
         "",
         *variants_table(variants["rows"]),
+        *phase_pair_lines(part["phases_fp32"], part["phases_bf16"]),
+        *precision_lines(part["precision"]),
+        *allocator_lines(part["allocator"]),
     ]
-    run = doc.get("precision_amx")
-    if run:
-        lines += [
-            "",
-            f"One `shared8` seed of the defaults on it (`{run['command']}`, commit "
-            f"`{run['commit'][:7]}`, seed {run['seed']}, {run['compute']['precision']}): "
-            f"{run['run_seconds'] / 60:.0f} min, against {run['fp32_run_seconds'] / 60:.0f} min "
-            "for the fp32 run of the same seed in the confirmation (an AVX2 machine). Test means:",
-            "",
-            f"| arm | {run['compute']['precision']} | fp32 | difference | fp32 seed-to-seed "
-            "spread (std) |",
-            "|---|---|---|---|---|",
-        ]
-        for arm, a in run["arms"].items():
-            lines.append(
-                f"| {arm} | {a['test']:.3f} | {a['fp32_test']:.3f} | "
-                f"{a['test_minus_fp32']:+.3f} | {a['fp32_seed_spread_test']:.3f} |"
-            )
-    return lines
 
 
-def avx512_lines(doc: dict) -> list[str]:
-    """The peak, the training-step variants and every phase in fp32 and in bf16 on a processor
-    with avx512_bf16 instructions but no AMX units."""
-    peak, variants = doc.get("peak_avx512"), doc.get("variants_avx512")
-    fp32, bf16 = doc.get("phases_fp32_avx512"), doc.get("phases_bf16_avx512")
-    if not (peak and variants and fp32 and bf16):
+def phase_pair_lines(fp32: dict | None, bf16: dict | None) -> list[str]:
+    """Every phase in fp32 and in bf16 on one processor."""
+    if not (fp32 and bf16):
         return []
     lines = [
-        "",
-        "On a processor with avx512_bf16 instructions but no AMX units "
-        f"(`{variants['command']}`, commit `{variants['commit'][:7]}`), where "
-        "`runtime.precision = 'auto'` picks bf16 since the phases below were measured: peak fp32 "
-        f"{peak['float32_2_threads_gflops']:.0f} GFLOP/s on 2 threads, bf16 "
-        f"{peak['bfloat16_2_threads_gflops']:.0f}.",
-        "",
-        *variants_table(variants["rows"]),
         "",
         f"Every phase there at both precisions (`{bf16['command']}`, commit `{bf16['commit'][:7]}`"
         "; share of the peak of its own precision):",
         "",
-        "| phase | threads | fp32 (s) | bf16 (s) | fp32 / bf16 | share of peak fp32 / bf16 |",
-        "|---|---|---|---|---|---|",
     ]
-    for a, b in zip(fp32["rows"], bf16["rows"], strict=True):
-        lines.append(
-            f"| {a['phase']} | {a['threads']} | {a['seconds']:.2f} | {b['seconds']:.2f} | "
-            f"{a['seconds'] / b['seconds']:.2f} | {a['share_of_peak']:.0%} / "
-            f"{b['share_of_peak']:.0%} |"
-        )
-    return lines
+    rows = [
+        [
+            a["phase"],
+            str(a["threads"]),
+            f"{a['seconds']:.2f}",
+            f"{b['seconds']:.2f}",
+            f"{a['seconds'] / b['seconds']:.2f}",
+            f"{a['share_of_peak']:.0%} / {b['share_of_peak']:.0%}",
+        ]
+        for a, b in zip(fp32["rows"], bf16["rows"], strict=True)
+    ]
+    header = ["phase", "threads", "fp32 (s)", "bf16 (s)", "fp32 / bf16"]
+    return lines + markdown_table([*header, "share of peak fp32 / bf16"], rows)
+
+
+def precision_lines(run: dict | None) -> list[str]:
+    """One default shared8 seed at the precision 'auto' picked, against the fp32 confirmation."""
+    if not run:
+        return []
+    lines = [
+        "",
+        f"One `shared8` seed of the defaults there (`{run['command']}`, commit "
+        f"`{run['commit'][:7]}`, seed {run['seed']}, {run['compute']['precision']}): "
+        f"{run['run_seconds'] / 60:.0f} min, against {run['fp32_run_seconds'] / 60:.0f} min "
+        "for the fp32 run of the same seed in the confirmation (another machine). Test means:",
+        "",
+    ]
+    rows = []
+    for arm, a in run["arms"].items():
+        shown = [f"{a[k]:.3f}" for k in ("test", "fp32_test", "fp32_seed_spread_test")]
+        rows.append([arm, *shown[:2], f"{a['test_minus_fp32']:+.3f}", shown[2]])
+    header = ["arm", run["compute"]["precision"], "fp32", "difference"]
+    return lines + markdown_table([*header, "fp32 seed-to-seed spread (std)"], rows)
+
+
+def allocator_lines(doc: dict | None) -> list[str]:
+    """A server step in fresh processes with malloc's defaults and with freed memory kept."""
+    if not doc:
+        return []
+    lines = [
+        "",
+        f"A `shared8` server step (teacher outputs and one distillation epoch, {doc['precision']}, "
+        f"2 threads), each in a fresh process, with glibc malloc's defaults and with freed memory "
+        f"kept for reuse (`core/device.keep_freed_memory`, which every run applies) "
+        f"(`{doc['command']}`, commit `{doc['commit'][:7]}`):",
+        "",
+    ]
+    seconds = ("wall_seconds", "user_seconds", "system_seconds")
+    rows = [
+        ["freed memory kept" if r["kept"] else "defaults"]
+        + [f"{r[k]:.1f}" for k in seconds]
+        + [f"{r['page_faults']:,}", f"{r['peak_rss_mb']:.0f}"]
+        for r in doc["rows"]
+    ]
+    header = ["malloc", "wall (s)", "user (s)", "system (s)", "page faults", "peak RSS (MB)"]
+    return lines + markdown_table(header, rows)
 
 
 def scaling_lines(scale: dict | None, where: str = "") -> list[str]:
@@ -310,23 +338,18 @@ def extend_lines(doc: dict) -> list[str]:
     return lines
 
 
+def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    """A Markdown table: the header, its rule, one line per row of cells."""
+    return [
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+        *("| " + " | ".join(row) + " |" for row in rows),
+    ]
+
+
 def _method_means(mean: dict) -> str:
     """The method's three arms as table cells."""
     return " | ".join(f"{mean[a]:.3f}" for a in ARMS)
-
-
-def _processor(machine: dict) -> str:
-    """Which kind of CPU a benchmark ran on, as far as its bf16 arithmetic goes."""
-    kinds = {
-        "amx": "a CPU with AMX bf16 units",
-        "avx512": "a CPU with avx512_bf16 instructions but no AMX units",
-        "none": "a CPU without bf16 arithmetic",
-    }
-    if "cpu_bf16" in machine:
-        return kinds[machine["cpu_bf16"]]
-    if "bf16_matrix_units" not in machine:
-        return "a CPU of unrecorded kind"
-    return "a CPU with" + ("" if machine["bf16_matrix_units"] else "out") + " bf16 matrix units"
 
 
 def row_without_dp(docs: dict[str, dict], doc: dict) -> tuple[dict, str, str] | None:
@@ -350,7 +373,7 @@ def privacy_lines(
     lines = [
         f"Differential privacy's price and the membership audit, {doc['config']}, seed "
         f"{doc['seeds'][0]} (`bench/results/{file}`, `{doc['command']}`, commit "
-        f"`{doc['commit'][:7]}`, {_processor(doc['machine'])}; test means over the tasks; AUC "
+        f"`{doc['commit'][:7]}`, {processor(doc['machine'])}; test means over the tasks; AUC "
         "means over the sites, 0.5: members cannot be told apart):",
         "",
         "| target epsilon | baseline | universal | universal_finetuned | largest epsilon spent | "

@@ -12,6 +12,7 @@ from readme_claims import (
     dp_screen_lines,
     extend_lines,
     fidelity_by_task,
+    markdown_table,
     privacy_lines,
     row_without_dp,
     screening_table,
@@ -161,16 +162,19 @@ def headline_table(doc: dict) -> list[str]:
 
 
 def tests_table(doc: dict) -> list[str]:
-    lines = [
-        "| comparison | pairs (task, seed) | wins | losses | mean difference | Wilcoxon p |",
-        "|---|---|---|---|---|---|",
+    header = ["comparison", "pairs (task, seed)", "wins", "losses", "mean difference"]
+    rows = [
+        [
+            name,
+            str(t["n_pairs"]),
+            str(t["wins"]),
+            str(t["losses"]),
+            f"{t['mean_difference']:+.4f}",
+            f"{t['wilcoxon_p']:.3g}",
+        ]
+        for name, t in doc["tests"].items()
     ]
-    for name, t in doc["tests"].items():
-        lines.append(
-            f"| {name} | {t['n_pairs']} | {t['wins']} | {t['losses']} | "
-            f"{t['mean_difference']:+.4f} | {t['wilcoxon_p']:.3g} |"
-        )
-    return lines
+    return markdown_table([*header, "Wilcoxon p"], rows)
 
 
 def probe_table(doc: dict) -> list[str]:

@@ -50,6 +50,7 @@ from meduniverse.models.universal import build_model, encoder_part, part_of, sit
 from meduniverse.results.run import run
 from meduniverse.sites.pool import build_pool
 from meduniverse.sites.sources import SiteData, load_site
+from processors import SUFFIX
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "results" / "speed.json"
@@ -64,7 +65,7 @@ def part_name(part: str) -> str:
     """`part` as speed.json names it on this processor: `part`_amx with AMX bf16 units,
     `part`_avx512 with avx512_bf16 only, `part` on the AVX2 machines (bf16 costs differ by an
     order between the three)."""
-    return part + {"amx": "_amx", "avx512": "_avx512", "none": ""}[cpu_bf16()]
+    return part + SUFFIX[cpu_bf16()]
 
 
 def save(part: str, figures: dict) -> None:
