@@ -188,7 +188,15 @@ def variants_table(rows: list[dict]) -> list[str]:
     return lines
 
 
-PROCESSOR_PARTS = ("peak", "variants", "phases_fp32", "phases_bf16", "precision", "allocator")
+PROCESSOR_PARTS = (
+    "peak",
+    "variants",
+    "phases_fp32",
+    "phases_bf16",
+    "precision",
+    "allocator",
+    "allocator_warm",
+)
 
 
 def processor_lines(doc: dict, kind: str) -> list[str]:
@@ -211,6 +219,7 @@ def processor_lines(doc: dict, kind: str) -> list[str]:
         *phase_pair_lines(part["phases_fp32"], part["phases_bf16"]),
         *precision_lines(part["precision"]),
         *allocator_lines(part["allocator"]),
+        *allocator_lines(part["allocator_warm"]),
     ]
 
 
@@ -260,26 +269,33 @@ def precision_lines(run: dict | None) -> list[str]:
 
 
 def allocator_lines(doc: dict | None) -> list[str]:
-    """A server step in fresh processes with malloc's defaults and with freed memory kept."""
+    """Server steps in fresh processes with malloc's defaults and with freed memory kept: one
+    step in the main thread, or (`threaded`) two in a row in a thread of their own, as a
+    ServerApp runs under Flower's Simulation Engine."""
     if not doc:
         return []
+    how = (
+        "two in a row in a thread of their own (as a ServerApp runs)"
+        if doc.get("threaded")
+        else "one in the main thread"
+    )
     lines = [
         "",
-        f"A `shared8` server step (teacher outputs and one distillation epoch, {doc['precision']}, "
-        f"2 threads), each in a fresh process, with glibc malloc's defaults and with freed memory "
-        f"kept for reuse (`core/device.keep_freed_memory`, which every run applies) "
+        f"`shared8` server steps (teacher outputs and one distillation epoch, {doc['precision']}, "
+        f"2 threads), {how}, each process fresh, with glibc malloc's defaults and with freed "
+        "memory kept for reuse (`core/device.keep_freed_memory`, which every run applies) "
         f"(`{doc['command']}`, commit `{doc['commit'][:7]}`):",
         "",
     ]
     seconds = ("wall_seconds", "user_seconds", "system_seconds")
     rows = [
-        ["freed memory kept" if r["kept"] else "defaults"]
+        ["freed memory kept" if r["kept"] else "defaults", str(r.get("call", 1))]
         + [f"{r[k]:.1f}" for k in seconds]
         + [f"{r['page_faults']:,}", f"{r['peak_rss_mb']:.0f}"]
         for r in doc["rows"]
     ]
-    header = ["malloc", "wall (s)", "user (s)", "system (s)", "page faults", "peak RSS (MB)"]
-    return lines + markdown_table(header, rows)
+    header = ["malloc", "call", "wall (s)", "user (s)", "system (s)", "page faults"]
+    return lines + markdown_table([*header, "peak RSS (MB)"], rows)
 
 
 def scaling_lines(scale: dict | None, where: str = "") -> list[str]:

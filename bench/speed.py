@@ -9,6 +9,7 @@ channels_last and torch.compile, the federation's overhead against a plain loop,
     python bench/speed.py scaling_disk                # the same, teacher outputs on disk
     python bench/speed.py precision RUN_DIR           # a default run against the fp32 seeds
     python bench/speed.py allocator                   # a server step with malloc's defaults, kept
+    python bench/speed.py allocator_warm              # the same, twice in a thread, as in a run
 
 Each part merges its figures into bench/results/speed.json (with the command, commit and machine;
 under PART_amx on a processor with AMX bf16 units, PART_avx512 on one with avx512_bf16 only);
@@ -23,6 +24,7 @@ from pathlib import Path
 import resource
 import subprocess
 import sys
+import threading
 import time
 
 import torch
@@ -260,40 +262,57 @@ def variants() -> dict:
 SERVER_STEP = "distillation (server, one epoch)"
 
 
-def server_step_usage(kept: bool) -> dict:
-    """One shared8 server step (teacher outputs, one distillation epoch) at 'auto' precision in
-    this process, after `keep_freed_memory` if `kept`: wall, user and system seconds, page
-    faults, peak RSS."""
+def server_step_usage(kept: bool, calls: int, threaded: bool) -> list[dict]:
+    """`calls` shared8 server steps (teacher outputs, one distillation epoch) one after another
+    at 'auto' precision in this process, after `keep_freed_memory` if `kept`, in a thread of their
+    own if `threaded` (as Flower's Simulation Engine runs a ServerApp): per call, wall, user and
+    system seconds, page faults, peak RSS."""
     config = shared8()
     threads, work = phase_cases(config)[SERVER_STEP]
-    torch.set_num_threads(threads)
     applied = keep_freed_memory() if kept else False
-    before, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
-    with Compute.of(config.runtime).autocast():
-        work()
-    after = resource.getrusage(resource.RUSAGE_SELF)
-    return {
-        "kept": applied,
-        "wall_seconds": time.perf_counter() - start,
-        "user_seconds": after.ru_utime - before.ru_utime,
-        "system_seconds": after.ru_stime - before.ru_stime,
-        "page_faults": after.ru_minflt - before.ru_minflt,
-        "peak_rss_mb": after.ru_maxrss / 1024,
-    }
+    rows: list[dict] = []
+
+    def steps() -> None:
+        torch.set_num_threads(threads)
+        for call in range(1, calls + 1):
+            before, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+            with Compute.of(config.runtime).autocast():
+                work()
+            after = resource.getrusage(resource.RUSAGE_SELF)
+            rows.append(
+                {
+                    "kept": applied,
+                    "call": call,
+                    "wall_seconds": time.perf_counter() - start,
+                    "user_seconds": after.ru_utime - before.ru_utime,
+                    "system_seconds": after.ru_stime - before.ru_stime,
+                    "page_faults": after.ru_minflt - before.ru_minflt,
+                    "peak_rss_mb": after.ru_maxrss / 1024,
+                }
+            )
+
+    if threaded:
+        worker = threading.Thread(target=steps)
+        worker.start()
+        worker.join()
+    else:
+        steps()
+    return rows
 
 
-def allocator(reps: int = 2) -> dict:
+def allocator(reps: int, calls: int, threaded: bool) -> dict:
     """`server_step_usage` with malloc's defaults and with freed memory kept, alternately `reps`
     times, each in a fresh process (mallopt cannot be undone inside one)."""
     rows = []
     for _ in range(reps):
         for kept in (False, True):
-            child = [sys.executable, __file__, "server_step_usage", "kept" if kept else "default"]
+            how = ["kept" if kept else "default", str(calls), "thread" if threaded else "main"]
+            child = [sys.executable, __file__, "server_step_usage", *how]
             done = subprocess.run(child, capture_output=True, text=True, check=True)
-            rows.append(json.loads(done.stdout.splitlines()[-1]))
-            print(rows[-1], file=sys.stderr)
+            rows += json.loads(done.stdout.splitlines()[-1])
+            print(rows[-calls:], file=sys.stderr)
     precision = Compute.of(shared8().runtime).precision
-    return {"phase": SERVER_STEP, "precision": precision, "rows": rows}
+    return {"phase": SERVER_STEP, "precision": precision, "threaded": threaded, "rows": rows}
 
 
 # ---------------------------------------------------------------------------------------- overhead
@@ -568,7 +587,8 @@ PARTS = {
     "phases_fp32": lambda: phases("fp32"),
     "phases_bf16": lambda: phases("bf16"),
     "variants": variants,
-    "allocator": allocator,
+    "allocator": lambda: allocator(reps=2, calls=1, threaded=False),
+    "allocator_warm": lambda: allocator(reps=1, calls=2, threaded=True),
     "scaling": scaling,
     "scaling_disk": lambda: scaling("disk"),
 }
@@ -578,7 +598,7 @@ if __name__ == "__main__":
     if args == ["plot"]:
         plot()
     elif args[:1] == ["server_step_usage"]:  # a child of `allocator`
-        print(json.dumps(server_step_usage(args[1] == "kept")))
+        print(json.dumps(server_step_usage(args[1] == "kept", int(args[2]), args[3] == "thread")))
     elif args[:1] == ["precision"]:
         save("precision", precision(Path(args[1])))
     elif args[:1] in (["overhead"], ["work"]):
