@@ -252,10 +252,11 @@ def precision_lines(run: dict | None) -> list[str]:
     """One default shared8 seed at the precision 'auto' picked, against the fp32 confirmation."""
     if not run:
         return []
+    ran_at = f", the run at `{run['run_commit'][:7]}`" if run.get("run_commit") else ""
     lines = [
         "",
         f"One `shared8` seed of the defaults there (`{run['command']}`, commit "
-        f"`{run['commit'][:7]}`, seed {run['seed']}, {run['compute']['precision']}): "
+        f"`{run['commit'][:7]}`{ran_at}, seed {run['seed']}, {run['compute']['precision']}): "
         f"{run['run_seconds'] / 60:.0f} min, against {run['fp32_run_seconds'] / 60:.0f} min "
         "for the fp32 run of the same seed in the confirmation (another machine). Test means:",
         "",

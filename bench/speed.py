@@ -473,6 +473,7 @@ def precision(run_dir: Path) -> dict:
         }
     return {
         "run": str(run_dir),
+        "run_commit": results.get("commit"),
         "seed": row["seed"],
         "compute": results.get("compute"),
         "run_seconds": row["run_seconds"],
