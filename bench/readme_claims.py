@@ -248,24 +248,36 @@ def phase_pair_lines(fp32: dict | None, bf16: dict | None) -> list[str]:
     return lines + markdown_table([*header, "share of peak fp32 / bf16"], rows)
 
 
-def precision_lines(run: dict | None) -> list[str]:
-    """One default shared8 seed at the precision 'auto' picked, against the fp32 confirmation."""
-    if not run:
+def _ran_at(run: dict) -> str:
+    """Where a benchmarked run's own commit is recorded, the words that cite it."""
+    return f" (the run at `{run['run_commit'][:7]}`)" if run.get("run_commit") else ""
+
+
+def precision_lines(doc: dict | None) -> list[str]:
+    """Default shared8 seeds at the precision 'auto' picked, each against the fp32 run of the same
+    seed in the confirmation (a part of one run, from before `runs`, reads as a list of one)."""
+    if not doc:
         return []
-    ran_at = f", the run at `{run['run_commit'][:7]}`" if run.get("run_commit") else ""
+    runs = doc.get("runs", [doc])
+    lowered = runs[0]["compute"]["precision"]
+    times = "; ".join(
+        f"seed {r['seed']}{_ran_at(r)}: {r['run_seconds'] / 60:.0f} min against "
+        f"{r['fp32_run_seconds'] / 60:.0f}"
+        for r in runs
+    )
     lines = [
         "",
-        f"One `shared8` seed of the defaults there (`{run['command']}`, commit "
-        f"`{run['commit'][:7]}`{ran_at}, seed {run['seed']}, {run['compute']['precision']}): "
-        f"{run['run_seconds'] / 60:.0f} min, against {run['fp32_run_seconds'] / 60:.0f} min "
-        "for the fp32 run of the same seed in the confirmation (another machine). Test means:",
+        f"Default `shared8` seeds there in {lowered} (`{doc['command']}`, commit "
+        f"`{doc['commit'][:7]}`): {times} min for the fp32 run of the same seed in the "
+        "confirmation (another machine). Test means:",
         "",
     ]
     rows = []
-    for arm, a in run["arms"].items():
-        shown = [f"{a[k]:.3f}" for k in ("test", "fp32_test", "fp32_seed_spread_test")]
-        rows.append([arm, *shown[:2], f"{a['test_minus_fp32']:+.3f}", shown[2]])
-    header = ["arm", run["compute"]["precision"], "fp32", "difference"]
+    for r in runs:
+        for arm, a in r["arms"].items():
+            shown = [f"{a[k]:.3f}" for k in ("test", "fp32_test", "fp32_seed_spread_test")]
+            rows.append([arm, str(r["seed"]), *shown[:2], f"{a['test_minus_fp32']:+.3f}", shown[2]])
+    header = ["arm", "seed", lowered, "fp32", "difference"]
     return lines + markdown_table([*header, "fp32 seed-to-seed spread (std)"], rows)
 
 

@@ -7,7 +7,7 @@ channels_last and torch.compile, the federation's overhead against a plain loop,
     python bench/speed.py overhead --config shared8 --flower-run RUN_DIR   # a finished run's time
     python bench/speed.py scaling                     # 8 -> 32 -> 64 sites, pool x1 and x4
     python bench/speed.py scaling_disk                # the same, teacher outputs on disk
-    python bench/speed.py precision RUN_DIR           # a default run against the fp32 seeds
+    python bench/speed.py precision RUN_DIR...        # default runs against the fp32 seeds
     python bench/speed.py allocator                   # a server step with malloc's defaults, kept
     python bench/speed.py allocator_warm              # the same, twice in a thread, as in a run
 
@@ -601,7 +601,7 @@ if __name__ == "__main__":
     elif args[:1] == ["server_step_usage"]:  # a child of `allocator`
         print(json.dumps(server_step_usage(args[1] == "kept", int(args[2]), args[3] == "thread")))
     elif args[:1] == ["precision"]:
-        save("precision", precision(Path(args[1])))
+        save("precision", {"runs": [precision(Path(a)) for a in args[1:]]})
     elif args[:1] in (["overhead"], ["work"]):
         which = args[args.index("--config") + 1] if "--config" in args else "demo"
         if args[0] == "work":
