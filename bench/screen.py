@@ -95,7 +95,8 @@ def run_row(run_dir: Path, defaults: dict, commit: str | None) -> dict:
     universal = arms.get("universal")
     return {
         "run": run_dir.name,
-        "seed": results["config"]["seed"],
+        # the seed the run ran (`run --seed` overrides the configuration's)
+        "seed": (results.get("seeds") or [results["config"]["seed"]])[0],
         "commit": commit or results.get("commit", "unknown"),
         "changes": changes(defaults, results["config"]),
         # a run resumed before 2026-12-06 counted only its last attempt's seconds: at least the
