@@ -8,6 +8,7 @@ figures (speed.json).
 from statistics import mean
 
 from dp_screen import overrides
+from meduniverse.results.model_card import markdown_table
 from processors import NAME, SUFFIX, processor
 
 ARMS = ("baseline", "universal", "universal_finetuned")  # the method's arms, in table order
@@ -365,15 +366,6 @@ def extend_lines(doc: dict) -> list[str]:
             f"{new['rerun'][arm]:.3f} |"
         )
     return lines
-
-
-def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
-    """A Markdown table: the header, its rule, one line per row of cells."""
-    return [
-        "| " + " | ".join(header) + " |",
-        "|" + "---|" * len(header),
-        *("| " + " | ".join(row) + " |" for row in rows),
-    ]
 
 
 def _method_means(mean: dict) -> str:

@@ -7,12 +7,12 @@ import json
 from pathlib import Path
 import re
 
+from meduniverse.results.model_card import markdown_table
 from readme_claims import (
     distill_screen_lines,
     dp_screen_lines,
     extend_lines,
     fidelity_by_task,
-    markdown_table,
     privacy_lines,
     row_without_dp,
     screening_table,

@@ -102,6 +102,15 @@ def _train_size(results: dict, site: str) -> int | str:
     return results.get("train_sizes", {}).get(site, "–")
 
 
+def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    """A Markdown table's lines: the header, its rule, one line per row of cells."""
+    return [
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+        *("| " + " | ".join(row) + " |" for row in rows),
+    ]
+
+
 def card_markdown(sections: list[tuple[str, object]], title: str) -> str:
     """The card as Markdown."""
     out = [f"# Model card: {title}", ""]
@@ -110,9 +119,7 @@ def card_markdown(sections: list[tuple[str, object]], title: str) -> str:
         if isinstance(content, str):
             out.append(content)
         elif content and isinstance(content[0], list):
-            out.append("| " + " | ".join(content[0]) + " |")
-            out.append("|" + "---|" * len(content[0]))
-            out += ["| " + " | ".join(row) + " |" for row in content[1:]]
+            out += markdown_table(content[0], content[1:])
         else:
             out += [f"- {line}" for line in content]
         out.append("")
