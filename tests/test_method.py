@@ -1,6 +1,7 @@
 """The method's steps as plain functions: losses, metrics, local training, MIM, averaging,
 distillation, retention."""
 
+import copy
 from dataclasses import replace
 import platform
 import subprocess
@@ -22,7 +23,7 @@ from meduniverse.method.loop import steps_per_epoch
 from meduniverse.method.losses import soft_target_loss
 from meduniverse.method.mim import pretrain_mim
 from meduniverse.method.outputs import PLACES, DiskRows, outputs_folder
-from meduniverse.method.private import train_private
+from meduniverse.method.private import IterateAverage, train_private
 from meduniverse.method.server import (
     SiteUpdate,
     server_step,
@@ -527,6 +528,32 @@ def test_dp_sgd_trains_only_the_head_when_told(demo_config, trains):
     assert any(k.startswith("encoder.") for k in changed) == (trains == "all")
     assert all(k.startswith(("encoder.", f"heads.{data.name}.")) for k in changed)
     assert all(p.requires_grad for p in model.parameters())  # the frozen parts are given back
+
+
+def test_iterate_average_blends_each_step_in_and_releases_the_average(demo_config):
+    weight = torch.nn.Parameter(torch.zeros(2))
+    average = IterateAverage([weight], decay=0.5)
+    for step, value in enumerate((4.0, 8.0), start=1):
+        weight.data.fill_(value)
+        average.update(step, 2)
+    weight.data.fill_(100.0)
+    average.release()  # step 1: decay min(0.5, 2/11) -> 3.27; step 2: decay 0.25 -> 6.82
+    expected = 0.25 * (2 / 11 * 0 + 9 / 11 * 4.0) + 0.75 * 8.0
+    assert torch.allclose(weight.data, torch.full((2,), expected))
+    data, model = site_and_model(demo_config, 0)  # wired into DP-SGD: same seed, other weights
+    small = data.splits["train"].subset(torch.arange(32))
+    method = replace(
+        demo_config.method, stages=1, local_epochs=1, min_steps_per_epoch=4, max_steps_per_epoch=4
+    )
+    start, ends = copy.deepcopy(model.state_dict()), []
+    for ema in (0.0, 0.9):
+        model.load_state_dict(start)
+        privacy = PrivacyConfig(dp=True, epsilon=8.0, clip=1.0, ema=ema)
+        train_private(model, data.name, small, method, privacy, seed=0, stage=1)
+        ends.append(model.encoder.stem.conv.weight.detach().clone())
+    assert not torch.equal(ends[0], ends[1]) and not torch.equal(
+        ends[1], start["encoder.stem.conv.weight"]
+    )
 
 
 def test_dp_sgd_batch_scale_takes_fewer_larger_batches_over_the_same_passes(demo_config):

@@ -1,6 +1,5 @@
-"""The federation's configuration: the sites, the server pool, the inputs, the model, the method,
-the fine-tune schedule, the runtime and the comparison arms. `meduniverse.core.config_file` reads it
-from TOML."""
+"""The federation's configuration: sites, server pool, inputs, model, method, fine-tune schedule,
+runtime and comparison arms (`meduniverse.core.config_file` reads it from TOML)."""
 
 from dataclasses import asdict, dataclass, fields, is_dataclass, replace
 from pathlib import Path
@@ -27,8 +26,7 @@ SELECTS = ("last", "agreement")
 
 @dataclass(frozen=True)
 class InputSpec:
-    """What the model sees: square ``size`` px, ``channels`` (1 gray or 3 RGB), x/255 then
-    (x-mean)/std."""
+    """What the model sees: square `size` px, `channels` (1 gray or 3 RGB), x/255, (x-mean)/std."""
 
     size: int
     channels: int = 3
@@ -218,13 +216,16 @@ class PrivacyConfig:
     site's head) or 'head' (the head only, on the encoder as received: the noise is shared by
     ~40k parameters for a decoder, ~1k for a classifier, against ~1.5M). `batch_scale`: DP-SGD's
     batch is this many times the method's, for the same steps per epoch (`local_steps`: at least
-    `min_steps_per_epoch`, so a small site sees more passes) or fewer on a large site."""
+    `min_steps_per_epoch`, so a small site sees more passes) or fewer on a large site. `ema`: the
+    site model a DP-SGD stage ends with is an exponential moving average of its iterates with this
+    decay (0: the last iterate); averaging is post-processing, so it spends no privacy."""
 
     dp: bool = False
     epsilon: float = 8.0
     clip: float = 1.0
     dp_trains: str = "all"
     batch_scale: int = 1
+    ema: float = 0.0
     transfer: str = "weights"
     secure_aggregation: bool = False
 
@@ -290,8 +291,7 @@ def _jsonable(value: Any) -> Any:
 
 
 def leave_out(config: FederationConfig, name: str) -> FederationConfig:
-    """The federation without one site (nor its images in the pool): for leave-one-site-out
-    generalisation."""
+    """The federation without one site nor its pool images (leave-one-site-out generalisation)."""
     site = config.site(name)
     rest = tuple(s for s in config.sites if s is not site)
     if not rest:

@@ -69,6 +69,28 @@ def used_parameters(
     return used
 
 
+class IterateAverage:
+    """An exponential moving average of parameters over optimiser steps, with a warm-up
+    (decay min(`decay`, (1 + t) / (10 + t)) at step t) so that the starting weights fade fast;
+    `decay` = 0 keeps the last iterate."""
+
+    def __init__(self, params: list[torch.nn.Parameter], decay: float):
+        self.params, self.decay = params, decay
+        self.average = [p.detach().clone() for p in params] if decay > 0 else []
+
+    def update(self, step: int, steps: int) -> None:
+        """After optimiser step `step` (1..steps): blend the new iterate in."""
+        if self.average:
+            decay = min(self.decay, (1 + step) / (10 + step))
+            torch._foreach_lerp_(self.average, [p.detach() for p in self.params], 1 - decay)
+
+    @torch.no_grad()
+    def release(self) -> None:
+        """Write the average into the parameters (nothing with `decay` = 0)."""
+        if self.average:
+            torch._foreach_copy_(self.params, self.average)
+
+
 def train_private(
     model: UniversalModel,
     task_name: str,
@@ -87,7 +109,7 @@ def train_private(
         data: the site's private train split.
         method: stages, local epochs, batch sizes, lr (the stage runs `local_steps` steps).
         privacy: target epsilon over the whole run, the clipping norm, what DP-SGD trains, the
-            batch scale.
+            batch scale, the iterate average's decay.
         seed: the stage's seed at this site (batches, flips, noise).
         stage: which stage this is (1..S): what has been spent after it.
 
@@ -122,7 +144,9 @@ def train_private(
         fp32 = torch.autocast(data.images.device.type, enabled=False)
         with fp32, warnings.catch_warnings():  # Opacus's hooks fire on outputs: inputs need no grad
             warnings.filterwarnings("ignore", message="Full backward hook")
-            stats = optimise(optimizer, losses, steps)
+            average = IterateAverage(used, privacy.ema)
+            stats = optimise(optimizer, losses, steps, on_step=average.update)
+            average.release()
     finally:
         wrapped._close()
         for p in frozen:
