@@ -94,30 +94,32 @@ def targets_line(doc: dict, smaller: dict | None = None) -> str:
 
 def screening_table(doc: dict) -> list[str]:
     """One-seed screening of the levers: validation and test means, teachers, fidelity gap, time."""
-    lines = [
-        "| run | changes against `configs/shared8.toml` | last-stage teachers (val) | universal "
-        "(val / test) | universal_finetuned (val / test) | baseline (val / test) | fidelity gap "
-        "(val) | run time |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
+    arms_shown = ("universal", "universal_finetuned", "baseline")
+    rows = []
     for row in doc["runs"]:
         arms, stages = row["arms"], row["stages"]
         teachers = stages[max(stages, key=int)]["teacher_val"] if stages else float("nan")
-        pair = {
-            a: f"{arms[a]['val']:.3f} / {arms[a]['test']:.3f}" if a in arms else "-"
-            for a in ("universal", "universal_finetuned", "baseline")
-        }
+        pairs = [
+            f"{arms[a]['val']:.3f} / {arms[a]['test']:.3f}" if a in arms else "-"
+            for a in arms_shown
+        ]
         changed = ", ".join(f"`{k}={v}`" for k, v in row["changes"].items()) or "none"
         seconds = row.get("run_seconds")
         compute = row.get("compute")  # runs before 9549bbf: fp32 on AVX2 machines
         precision = f", {compute['precision']}" if compute else ""
-        lines.append(
-            f"| {row['run']} (`{row['commit'][:7]}`{precision}) | {changed} | {teachers:.3f} | "
-            f"{pair['universal']} | {pair['universal_finetuned']} | {pair['baseline']} | "
-            f"{row['fidelity_gap_val']:.3f} | "
-            + (f"{seconds / 60:.0f} min |" if seconds else "- |")
+        rows.append(
+            [
+                f"{row['run']} (`{row['commit'][:7]}`{precision})",
+                changed,
+                f"{teachers:.3f}",
+                *pairs,
+                f"{row['fidelity_gap_val']:.3f}",
+                f"{seconds / 60:.0f} min" if seconds else "-",
+            ]
         )
-    return lines
+    header = ["run", "changes against `configs/shared8.toml`", "last-stage teachers (val)"]
+    header += [f"{a} (val / test)" for a in arms_shown]
+    return markdown_table([*header, "fidelity gap (val)", "run time"], rows)
 
 
 def speed_lines(doc: dict) -> list[str]:
@@ -132,15 +134,10 @@ def speed_lines(doc: dict) -> list[str]:
         f"(`{doc['phases']['command']}`, commit "
         f"`{doc['phases']['commit'][:7]}`):",
         "",
-        "| phase | threads | seconds | GFLOP | GFLOP/s | share of peak |",
-        "|---|---|---|---|---|---|",
+        *phases_table(doc["phases"]["rows"]),
+        "",
+        *variants_table(doc["variants"]["rows"]),
     ]
-    for r in doc["phases"]["rows"]:
-        lines.append(
-            f"| {r['phase']} | {r['threads']} | {r['seconds']:.1f} | {r['gflop']:.0f} | "
-            f"{r['gflops_per_second']:.0f} | {r['share_of_peak']:.0%} |"
-        )
-    lines += ["", *variants_table(doc["variants"]["rows"])]
     lines += [*processor_lines(doc, "amx"), *processor_lines(doc, "avx512")]
     for config, part in [(c, p) for c in ("demo", "shared8") for p in ("", "_amx")]:
         over = doc.get(f"overhead_{config}{part}")
@@ -161,6 +158,23 @@ def speed_lines(doc: dict) -> list[str]:
     return lines
 
 
+def phases_table(rows: list[dict]) -> list[str]:
+    """Each phase's time, work, rate and share of the machine's peak."""
+    cells = [
+        [
+            r["phase"],
+            str(r["threads"]),
+            f"{r['seconds']:.1f}",
+            f"{r['gflop']:.0f}",
+            f"{r['gflops_per_second']:.0f}",
+            f"{r['share_of_peak']:.0%}",
+        ]
+        for r in rows
+    ]
+    header = ["phase", "threads", "seconds", "GFLOP", "GFLOP/s", "share of peak"]
+    return markdown_table(header, cells)
+
+
 def local_training_note(over: dict) -> str:
     """Where the two sides differ most: the sites' local training, summed over the stages."""
     loop, flower = (
@@ -177,16 +191,17 @@ def local_training_note(over: dict) -> str:
 
 
 def variants_table(rows: list[dict]) -> list[str]:
-    lines = [
-        "| variant | input | images/s (train, 2 threads) | first step (s) |",
-        "|---|---|---|---|",
+    cells = [
+        [
+            r["variant"],
+            f"{r['size']} px, batch {r['batch']}",
+            f"{r['images_per_second']:.0f}",
+            f"{r['first_step_seconds']:.1f}",
+        ]
+        for r in rows
     ]
-    for r in rows:
-        lines.append(
-            f"| {r['variant']} | {r['size']} px, batch {r['batch']} | "
-            f"{r['images_per_second']:.0f} | {r['first_step_seconds']:.1f} |"
-        )
-    return lines
+    header = ["variant", "input", "images/s (train, 2 threads)", "first step (s)"]
+    return markdown_table(header, cells)
 
 
 PROCESSOR_PARTS = (
@@ -328,16 +343,20 @@ def scaling_lines(scale: dict | None, where: str = "") -> list[str]:
         "for x4; peak RSS is the process's high-water mark so far (plot: "
         "`bench/results/speed.png`):",
         "",
-        "| sites | pool | pool images | server step (s) | seconds per site | peak RSS (MB) |",
-        "|---|---|---|---|---|---|",
     ]
-    for r in scale["rows"]:
-        lines.append(
-            f"| {r['sites']} | x{r['pool_factor']} | {sum(r['pool_images'].values())} | "
-            f"{r['server_step_seconds']:.0f} | {r['server_step_seconds'] / r['sites']:.1f} | "
-            f"{r['peak_rss_mb']:.0f} |"
-        )
-    return lines
+    rows = [
+        [
+            str(r["sites"]),
+            f"x{r['pool_factor']}",
+            str(sum(r["pool_images"].values())),
+            f"{r['server_step_seconds']:.0f}",
+            f"{r['server_step_seconds'] / r['sites']:.1f}",
+            f"{r['peak_rss_mb']:.0f}",
+        ]
+        for r in scale["rows"]
+    ]
+    header = ["sites", "pool", "pool images", "server step (s)", "seconds per site"]
+    return lines + markdown_table([*header, "peak RSS (MB)"], rows)
 
 
 def extend_lines(doc: dict) -> list[str]:
@@ -352,25 +371,23 @@ def extend_lines(doc: dict) -> list[str]:
         f"the extension took {seconds['extension']:.0f} s after a {seconds['before']:.0f} s run, "
         f"the rerun {seconds['rerun']:.0f} s):",
         "",
-        "| task | before the extension | after the extension | rerun from scratch |",
-        "|---|---|---|---|",
     ]
-    for site, row in doc["old_tasks"].items():
-        lines.append(
-            f"| {site} (universal) | {row['before']:.3f} | {row['after_extension']:.3f} | "
-            f"{row['rerun']:.3f} |"
-        )
-    for arm in ("universal", "universal_finetuned"):
-        lines.append(
-            f"| **{doc['new_site']}** (new, {arm}) | - | {new['extended'][arm]:.3f} | "
-            f"{new['rerun'][arm]:.3f} |"
-        )
-    return lines
+    rows = [
+        [f"{site} (universal)", *(f"{row[k]:.3f}" for k in ("before", "after_extension", "rerun"))]
+        for site, row in doc["old_tasks"].items()
+    ]
+    sources = ("extended", "rerun")
+    rows += [
+        [f"**{doc['new_site']}** (new, {arm})", "-", *(f"{new[k][arm]:.3f}" for k in sources)]
+        for arm in ARMS[1:]
+    ]
+    header = ["task", "before the extension", "after the extension", "rerun from scratch"]
+    return lines + markdown_table(header, rows)
 
 
-def _method_means(mean: dict) -> str:
+def _method_means(mean: dict) -> list[str]:
     """The method's three arms as table cells."""
-    return " | ".join(f"{mean[a]:.3f}" for a in ARMS)
+    return [f"{mean[a]:.3f}" for a in ARMS]
 
 
 def row_without_dp(docs: dict[str, dict], doc: dict) -> tuple[dict, str, str] | None:
@@ -382,6 +399,19 @@ def row_without_dp(docs: dict[str, dict], doc: dict) -> tuple[dict, str, str] | 
                 if r["epsilon"] == "none":
                     return r, file, other["command"]
     return None
+
+
+def _privacy_table(rows: list[dict]) -> list[str]:
+    """Per target epsilon: the method's test means, the epsilon spent, the attacks' AUC, time."""
+    cells = []
+    for r in rows:
+        audit = r["audit_mean"]
+        spent = f"{max(r['spent'].values()):.2f}" if r.get("spent") else "-"
+        aucs = [f"{audit.get(k, float('nan')):.3f}" for k in ("loss_auc", "reference_auc")]
+        seconds = f"{r['run_seconds']:.0f} s"
+        cells.append([r["epsilon"], *_method_means(r["test_mean"]), spent, *aucs, seconds])
+    header = ["target epsilon", *ARMS, "largest epsilon spent", "loss attack AUC"]
+    return markdown_table([*header, "calibrated attack AUC", "run time"], cells)
 
 
 def privacy_lines(
@@ -397,19 +427,8 @@ def privacy_lines(
         f"`{doc['commit'][:7]}`, {processor(doc['machine'])}; test means over the tasks; AUC "
         "means over the sites, 0.5: members cannot be told apart):",
         "",
-        "| target epsilon | baseline | universal | universal_finetuned | largest epsilon spent | "
-        "loss attack AUC | calibrated attack AUC | run time |",
-        "|---|---|---|---|---|---|---|---|",
+        *_privacy_table(doc["rows"]),
     ]
-    for r in doc["rows"]:
-        mean, audit = r["test_mean"], r["audit_mean"]
-        spent = max(r["spent"].values()) if r.get("spent") else None
-        lines.append(
-            f"| {r['epsilon']} | {_method_means(mean)} | "
-            + (f"{spent:.2f}" if spent is not None else "-")
-            + f" | {audit.get('loss_auc', float('nan')):.3f} | "
-            f"{audit.get('reference_auc', float('nan')):.3f} | {r['run_seconds']:.0f} s |"
-        )
     by_epsilon = {r["epsilon"]: r for r in doc["rows"]}
     plain, source = by_epsilon.get("none"), ""
     if plain is None and without_dp is not None:
@@ -439,18 +458,17 @@ def screening_unseen(doc: dict) -> list[str]:
     runs = [r for r in doc["runs"] if r.get("unseen")]
     if not runs:
         return []
-    lines = [
+    rows = [
+        [r["run"], site, *(f"{a['val']:.3f} / {a['test']:.3f}" for a in arms.values())]
+        for r in runs
+        for site, arms in r["unseen"].items()
+    ]
+    return [
         "Screening runs adapted to a site that took no part (`meduniverse adapt`, 3 seeds of label "
         "subsets; val / test):",
         "",
-        "| run | site | " + " | ".join(next(iter(runs[0]["unseen"].values()))) + " |",
-        "|---|---|" + "---|" * len(next(iter(runs[0]["unseen"].values()))),
+        *markdown_table(["run", "site", *next(iter(runs[0]["unseen"].values()))], rows),
     ]
-    for r in runs:
-        for site, arms in r["unseen"].items():
-            cells = [f"{a['val']:.3f} / {a['test']:.3f}" for a in arms.values()]
-            lines.append(f"| {r['run']} | {site} | " + " | ".join(cells) + " |")
-    return lines
 
 
 def fidelity_by_task(doc: dict) -> list[str]:
@@ -459,21 +477,18 @@ def fidelity_by_task(doc: dict) -> list[str]:
     runs = [r for r in runs if "teacher_val_per_task" in r["stages"][max(r["stages"], key=int)]]
     if not runs:
         return []
-    tasks = list(runs[0]["arms"]["universal"]["val_per_task"])
-    lines = [
+    teachers = [r["stages"][max(r["stages"], key=int)]["teacher_val_per_task"] for r in runs]
+    universal = [r["arms"]["universal"]["val_per_task"] for r in runs]
+    rows = [
+        [task, *(f"{t[task] - u[task]:+.3f}" for t, u in zip(teachers, universal, strict=True))]
+        for task in universal[0]
+    ]
+    return [
         "Where the fidelity gap sits (val, last-stage site teacher minus the universal model as "
         "is, per task):",
         "",
-        "| task | " + " | ".join(r["run"] for r in runs) + " |",
-        "|---|" + "---|" * len(runs),
+        *markdown_table(["task", *(r["run"] for r in runs)], rows),
     ]
-    for task in tasks:
-        cells = []
-        for r in runs:
-            teacher = r["stages"][max(r["stages"], key=int)]["teacher_val_per_task"][task]
-            cells.append(f"{teacher - r['arms']['universal']['val_per_task'][task]:+.3f}")
-        lines.append(f"| {task} | " + " | ".join(cells) + " |")
-    return lines
 
 
 def distill_screen_lines(doc: dict) -> list[str]:
@@ -486,23 +501,23 @@ def distill_screen_lines(doc: dict) -> list[str]:
         f"`bench/results/distill_screen.json`, `{doc['command']}`; each row's commit). "
         "Validation Dice/AUC of the universal model as is; choices on val, test only reported:",
         "",
-        "| variant | commit | settings | " + " | ".join(tasks) + " | val | test | gap to teachers "
-        "(val) | seconds |",
-        "|---|---|---|" + "---|" * (len(tasks) + 4),
-        "| teachers | - | - | "
-        + " | ".join(f"{doc['teacher_val_per_task'][t]:.3f}" for t in tasks)
-        + f" | {doc['teacher_val']:.3f} | - | - | - |",
     ]
+    teachers = [f"{doc['teacher_val_per_task'][t]:.3f}" for t in tasks]
+    rows = [["teachers", "-", "-", *teachers, f"{doc['teacher_val']:.3f}", "-", "-", "-"]]
     for name, row in doc["variants"].items():
         changed = row["settings"].replace("method.", "")
-        settings = f"`{changed}`" if changed else "the run's own"
-        lines.append(
-            f"| {name} | `{row['commit'][:7]}` | {settings} | "
-            + " | ".join(f"{row['val_per_task'][t]:.3f}" for t in tasks)
-            + f" | {row['val']:.3f} | {row['test']:.3f} | {row['fidelity_gap_val']:.3f} | "
-            f"{row['distill_seconds']:.0f} |"
+        rows.append(
+            [
+                name,
+                f"`{row['commit'][:7]}`",
+                f"`{changed}`" if changed else "the run's own",
+                *(f"{row['val_per_task'][t]:.3f}" for t in tasks),
+                *(f"{row[k]:.3f}" for k in ("val", "test", "fidelity_gap_val")),
+                f"{row['distill_seconds']:.0f}",
+            ]
         )
-    return lines
+    header = ["variant", "commit", "settings", *tasks, "val", "test", "gap to teachers (val)"]
+    return lines + markdown_table([*header, "seconds"], rows)
 
 
 def transfer_lines(doc: dict) -> list[str]:
@@ -512,17 +527,19 @@ def transfer_lines(doc: dict) -> list[str]:
         f"(`bench/results/transfer.json`, `{doc['command']}`, commit `{doc['commit'][:7]}`; test "
         "means over the tasks; bytes summed over the stages and sites of the universal model):",
         "",
-        "| sites send | baseline | universal | universal_finetuned | MB to sites | MB from sites "
-        "| run time |",
-        "|---|---|---|---|---|---|---|",
     ]
-    for r in doc["rows"]:
-        mean = r["test_mean"]
-        lines.append(
-            f"| {r['transfer']} | {_method_means(mean)} | {r['bytes_to_sites'] / 1e6:.1f} | "
-            f"{r['bytes_from_sites'] / 1e6:.1f} | {r['run_seconds']:.0f} s |"
-        )
-    return lines
+    rows = [
+        [
+            r["transfer"],
+            *_method_means(r["test_mean"]),
+            f"{r['bytes_to_sites'] / 1e6:.1f}",
+            f"{r['bytes_from_sites'] / 1e6:.1f}",
+            f"{r['run_seconds']:.0f} s",
+        ]
+        for r in doc["rows"]
+    ]
+    header = ["sites send", *ARMS, "MB to sites", "MB from sites", "run time"]
+    return lines + markdown_table(header, rows)
 
 
 def dp_screen_lines(doc: dict) -> list[str]:
@@ -533,16 +550,15 @@ def dp_screen_lines(doc: dict) -> list[str]:
         "(`bench/results/dp_screen.json`, each row's command and commit there; chosen on val, "
         "test only reported; means over the tasks):",
         "",
-        "| setting | target epsilon | universal val / test | universal_finetuned val / test | "
-        "commit |",
-        "|---|---|---|---|---|",
     ]
-    for r in doc["rows"]:
-        cells = [
-            f"{r['val_mean'][arm]:.3f} / {r['test_mean'][arm]:.3f}"
-            for arm in ("universal", "universal_finetuned")
+    rows = [
+        [
+            f"`{r['setting']}`",
+            r["epsilon"],
+            *(f"{r['val_mean'][a]:.3f} / {r['test_mean'][a]:.3f}" for a in ARMS[1:]),
+            f"`{r['commit'][:7]}`",
         ]
-        lines.append(
-            f"| `{r['setting']}` | {r['epsilon']} | {' | '.join(cells)} | `{r['commit'][:7]}` |"
-        )
-    return lines
+        for r in doc["rows"]
+    ]
+    header = ["setting", "target epsilon", *(f"{a} val / test" for a in ARMS[1:]), "commit"]
+    return lines + markdown_table(header, rows)

@@ -5,6 +5,8 @@ stands against it."""
 import re
 from statistics import mean
 
+from meduniverse.results.model_card import markdown_table
+
 LEVEL = 0.005  # a mean difference smaller than this is called level
 # (ours, competitor): the comparisons the README states, each between arms of the same kind
 STATEMENTS = (
@@ -64,6 +66,16 @@ def statement(doc: dict, ours: str, other: str) -> str | None:
     )
 
 
+def arm_rows(tasks: dict) -> list[list[str]]:
+    """Each arm that every task has: its test mean per task, then its val and test means."""
+    rows = []
+    for arm in (a for a in ROWS if all(a in t["arms"] for t in tasks.values())):
+        test = [t["arms"][arm]["mean"] for t in tasks.values()]
+        val = [t["arms"][arm]["val"]["mean"] for t in tasks.values()]
+        rows.append([arm, *(f"{v:.3f}" for v in test), f"{mean(val):.3f}", f"{mean(test):.3f}"])
+    return rows
+
+
 def competitor_lines(doc: dict) -> list[str]:
     tasks = doc["tasks"]
     command = re.sub(r"--out \S+", "--out DIR", doc["command"])
@@ -76,19 +88,8 @@ def competitor_lines(doc: dict) -> list[str]:
         + f" minutes on {doc['machine']['cpus']} CPU cores. Every federated arm has the same "
         "stages, local training and encoder; every fine-tune the same early-stopped schedule.",
         "",
-        "| arm | " + " | ".join(tasks) + " | mean (val) | mean (test) |",
-        "|---|" + "---|" * (len(tasks) + 2),
+        *markdown_table(["arm", *tasks, "mean (val)", "mean (test)"], arm_rows(tasks)),
     ]
-    for arm in ROWS:
-        if not all(arm in t["arms"] for t in tasks.values()):
-            continue
-        test = [t["arms"][arm]["mean"] for t in tasks.values()]
-        val = [t["arms"][arm]["val"]["mean"] for t in tasks.values()]
-        lines.append(
-            f"| {arm} | "
-            + " | ".join(f"{v:.3f}" for v in test)
-            + f" | {mean(val):.3f} | {mean(test):.3f} |"
-        )
     said = [s for s in (statement(doc, a, b) for a, b in STATEMENTS) if s]
     return [
         *lines,

@@ -42,66 +42,50 @@ def mean_of(doc: dict, arm: str, split: str = "test") -> float:
 
 
 def task_table(doc: dict) -> list[str]:
-    lines = [
-        "| site | task | metric | baseline | universal | universal_finetuned | finetuned - "
-        "baseline |",
-        "|---|---|---|---|---|---|---|",
-    ]
+    rows = []
     for site, t in doc["tasks"].items():
         m = {a: t["arms"][a]["mean"] for a in ARMS}
-        lines.append(
-            f"| {site} | {t['task']} | {t['metric']} | {m['baseline']:.3f} | {m['universal']:.3f} "
-            "| "
-            f"{m['universal_finetuned']:.3f} | {m['universal_finetuned'] - m['baseline']:+.3f} |"
-        )
-    lines.append(
-        f"| **mean** | | | {mean_of(doc, 'baseline'):.3f} | {mean_of(doc, 'universal'):.3f} | "
-        f"{mean_of(doc, 'universal_finetuned'):.3f} | "
-        f"{mean_of(doc, 'universal_finetuned') - mean_of(doc, 'baseline'):+.3f} |"
-    )
-    return lines
+        gain = m["universal_finetuned"] - m["baseline"]
+        rows.append([site, t["task"], t["metric"], *(f"{m[a]:.3f}" for a in ARMS), f"{gain:+.3f}"])
+    total = {a: mean_of(doc, a) for a in ARMS}
+    means = " | ".join(f"{total[a]:.3f}" for a in ARMS)
+    gain = total["universal_finetuned"] - total["baseline"]
+    # written by hand: its empty cells are "| |", which markdown_table writes as "|  |"
+    mean_row = f"| **mean** | | | {means} | {gain:+.3f} |"
+    header = ["site", "task", "metric", *ARMS, "finetuned - baseline"]
+    return [*markdown_table(header, rows), mean_row]
 
 
 def variant_table(docs: dict[str, dict]) -> list[str]:
-    lines = [
-        "| variant | val: universal | val: universal_finetuned | test: universal | test: "
-        "universal_finetuned | run time |",
-        "|---|---|---|---|---|---|",
+    columns = [(split, arm) for split in ("val", "test") for arm in ARMS[1:]]
+    rows = [
+        [
+            f"`{name}`",
+            *(f"{mean_of(doc, arm, split):.3f}" for split, arm in columns),
+            f"{doc['total_seconds'] / 60:.1f} min",
+        ]
+        for name, doc in docs.items()
     ]
-    for name, doc in docs.items():
-        lines.append(
-            f"| `{name}` | {mean_of(doc, 'universal', 'val'):.3f} | "
-            f"{mean_of(doc, 'universal_finetuned', 'val'):.3f} | "
-            f"{mean_of(doc, 'universal'):.3f} | {mean_of(doc, 'universal_finetuned'):.3f} | "
-            f"{doc['total_seconds'] / 60:.1f} min |"
-        )
-    return lines
+    return markdown_table(["variant", *(f"{s}: {a}" for s, a in columns), "run time"], rows)
 
 
 def throughput_table(doc: dict) -> list[str]:
-    lines = [
-        "| widths | encoder parameters | head | input | 1 thread | 2 threads |",
-        "|---|---|---|---|---|---|",
-    ]
-    rows = doc["rows"]
-    for r in rows:
-        if r["threads"] != 1:
-            continue
+    runs, rows = doc["rows"], []
+    for r in (one for one in runs if one["threads"] == 1):
         two = next(
             x
-            for x in rows
+            for x in runs
             if x["threads"] == 2 and x["widths"] == r["widths"] and x["head"] == r["head"]
         )
         cells = [
             f"{x['train_images_per_second']:.0f} ({x['inference_images_per_second']:.0f})"
             for x in (r, two)
         ]
-        lines.append(
-            f"| {'-'.join(map(str, r['widths']))} | {r['encoder_parameters'] / 1e6:.2f}M | "
-            f"{r['head']} | "
-            f"{r['size']} px | {cells[0]} | {cells[1]} |"
-        )
-    return lines
+        widths = "-".join(map(str, r["widths"]))
+        params = f"{r['encoder_parameters'] / 1e6:.2f}M"
+        rows.append([widths, params, r["head"], f"{r['size']} px", *cells])
+    header = ["widths", "encoder parameters", "head", "input", "1 thread", "2 threads"]
+    return markdown_table(header, rows)
 
 
 COMPETITORS = (
@@ -122,23 +106,23 @@ def p_value(test: dict | None) -> str:
 def headline_table(doc: dict) -> list[str]:
     """Per task: baseline, universal, universal_finetuned, best competitor, centralised, paired
     p-values."""
-    lines = [
-        "| site | metric | baseline (= local) | universal | universal_finetuned | best federated "
-        "competitor | centralized | "
-        "p (universal vs baseline) | p (universal_finetuned vs baseline) |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
+    rows = []
     for site, t in doc["tasks"].items():
         arms, tests = t["arms"], doc["per_task_tests"].get(site, {})
         best = max((a for a in COMPETITORS if a in arms), key=lambda a: arms[a]["mean"])
-        lines.append(
-            f"| {site} | {t['metric']} | {cell(arms.get('baseline'))} | "
-            f"{cell(arms.get('universal'))} | "
-            f"{cell(arms.get('universal_finetuned'))} | {best}: {cell(arms[best])} | "
-            f"{cell(arms.get('centralized'))} | "
-            f"{p_value(tests.get('universal_vs_baseline'))} | "
-            f"{p_value(tests.get('universal_finetuned_vs_baseline'))} |"
+        rows.append(
+            [
+                site,
+                t["metric"],
+                *(cell(arms.get(a)) for a in ARMS),
+                f"{best}: {cell(arms[best])}",
+                cell(arms.get("centralized")),
+                *(p_value(tests.get(f"{a}_vs_baseline")) for a in ARMS[1:]),
+            ]
         )
+    header = ["site", "metric", "baseline (= local)", *ARMS[1:], "best federated competitor"]
+    header += ["centralized", *(f"p ({a} vs baseline)" for a in ARMS[1:])]
+    lines = markdown_table(header, rows)
     names = [
         a
         for a in ("baseline", "universal", "universal_finetuned", *COMPETITORS, "centralized")
@@ -179,33 +163,26 @@ def tests_table(doc: dict) -> list[str]:
 
 def probe_table(doc: dict) -> list[str]:
     probes = [a for a in next(iter(doc["tasks"].values()))["arms"] if a.endswith("_probe")]
-    lines = ["| site | " + " | ".join(probes) + " |", "|---|" + "---|" * len(probes)]
-    for site, t in doc["tasks"].items():
-        lines.append(f"| {site} | " + " | ".join(cell(t["arms"][a]) for a in probes) + " |")
-    lines.append("| **mean** | " + " | ".join(f"{mean_of(doc, a):.3f}" for a in probes) + " |")
-    return lines
+    rows = [[site, *(cell(t["arms"][a]) for a in probes)] for site, t in doc["tasks"].items()]
+    rows.append(["**mean**", *(f"{mean_of(doc, a):.3f}" for a in probes)])
+    return markdown_table(["site", *probes], rows)
 
 
 def fidelity_table(doc: dict) -> list[str]:
-    lines = [
-        "| site | last-stage site teacher | universal - teacher | universal - baseline | universal "
-        "- universal_finetuned | universal - centralized |",
-        "|---|---|---|---|---|---|",
-    ]
+    others = ("teacher", "baseline", "universal_finetuned", "centralized")
+    rows = []
     for site, t in doc["tasks"].items():
-        f = t["fidelity"]
-        lines.append(
-            f"| {site} | {f['teacher_test']:.3f} | {f['universal_minus_teacher']:+.3f} | "
-            f"{f['universal_minus_baseline']:+.3f} | "
-            f"{f['universal_minus_universal_finetuned']:+.3f} | "
-            f"{f.get('universal_minus_centralized', float('nan')):+.3f} |"
-        )
-    return lines
+        f = {"universal_minus_centralized": float("nan"), **t["fidelity"]}
+        gaps = [f"{f[f'universal_minus_{o}']:+.3f}" for o in others]
+        rows.append([site, f"{f['teacher_test']:.3f}", *gaps])
+    header = ["site", "last-stage site teacher", *(f"universal - {o}" for o in others)]
+    return markdown_table(header, rows)
 
 
 def adapt_table(doc: dict) -> list[str]:
     """Per unseen site: each encoder's probe and fine-tune at every label fraction."""
     lines: list[str] = []
+    columns = [f"{e}_{m}" for e in ("baseline", "universal") for m in ("probe", "finetune")]
     for site, entry in doc.get("adapt_results", {}).items():
         arms = entry["arms"]
         fractions = sorted({a.split("@")[1] for a in arms}, key=float)
@@ -218,29 +195,15 @@ def adapt_table(doc: dict) -> list[str]:
         minutes = f", {seconds / 60:.0f} min" if seconds > 120 else f", {seconds:.0f} s"
         minutes = minutes if seconds else ""
         file = entry.get("file", f"bench/results/adapt_{site.split('_')[0]}.json")
+        rows = [[f"{float(f):.0%}", *(cell(arms[f"{c}@{f}"]) for c in columns)] for f in fractions]
         lines += [
             *([""] if lines else []),
             f"Unseen site `{site}`, adapted from {origin} (test {entry['metric']}, "
             f"{len(entry['seeds'])} seeds of label subsets and training, mean [95% CI]; "
             f"`{file}`, commit `{entry['commit'][:12]}`{minutes}):",
             "",
-            "| labels | "
-            + " | ".join(
-                f"{e}_{m}" for e in ("baseline", "universal") for m in ("probe", "finetune")
-            )
-            + " |",
-            "|---|---|---|---|---|",
+            *markdown_table(["labels", *columns], rows),
         ]
-        for f in fractions:
-            lines.append(
-                f"| {float(f):.0%} | "
-                + " | ".join(
-                    cell(arms[f"{e}_{m}@{f}"])
-                    for e in ("baseline", "universal")
-                    for m in ("probe", "finetune")
-                )
-                + " |"
-            )
     return lines
 
 
@@ -258,17 +221,19 @@ def confirm_lines(doc: dict) -> list[str]:
         "",
         targets_line(doc, load("competitors.json")),
         "",
-        "| site | metric | baseline | universal | universal_finetuned | last-stage teacher | "
-        "universal - teacher |",
-        "|---|---|---|---|---|---|---|",
     ]
-    for site, t in doc["tasks"].items():
-        arms, f = t["arms"], t["fidelity"]
-        lines.append(
-            f"| {site} | {t['metric']} | {cell(arms['baseline'])} | {cell(arms['universal'])} | "
-            f"{cell(arms['universal_finetuned'])} | {f['teacher_test']:.3f} | "
-            f"{f['universal_minus_teacher']:+.3f} |"
-        )
+    rows = [
+        [
+            site,
+            t["metric"],
+            *(cell(t["arms"][a]) for a in ARMS),
+            f"{t['fidelity']['teacher_test']:.3f}",
+            f"{t['fidelity']['universal_minus_teacher']:+.3f}",
+        ]
+        for site, t in doc["tasks"].items()
+    ]
+    header = ["site", "metric", *ARMS, "last-stage teacher", "universal - teacher"]
+    lines += markdown_table(header, rows)
     means = ", ".join(f"{a} {mean_of(doc, a):.3f}" for a in ARMS)
     lines += ["", f"Mean over the tasks: {means}.", "", *tests_table(doc)]
     return lines + (["", *adapt_table(doc)] if doc.get("adapt_results") else [])
