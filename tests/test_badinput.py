@@ -200,7 +200,7 @@ def test_cli_sites_on_bad_data_names_file(tmp_path):
         ),
         (
             "[privacy]\ndp=true\nepsilon=0\n[[sites]]\nname='a'\ntask='binary'\nclasses=['x','y']\npath='a.npz'\n",
-            "privacy.epsilon and privacy.clip must be positive",
+            "privacy.epsilon, privacy.clip and privacy.lr_scale must be positive",
         ),
         (
             "[privacy]\ndp=true\n[method]\nlocal_training='early_stopping'\n[[sites]]\nname='a'\ntask='binary'\nclasses=['x','y']\npath='a.npz'\n",
@@ -213,6 +213,14 @@ def test_cli_sites_on_bad_data_names_file(tmp_path):
         (
             "[privacy]\ndp=true\nbatch_scale=2.5\n[[sites]]\nname='a'\ntask='binary'\nclasses=['x','y']\npath='a.npz'\n",
             "privacy.batch_scale",
+        ),
+        (
+            "[privacy]\ndp=true\nlr_scale=0\n[[sites]]\nname='a'\ntask='binary'\nclasses=['x','y']\npath='a.npz'\n",
+            "privacy.lr_scale must be positive",
+        ),
+        (
+            "[privacy]\ndp=true\nema=1.0\n[[sites]]\nname='a'\ntask='binary'\nclasses=['x','y']\npath='a.npz'\n",
+            "privacy.ema in [0, 1)",
         ),
         (
             "[privacy]\ndp=true\ndp_trains='encoder'\n[[sites]]\nname='a'\ntask='binary'\nclasses=['x','y']\npath='a.npz'\n",

@@ -78,8 +78,7 @@ class SiteConfig:
 
 @dataclass(frozen=True)
 class PoolConfig:
-    """The server's unlabelled pool: a fraction of the listed sites' train images plus extra image
-    files."""
+    """The server's unlabelled pool: a fraction of the listed sites' train images, extra files."""
 
     fraction: float = 0.2
     seed: int = 0
@@ -216,15 +215,16 @@ class PrivacyConfig:
     site's head) or 'head' (the head only, on the encoder as received: the noise is shared by
     ~40k parameters for a decoder, ~1k for a classifier, against ~1.5M). `batch_scale`: DP-SGD's
     batch is this many times the method's, for the same steps per epoch (`local_steps`: at least
-    `min_steps_per_epoch`, so a small site sees more passes) or fewer on a large site. `ema`: the
-    site model a DP-SGD stage ends with is an exponential moving average of its iterates with this
-    decay (0: the last iterate); averaging is post-processing, so it spends no privacy."""
+    `min_steps_per_epoch`, so a small site sees more passes) or fewer on a large site; its learning
+    rate is `lr_scale` times the method's. `ema`: a DP-SGD stage ends with an exponential moving
+    average of its iterates with this decay (0: the last iterate; post-processing, no privacy)."""
 
     dp: bool = False
     epsilon: float = 8.0
     clip: float = 1.0
     dp_trains: str = "all"
     batch_scale: int = 1
+    lr_scale: float = 1.0
     ema: float = 0.0
     transfer: str = "weights"
     secure_aggregation: bool = False

@@ -135,10 +135,10 @@ def check_config(config: FederationConfig) -> None:
     if problem := secure_aggregation_problem(config):
         raise ConfigError(f"{src}: {problem}")
     if p.dp:
-        if p.epsilon <= 0 or p.clip <= 0 or p.batch_scale < 1 or not 0 <= p.ema < 1:
+        if min(p.epsilon, p.clip, p.lr_scale) <= 0 or p.batch_scale < 1 or not 0 <= p.ema < 1:
             raise ConfigError(
-                f"{src}: privacy.epsilon and privacy.clip must be positive, privacy.batch_scale "
-                "at least 1 and privacy.ema in [0, 1)"
+                f"{src}: privacy.epsilon, privacy.clip and privacy.lr_scale must be positive, "
+                "privacy.batch_scale at least 1 and privacy.ema in [0, 1)"
             )
         if m.local_training != "epochs" or m.teachers != "fresh":
             raise ConfigError(

@@ -109,7 +109,7 @@ def train_private(
         data: the site's private train split.
         method: stages, local epochs, batch sizes, lr (the stage runs `local_steps` steps).
         privacy: target epsilon over the whole run, the clipping norm, what DP-SGD trains, the
-            batch scale, the iterate average's decay.
+            batch scale and learning rate, the iterate average's decay.
         seed: the stage's seed at this site (batches, flips, noise).
         stage: which stage this is (1..S): what has been spent after it.
 
@@ -130,7 +130,7 @@ def train_private(
         p.requires_grad_(False)
     wrapped = GradSampleModule(model, loss_reduction="mean")
     optimizer = DPOptimizer(
-        make_optimizer(used, method.lr, method.weight_decay),
+        make_optimizer(used, privacy.lr_scale * method.lr, method.weight_decay),
         noise_multiplier=noise,
         max_grad_norm=privacy.clip,
         expected_batch_size=max(1, round(rate * n)),
