@@ -2,7 +2,8 @@
 (`meduniverse.core.device.cpu_bf16`): the suffix of each kind's parts in bench/results/speed.json
 and how the README names it."""
 
-SUFFIX = {"amx": "_amx", "avx512": "_avx512", "none": ""}
+SUFFIX = {"none": "", "amx": "_amx", "avx512": "_avx512"}
+MACHINE = {"none": "", "amx": "the AMX machine", "avx512": "the avx512_bf16 machine"}
 NAME = {
     "amx": "a CPU with AMX bf16 units",
     "avx512": "a CPU with avx512_bf16 instructions but no AMX units",
@@ -17,3 +18,8 @@ def processor(machine: dict) -> str:
     if "bf16_matrix_units" not in machine:
         return "a CPU of unrecorded kind"
     return "a CPU with" + ("" if machine["bf16_matrix_units"] else "out") + " bf16 matrix units"
+
+
+def kinds(doc: dict, part: str) -> list[tuple[str, dict]]:
+    """(kind, figures) for every kind of processor speed.json `doc` holds `part` for."""
+    return [(kind, doc[part + suffix]) for kind, suffix in SUFFIX.items() if part + suffix in doc]

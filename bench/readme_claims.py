@@ -9,7 +9,7 @@ from statistics import mean
 
 from dp_screen import overrides
 from meduniverse.results.model_card import markdown_table
-from processors import NAME, SUFFIX, processor
+from processors import MACHINE, NAME, SUFFIX, kinds, processor
 
 ARMS = ("baseline", "universal", "universal_finetuned")  # the method's arms, in table order
 
@@ -139,10 +139,9 @@ def speed_lines(doc: dict) -> list[str]:
         *variants_table(doc["variants"]["rows"]),
     ]
     lines += [*processor_lines(doc, "amx"), *processor_lines(doc, "avx512")]
-    for config, part in [(c, p) for c in ("demo", "shared8") for p in ("", "_amx")]:
-        over = doc.get(f"overhead_{config}{part}")
-        if over:
-            where = " on the AMX machine" if part else ""
+    for config in ("demo", "shared8"):
+        for kind, over in kinds(doc, f"overhead_{config}"):
+            where = f" on {MACHINE[kind]}" if MACHINE[kind] else ""
             lines += [
                 "",
                 f"Federation overhead on `{config}`{where} (`{over['command']}`, commit "
@@ -152,9 +151,9 @@ def speed_lines(doc: dict) -> list[str]:
                 f"{over['flower_seconds'] - over['plain_loop_seconds']:+.1f} s."
                 + local_training_note(over),
             ]
-    for part in ("scaling", "scaling_disk", "scaling_disk_amx"):
-        where = " on the AMX machine (bf16)" if part.endswith("_amx") else ""
-        lines += scaling_lines(doc.get(part), where)
+    for kind, scaling in [k for part in ("scaling", "scaling_disk") for k in kinds(doc, part)]:
+        where = f" on {MACHINE[kind]} (bf16)" if MACHINE[kind] else ""
+        lines += scaling_lines(scaling, where)
     return lines
 
 
@@ -327,11 +326,9 @@ def allocator_lines(doc: dict | None) -> list[str]:
     return lines + markdown_table([*header, "peak RSS (MB)"], rows)
 
 
-def scaling_lines(scale: dict | None, where: str = "") -> list[str]:
+def scaling_lines(scale: dict, where: str = "") -> list[str]:
     """One server step (teacher outputs and one distillation epoch) for more sites and pools, with
     the teachers' outputs in memory or on disk (`runtime.teacher_outputs`), measured `where`."""
-    if not scale:
-        return []
     place = scale["rows"][0].get("teacher_outputs", "memory") if scale["rows"] else "memory"
     state = "every row" if scale["complete"] else "stopped before every row ran"
     lines = [

@@ -52,7 +52,7 @@ from meduniverse.models.universal import build_model, encoder_part, part_of, sit
 from meduniverse.results.run import run
 from meduniverse.sites.pool import build_pool
 from meduniverse.sites.sources import SiteData, load_site
-from processors import SUFFIX
+from processors import MACHINE, SUFFIX, kinds
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "results" / "speed.json"
@@ -548,18 +548,17 @@ def plot() -> None:
     import matplotlib.pyplot as plt
 
     figures = read_json(OUT)
-    parts = ("scaling", "scaling_disk", "scaling_disk_amx")
     rows = [
         {
             **r,
             "outputs": r.get("teacher_outputs", "memory"),
-            "machine": "AMX, bf16" if p.endswith("_amx") else "AVX2, fp32",
+            "machine": MACHINE[kind] or "the AVX2 machine",
         }
-        for p in parts
-        if p in figures
-        for r in figures[p]["rows"]
+        for part in ("scaling", "scaling_disk")
+        for kind, scaled in kinds(figures, part)
+        for r in scaled["rows"]
     ]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.5))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 4.5))
 
     def key(r: dict) -> tuple:
         return r["pool_factor"], r["outputs"], r["machine"]
@@ -575,9 +574,9 @@ def plot() -> None:
     left.set(xlabel="sites", ylabel="server step (s)", title="time")
     right.set(xlabel="sites", ylabel="process peak RSS (MB)", title="server memory")
     for ax in (left, right):
-        ax.legend()
         ax.grid(alpha=0.3)
-    fig.tight_layout()
+    fig.legend(*left.get_legend_handles_labels(), loc="lower center", ncol=2, fontsize="small")
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
     fig.savefig(OUT.with_suffix(".png"), dpi=120)
     print(OUT.with_suffix(".png"), file=sys.stderr)
 
