@@ -5,6 +5,7 @@ an honest site's code from sending anything but the protocol's fields."""
 from dataclasses import replace
 
 from flwr.app import Error, Message, MetricRecord, RecordDict
+from flwr.common.constant import ErrorCode
 import pytest
 import torch
 
@@ -14,7 +15,7 @@ from meduniverse.core.errors import PrivacyError, StageError
 from meduniverse.core.progress import RunProgress
 from meduniverse.federation import client_app as client_module
 from meduniverse.federation.client_app import make_client_app
-from meduniverse.federation.messages import ARRAYS, METRICS, reply, to_arrays
+from meduniverse.federation.messages import ARRAYS, METRICS, error_text, reply, to_arrays
 from meduniverse.federation.server_app import run_federation
 from meduniverse.federation.strategy import outlying
 from meduniverse.method.server import SiteUpdate
@@ -166,3 +167,12 @@ def test_outlying_updates_are_rejected_and_honest_ones_kept(demo_config, attack)
     assert set(flagged) == {bad.site}
     assert not outlying([(u, None) for u in updates[:-1]], state, band=10.0)  # honest ones pass
     assert "moved" in flagged[bad.site]
+
+
+def test_a_runtime_error_keeps_flowers_code_name_not_its_text():
+    request = Message(content=RecordDict(), message_type="train", dst_node_id=1)
+    request.metadata.__dict__["_message_id"] = "m"
+    killed = Error(code=ErrorCode.UNKNOWN, reason=f"OutOfMemoryError at /private/site.npz {MARKER}")
+    text = error_text(Message(killed, reply_to=request))
+    assert "refused" in text and "0, UNKNOWN" in text
+    assert "/private" not in text and str(MARKER)[:6] not in text

@@ -9,7 +9,7 @@ and one shared8 seed took 26 min (31 min in fp32 on the AVX2 machine); on an avx
 without AMX every phase runs 1.4-1.7x faster in bf16 (PART_avx512 rows).
 
 `computing` sets a process up for a handler or a step: its threads, malloc keeping freed memory
-(`keep_freed_memory`), and the autocast.
+in the server's process (`keep_freed_memory`), and the autocast.
 """
 
 from collections.abc import Iterator
@@ -119,11 +119,14 @@ def keep_freed_memory() -> bool:
 
 
 @contextmanager
-def computing(runtime: RuntimeConfig, threads: int) -> Iterator[Compute]:
+def computing(runtime: RuntimeConfig, threads: int, keep_memory: bool) -> Iterator[Compute]:
     """This process set to compute one handler or step: `threads` torch threads, freed memory kept
-    (`keep_freed_memory`), and the compute `runtime` names (its autocast around the body)."""
+    if `keep_memory` (`keep_freed_memory`: the server's process, not a site's: a site process that
+    trains several sites one after another with DP-SGD grew to 8-10 GB with it, and Ray killed it),
+    and the compute `runtime` names (its autocast around the body)."""
     torch.set_num_threads(threads)
-    keep_freed_memory()
+    if keep_memory:
+        keep_freed_memory()
     compute = Compute.of(runtime)
     with compute.autocast():
         yield compute

@@ -258,7 +258,9 @@ def make_client_app(get_config: ConfigSource) -> ClientApp:
         def wrapped(msg: Message, context: Context) -> Message:
             try:
                 config = get_config(context)
-                with computing(config.runtime, config.runtime.threads_per_site) as compute:
+                with computing(
+                    config.runtime, config.runtime.threads_per_site, keep_memory=False
+                ) as compute:
                     data = site_data(context, config, compute.device)
                     return handler(msg, config, data, context)
             except Exception as exc:

@@ -2,6 +2,7 @@
 scalars (MetricRecord)."""
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.common.constant import ErrorCode
 import torch
 
 from meduniverse.core.errors import PrivacyError
@@ -12,6 +13,9 @@ POOL, OUTPUTS = "pool", "outputs"  # strict transfer: public pool images out, th
 # secure aggregation: phase A's settings name the shared keys whose deltas phase B sums (in order);
 # an evaluation request names the securely trained model whose kept parts the site puts in
 SECURE_KEYS, SECURE_MODEL = "secure-keys", "secure-model"
+
+# the names of Flower's error codes (a runtime's error: a site process killed, a node gone)
+FLOWER_ERRORS = {v: k for k, v in vars(ErrorCode).items() if not k.startswith("_")}
 
 
 def to_arrays(state: dict[str, torch.Tensor]) -> ArrayRecord:
@@ -113,7 +117,11 @@ def error_text(msg: Message) -> str:
     reason = brief(msg.error.reason)
     if ERROR_REASON.fullmatch(reason):
         return reason
-    return f"error reply refused: it carries free text (code {msg.error.code})"
+    code = msg.error.code
+    return (
+        f"error reply refused: it carries free text (Flower's error code {code}, "
+        f"{FLOWER_ERRORS.get(code, 'not one of its codes')}; Flower's own log lines tell more)"
+    )
 
 
 def brief(reason: str, limit: int = 300) -> str:

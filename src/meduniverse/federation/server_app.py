@@ -203,7 +203,7 @@ def run_federation(
         roster: node id -> site from an earlier handshake (the deployed server checks it before
             writing anything).
     """
-    with computing(config.runtime, config.runtime.server_threads) as compute:
+    with computing(config.runtime, config.runtime.server_threads, keep_memory=True) as compute:
         images, own = pool.on(compute.device), own_images(config, pool)
         _serve(grid, config, run_dir, seed, images, own, progress, competitors, roster)
 

@@ -49,7 +49,7 @@ def run_pooled(config: FederationConfig, run_dir: Path, seed: int, show_progress
     arms = [a for a in config.arms(True) if MODELS[a.model].training == POOLED]
     if all(a.name in ckpt.evaluation(last) for a in arms):
         return
-    with computing(config.runtime, config.runtime.server_threads) as compute:
+    with computing(config.runtime, config.runtime.server_threads, keep_memory=True) as compute:
         _pooled_arms(config, ckpt, seed, arms, compute.device, show_progress)
 
 
