@@ -323,7 +323,7 @@ def plain_loop(config: FederationConfig, out: Path, seed: int) -> dict:
     the same functions and steps, one site after the other with every thread, at the same
     precision."""
     # set up as the ServerApp and the ClientApps are (bf16 autocast where 'auto' says)
-    with computing(config.runtime, config.runtime.server_threads):
+    with computing(config.runtime, config.runtime.server_threads, keep_memory=True):
         started = time.perf_counter()
         pool = build_pool(config)
         sites = {
