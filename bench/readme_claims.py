@@ -211,6 +211,7 @@ PROCESSOR_PARTS = (
     "precision",
     "allocator",
     "allocator_warm",
+    "arena",
 )
 
 
@@ -235,6 +236,7 @@ def processor_lines(doc: dict, kind: str) -> list[str]:
         *precision_lines(part["precision"]),
         *allocator_lines(part["allocator"]),
         *allocator_lines(part["allocator_warm"]),
+        *arena_lines(part["arena"]),
     ]
 
 
@@ -311,7 +313,8 @@ def allocator_lines(doc: dict | None) -> list[str]:
         "",
         f"`shared8` server steps (teacher outputs and one distillation epoch, {doc['precision']}, "
         f"2 threads), {how}, each process fresh, with glibc malloc's defaults and with freed "
-        "memory kept for reuse (`core/device.keep_freed_memory`, which every run applies) "
+        "memory kept for reuse (`core/device.keep_freed_memory`, which a run's server process "
+        "applies) "
         f"(`{doc['command']}`, commit `{doc['commit'][:7]}`):",
         "",
     ]
@@ -324,6 +327,26 @@ def allocator_lines(doc: dict | None) -> list[str]:
     ]
     header = ["malloc", "call", "wall (s)", "user (s)", "system (s)", "page faults"]
     return lines + markdown_table([*header, "peak RSS (MB)"], rows)
+
+
+def arena_lines(doc: dict | None) -> list[str]:
+    """Training steps in a fresh process each: in the main thread or in a thread, with malloc's
+    defaults, freed memory kept, and kept with one arena for every thread."""
+    if not doc:
+        return []
+    lines = [
+        "",
+        f"Where a thread's page faults come from: {doc['steps']} bf16 training steps of the "
+        f"encoder (batch {doc['batch']} at {doc['size']} px, {doc['threads']} threads), each "
+        "process fresh, malloc set before any thread starts; one arena: M_ARENA_MAX = 1, which "
+        f"the package does not set yet (`{doc['command']}`, commit `{doc['commit'][:7]}`):",
+        "",
+    ]
+    rows = [
+        [r["malloc"], r["where"], f"{r['wall_seconds']:.2f}", f"{r['page_faults']:,}"]
+        for r in doc["rows"]
+    ]
+    return lines + markdown_table(["malloc", "thread", "wall (s)", "page faults"], rows)
 
 
 def scaling_lines(scale: dict, where: str = "") -> list[str]:

@@ -10,6 +10,7 @@ channels_last and torch.compile, the federation's overhead against a plain loop,
     python bench/speed.py precision RUN_DIR...        # default runs against the fp32 seeds
     python bench/speed.py allocator                   # a server step with malloc's defaults, kept
     python bench/speed.py allocator_warm              # the same, twice in a thread, as in a run
+    python bench/speed.py arena                       # training steps in a thread: malloc arenas
 
 Each part merges its figures into bench/results/speed.json (with the command, commit and machine;
 under PART_amx on a processor with AMX bf16 units, PART_avx512 on one with avx512_bf16 only);
@@ -315,6 +316,57 @@ def allocator(reps: int, calls: int, threaded: bool) -> dict:
     return {"phase": SERVER_STEP, "precision": precision, "threaded": threaded, "rows": rows}
 
 
+ARENA_STEPS = """
+import ctypes, json, resource, sys, threading, time
+import torch
+from meduniverse.models.encoder import CNNEncoder
+mode, where = sys.argv[1], sys.argv[2]
+kept = ((-4, 0), (-1, 1 << 30))
+settings = {"default": (), "kept": kept, "one_arena": (*kept, (-8, 1))}
+for key, value in settings[mode]:  # M_MMAP_MAX, M_TRIM_THRESHOLD, M_ARENA_MAX, before any thread
+    ctypes.CDLL(None).mallopt(key, value)
+torch.set_num_threads(2)
+encoder, head = CNNEncoder(3), torch.nn.Conv2d(256, 1, 1)
+optimizer = torch.optim.AdamW([*encoder.parameters(), *head.parameters()])
+x, row = torch.randn(96, 3, 128, 128), {"malloc": mode, "where": where}
+def steps():
+    for i in range(5):  # the first one warms up
+        if i == 1:
+            before, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = head(encoder(x)[-1]).float().mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    row["wall_seconds"] = time.perf_counter() - start
+    row["page_faults"] = after.ru_minflt - before.ru_minflt
+if where == "thread":
+    worker = threading.Thread(target=steps)
+    worker.start()
+    worker.join()
+else:
+    steps()
+print(json.dumps(row))
+"""
+
+
+def arena() -> dict:
+    """Four bf16 training steps of the encoder (batch 96 at 128 px, 2 threads) in the main thread
+    or in a thread started after malloc's settings: defaults, freed memory kept (`keep_freed_memory`
+    as it is), and kept with one arena for every thread (M_ARENA_MAX = 1), each in a fresh
+    process. Tells whether a thread's own arena is what keeps faulting memory in."""
+    rows = []
+    for mode, where in [("kept", "main")] + [
+        (m, "thread") for m in ("default", "kept", "one_arena")
+    ]:
+        child = [sys.executable, "-c", ARENA_STEPS, mode, where]
+        done = subprocess.run(child, capture_output=True, text=True, check=True)
+        rows.append(json.loads(done.stdout.splitlines()[-1]))
+        print(rows[-1], file=sys.stderr)
+    return {"batch": 96, "size": 128, "threads": 2, "steps": 4, "rows": rows}
+
+
 # ---------------------------------------------------------------------------------------- overhead
 
 
@@ -589,6 +641,7 @@ PARTS = {
     "variants": variants,
     "allocator": lambda: allocator(reps=2, calls=1, threaded=False),
     "allocator_warm": lambda: allocator(reps=1, calls=2, threaded=True),
+    "arena": arena,
     "scaling": scaling,
     "scaling_disk": lambda: scaling("disk"),
 }
