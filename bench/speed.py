@@ -351,15 +351,15 @@ print(json.dumps(row))
 """
 
 
-def arena() -> dict:
+def arena(reps: int = 3) -> dict:
     """Four bf16 training steps of the encoder (batch 96 at 128 px, 2 threads) in the main thread
     or in a thread started after malloc's settings: defaults, freed memory kept (`keep_freed_memory`
     as it is), and kept with one arena for every thread (M_ARENA_MAX = 1), each in a fresh
-    process. Tells whether a thread's own arena is what keeps faulting memory in."""
+    process, the cases in turn `reps` times. Tells whether a thread's own arena is what keeps
+    faulting memory in."""
     rows = []
-    for mode, where in [("kept", "main")] + [
-        (m, "thread") for m in ("default", "kept", "one_arena")
-    ]:
+    cases = [("kept", "main"), ("default", "thread"), ("kept", "thread"), ("one_arena", "thread")]
+    for mode, where in cases * reps:
         child = [sys.executable, "-c", ARENA_STEPS, mode, where]
         done = subprocess.run(child, capture_output=True, text=True, check=True)
         rows.append(json.loads(done.stdout.splitlines()[-1]))
