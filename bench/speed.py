@@ -319,12 +319,13 @@ def allocator(reps: int, calls: int, threaded: bool) -> dict:
 ARENA_STEPS = """
 import ctypes, json, resource, sys, threading, time
 import torch
+from meduniverse.core.device import keep_freed_memory
 from meduniverse.models.encoder import CNNEncoder
 mode, where = sys.argv[1], sys.argv[2]
-kept = ((-4, 0), (-1, 1 << 30))
-settings = {"default": (), "kept": kept, "one_arena": (*kept, (-8, 1))}
-for key, value in settings[mode]:  # M_MMAP_MAX, M_TRIM_THRESHOLD, M_ARENA_MAX, before any thread
-    ctypes.CDLL(None).mallopt(key, value)
+if mode != "default":  # before any thread starts
+    keep_freed_memory()
+if mode == "one_arena":
+    ctypes.CDLL(None).mallopt(-8, 1)  # M_ARENA_MAX: every thread shares the main arena
 torch.set_num_threads(2)
 encoder, head = CNNEncoder(3), torch.nn.Conv2d(256, 1, 1)
 optimizer = torch.optim.AdamW([*encoder.parameters(), *head.parameters()])
