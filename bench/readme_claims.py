@@ -410,15 +410,24 @@ def _method_means(mean: dict) -> list[str]:
     return [f"{mean[a]:.3f}" for a in ARMS]
 
 
+def _method_overrides(command: str) -> set[str]:
+    """A bench/privacy.py command's `method.*` overrides."""
+    return {o for o in overrides(command) if o.startswith("method.")}
+
+
 def row_without_dp(docs: dict[str, dict], doc: dict) -> tuple[dict, str, str] | None:
     """The row without DP of another privacy file in `docs` (name: document) that ran the same
-    config and seeds as `doc`, that file's name and its command; None if there is none."""
-    for file, other in docs.items():
-        if other is not doc and (other["config"], other["seeds"]) == (doc["config"], doc["seeds"]):
-            for r in other["rows"]:
-                if r["epsilon"] == "none":
-                    return r, file, other["command"]
-    return None
+    config and seeds as `doc`, that file's name and its command; of several, the one whose
+    `method.*` overrides differ least from `doc`'s; None if there is none."""
+    found = [
+        (r, file, other["command"])
+        for file, other in docs.items()
+        if other is not doc and (other["config"], other["seeds"]) == (doc["config"], doc["seeds"])
+        for r in other["rows"]
+        if r["epsilon"] == "none"
+    ]
+    mine = _method_overrides(doc["command"])
+    return min(found, key=lambda f: len(mine ^ _method_overrides(f[2])), default=None)
 
 
 def _privacy_table(rows: list[dict]) -> list[str]:
@@ -453,10 +462,14 @@ def privacy_lines(
     plain, source = by_epsilon.get("none"), ""
     if plain is None and without_dp is not None:
         plain, other, command = without_dp
-        unlike = [o for o in overrides(doc["command"]) if o.startswith("method.")]
-        unlike = [o for o in unlike if o not in overrides(command)]
+        mine, theirs = _method_overrides(doc["command"]), _method_overrides(command)
+        unlike = [
+            f"{word} {', '.join(f'`{o}`' for o in sorted(found))}"
+            for word, found in (("without", mine - theirs), ("with", theirs - mine))
+            if found
+        ]
         source = f" (row without DP from `bench/results/{other}`" + (
-            f", which ran without {', '.join(f'`{o}`' for o in unlike)})" if unlike else ")"
+            f", which ran {' and '.join(unlike)})" if unlike else ")"
         )
     if "8" in by_epsilon and plain is not None:
         dp = by_epsilon["8"]
