@@ -1,9 +1,11 @@
 """DP-SGD's settings screened with bench/privacy.py, one result file per setting (each with its own
 command, commit and machine), collected into bench/results/dp_screen.json for the README.
 
-    python bench/dp_screen.py RESULT.json [RESULT.json ...]
+    python bench/dp_screen.py [--add] RESULT.json [RESULT.json ...]
 
-Choose on the val columns; the test columns only report.
+--add keeps the rows already in bench/results/dp_screen.json (one of the same command is replaced),
+so a later screen adds to an earlier one whose result files are gone. Choose on the val columns;
+the test columns only report.
 """
 
 from itertools import pairwise
@@ -48,18 +50,26 @@ def screen_rows(doc: dict) -> list[dict]:
 
 
 def main() -> None:
-    docs = [json.loads(Path(p).read_text()) for p in sys.argv[1:]]
+    add = sys.argv[1:2] == ["--add"]
+    docs = [json.loads(Path(p).read_text()) for p in sys.argv[1 + add :]]
     if not docs:
         sys.exit(__doc__)
-    if len({(d["config"], tuple(d["seeds"])) for d in docs}) != 1:
+    out = ROOT / "bench" / "results" / "dp_screen.json"
+    earlier = json.loads(out.read_text()) if add else None
+    if len({(d["config"], tuple(d["seeds"])) for d in docs + ([earlier] if earlier else [])}) != 1:
         sys.exit("dp_screen: the result files ran different configs or seeds")
+    rows = [row for d in docs for row in screen_rows(d)]
+    if earlier:
+        new = {r["command"] for r in rows}
+        rows = [r for r in earlier["rows"] if r["command"] not in new] + rows
+    command = "python bench/dp_screen.py " + " ".join(sys.argv[1:])
     write_json(
-        ROOT / "bench" / "results" / "dp_screen.json",
+        out,
         {
-            **provenance(__doc__, "python bench/dp_screen.py " + " ".join(sys.argv[1:])),
+            **provenance(__doc__, f"{earlier['command']} && {command}" if earlier else command),
             "config": docs[0]["config"],
             "seeds": docs[0]["seeds"],
-            "rows": [row for d in docs for row in screen_rows(d)],
+            "rows": rows,
         },
     )
 
