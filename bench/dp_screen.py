@@ -55,6 +55,8 @@ def main() -> None:
     if not docs:
         sys.exit(__doc__)
     out = ROOT / "bench" / "results" / "dp_screen.json"
+    if add and not out.is_file():
+        sys.exit(f"dp_screen: --add needs an earlier {out.relative_to(ROOT)}; run without --add")
     earlier = json.loads(out.read_text()) if add else None
     if len({(d["config"], tuple(d["seeds"])) for d in docs + ([earlier] if earlier else [])}) != 1:
         sys.exit("dp_screen: the result files ran different configs or seeds")

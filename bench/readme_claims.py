@@ -595,3 +595,44 @@ def dp_screen_lines(doc: dict) -> list[str]:
     ]
     header = ["setting", "target epsilon", *(f"{a} val / test" for a in ARMS[1:]), "commit"]
     return lines + markdown_table(header, rows)
+
+
+def dp_sites_lines(doc: dict) -> list[str]:
+    """Where DP-SGD's price is paid: per site, the noise its budget buys and its val metric after
+    one stage of local training from the MIM encoder, untrained, without and with DP."""
+    lines = [
+        f"Where DP-SGD's price is paid, {doc['config']}, seed {doc['seeds'][0]}, target epsilon "
+        f"{doc['rows'][0]['epsilon']} (`bench/results/dp_sites.json`, `{doc['command']}`, commit "
+        f"`{doc['commit'][:7]}`, {processor(doc['machine'])}): one stage of each site's local "
+        "training from the MIM encoder, scored on the site's val split. sigma / B: the noise's "
+        "standard deviation per coordinate of a step's averaged gradient, in clipping norms (the "
+        "signal is at most one clipping norm in all).",
+        "",
+    ]
+    rows = [
+        [
+            r["site"],
+            r["metric"],
+            str(r["n"]),
+            f"{r['batch']:.0f}",
+            str(r["steps_per_stage"]),
+            f"{r['sigma']:.2f}",
+            f"{r['noise_per_clip']:.4f}",
+            f"{r['trained_parameters']:,}",
+            *(f"{r[arm]['val']:.3f}" for arm in ("untrained", "without_dp", "with_dp")),
+            f"{r['without_dp']['val'] - r['with_dp']['val']:+.3f}",
+        ]
+        for r in doc["rows"]
+    ]
+    header = ["site", "metric", "n", "B", "steps / stage", "sigma", "sigma / B", "trained"]
+    header += ["untrained", "without DP", "with DP", "DP's cost"]
+    lines += markdown_table(header, rows)
+    below = [r for r in doc["rows"] if r["with_dp"]["val"] < r["untrained"]["val"]]
+    if below:
+        named = ", ".join(
+            f"{r['site']} (n = {r['n']}; {r['with_dp']['val']:.3f} against "
+            f"{r['untrained']['val']:.3f}, and {r['without_dp']['val']:.3f} without DP)"
+            for r in below
+        )
+        lines += ["", f"A stage with DP ends below the untrained model at: {named}."]
+    return lines

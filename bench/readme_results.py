@@ -11,6 +11,7 @@ from meduniverse.results.model_card import markdown_table
 from readme_claims import (
     distill_screen_lines,
     dp_screen_lines,
+    dp_sites_lines,
     extend_lines,
     fidelity_by_task,
     privacy_lines,
@@ -322,6 +323,9 @@ def section() -> str:
     dp_screen = load("dp_screen.json")
     if dp_screen is not None:
         lines += ["", *dp_screen_lines(dp_screen)]
+    dp_sites = load("dp_sites.json")
+    if dp_sites is not None:
+        lines += ["", *dp_sites_lines(dp_sites)]
     strict = load("transfer.json")
     if strict is not None:
         lines += ["", *transfer_lines(strict)]

@@ -513,6 +513,26 @@ def test_dp_sgd_trains_and_spends_its_budget_stage_by_stage(demo_config, index):
     assert not any(k.startswith("_module.") for k in model.state_dict())  # the model is unwrapped
 
 
+def test_dp_sgd_computes_in_bf16_under_autocast_and_clips_and_noises_in_fp32(demo_config):
+    data, model = site_and_model(demo_config, 3)  # a segmentation site: GroupNorm, a decoder
+    small = data.splits["train"].subset(torch.arange(32))
+    method = replace(
+        demo_config.method, stages=1, local_epochs=1, min_steps_per_epoch=2, max_steps_per_epoch=2
+    )
+    privacy = PrivacyConfig(dp=True, epsilon=8.0, clip=1.0)
+    start, ends, spent = copy.deepcopy(model.state_dict()), {}, {}
+    for precision in ("fp32", "bf16"):
+        model.load_state_dict(start)
+        with Compute(torch.device("cpu"), precision).autocast():
+            stats, spent[precision] = train_private(model, data.name, small, method, privacy, 0, 1)
+        assert np.isfinite(stats.loss)
+        assert all(p.dtype == torch.float32 for p in model.parameters())
+        ends[precision] = copy.deepcopy(model.state_dict())
+    assert spent["bf16"] == spent["fp32"]  # the accountant does not depend on the precision
+    changed = [k for k, v in ends["bf16"].items() if not torch.equal(v, start[k])]
+    assert changed and any(not torch.equal(ends["bf16"][k], ends["fp32"][k]) for k in changed)
+
+
 @pytest.mark.parametrize("trains", ["all", "head"])
 def test_dp_sgd_trains_only_the_head_when_told(demo_config, trains):
     data, model = site_and_model(demo_config, 3)  # a segmentation site: a decoder head
