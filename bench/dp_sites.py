@@ -27,8 +27,8 @@ from meduniverse.core.tasks import task_type
 from meduniverse.federation.client_app import site_model
 from meduniverse.interfaces.cli import demo_config_path
 from meduniverse.method.mim import pretrain_mim
-from meduniverse.method.private import noise_for, train_private, used_parameters
-from meduniverse.method.site import local_batch, local_steps, stage_method, train_site
+from meduniverse.method.private import dp_schedule, expected_batch, train_private, used_parameters
+from meduniverse.method.site import stage_method, train_site
 from meduniverse.method.supervised import evaluate
 from meduniverse.models.heads import DecoderHead
 from meduniverse.models.universal import build_model, encoder_part
@@ -57,16 +57,14 @@ def site_row(plain: FederationConfig, private: FederationConfig, name: str, star
     data = load_site(site, plain.pool, plain.input_spec(site.task), plain.seed)
     train, val, key = data.splits["train"], data.splits["val"], task_type(site.task).primary
     method, privacy, n = stage_method(private.method, 1), private.privacy, len(train)
-    batch = local_batch(site.task, method, privacy.batch_scale)
-    rate, steps = min(1.0, batch / n), local_steps(site.task, n, method, privacy.batch_scale)
-    sigma = noise_for(privacy, n, rate, method.stages * steps)
-    expected = max(1.0, rate * n)
+    rate, steps, sigma = dp_schedule(site.task, n, method, privacy)
+    expected = expected_batch(rate, n)
     row = {"site": name, "task": site.task, "metric": key, "n": n, "val_n": len(val)}
     row |= {"batch": expected, "rate": rate, "steps_per_stage": steps, "stages": method.stages}
     trained = sum(
         p.numel()
         for p in used_parameters(
-            site_model(private, data, start, 0), name, train, privacy.dp_trains
+            site_model(private, data, start, plain.seed), name, train, privacy.dp_trains
         )
     )
     row |= {"sigma": sigma, "trained_parameters": trained, "noise_per_clip": sigma / expected}

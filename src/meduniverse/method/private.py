@@ -42,6 +42,22 @@ def noise_for(privacy: PrivacyConfig, n: int, rate: float, steps: int) -> float:
         )
 
 
+def dp_schedule(
+    task: str, n: int, method: MethodConfig, privacy: PrivacyConfig
+) -> tuple[float, int, float]:
+    """A site's DP-SGD stage on n examples of `task`: its sampling rate (`batch_scale` times the
+    method's batch over n, at most 1), its steps (`local_steps`) and the noise multiplier that
+    spends `privacy.epsilon` over every stage of them."""
+    rate = min(1.0, local_batch(task, method, privacy.batch_scale) / n)
+    steps = local_steps(task, n, method, privacy.batch_scale)
+    return rate, steps, noise_for(privacy, n, rate, method.stages * steps)
+
+
+def expected_batch(rate: float, n: int) -> int:
+    """The batch Poisson sampling at `rate` draws from n examples on average (at least 1)."""
+    return max(1, round(rate * n))
+
+
 def spent(noise: float, n: int, rate: float, steps: int) -> float:
     """Epsilon at delta = 1/n after `steps` Poisson-sampled steps with this noise (RDP)."""
     from opacus.accountants import RDPAccountant
@@ -137,10 +153,8 @@ def train_private(
     from opacus import GradSampleModule
     from opacus.optimizers import DPOptimizer
 
-    n, task = len(data), model.tasks[task_name].task
-    rate = min(1.0, local_batch(task, method, privacy.batch_scale) / n)
-    steps = local_steps(task, n, method, privacy.batch_scale)
-    noise = noise_for(privacy, n, rate, method.stages * steps)
+    n = len(data)
+    rate, steps, noise = dp_schedule(model.tasks[task_name].task, n, method, privacy)
     generator = torch.Generator().manual_seed(seed)
     used = used_parameters(model, task_name, data, privacy.dp_trains)
     frozen = [p for p in model.parameters() if p.requires_grad and all(p is not u for u in used)]
@@ -151,7 +165,7 @@ def train_private(
         make_optimizer(used, privacy.lr_scale * method.lr, method.weight_decay),
         noise_multiplier=noise,
         max_grad_norm=privacy.clip,
-        expected_batch_size=max(1, round(rate * n)),
+        expected_batch_size=expected_batch(rate, n),
         loss_reduction="mean",
         generator=generator,
     )
