@@ -11,6 +11,7 @@ channels_last and torch.compile, the federation's overhead against a plain loop,
     python bench/speed.py allocator                   # a server step with malloc's defaults, kept
     python bench/speed.py allocator_warm              # the same, twice in a thread, as in a run
     python bench/speed.py arena                       # training steps in a thread: malloc arenas
+    python bench/speed.py distill_steps [SRC...]      # distillation steps' memory, 8 -> 64 sites
 
 Each part merges its figures into bench/results/speed.json (with the command, commit and machine;
 under PART_amx on a processor with AMX bf16 units, PART_avx512 on one with avx512_bf16 only);
@@ -21,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import replace
 import gc
 import json
+import os
 from pathlib import Path
 import resource
 import subprocess
@@ -368,6 +370,69 @@ def arena(reps: int = 3) -> dict:
     return {"batch": 96, "size": 128, "threads": 2, "steps": 4, "rows": rows}
 
 
+DISTILL_STEPS = """
+import json, sys, time
+from dataclasses import replace
+from pathlib import Path
+import torch
+sys.path.insert(0, sys.argv[2])  # the package tree measured, before bench/
+from meduniverse.core.device import Compute, keep_freed_memory
+from meduniverse.core.tasks import task_type
+from meduniverse.method.distill import distill, pool_logits
+from meduniverse.models.universal import build_model
+from speed import shared8
+keep_freed_memory()
+config = shared8()
+torch.set_num_threads(config.runtime.server_threads)
+shards = int(sys.argv[1]) // len(config.sites)
+sites = tuple(replace(s, name=f"{s.name}_{k}") for s in config.sites for k in range(shards))
+config = replace(config, sites=sites, method=replace(config.method, distill_epochs=1))
+steps, m, generator = 12, config.method, torch.Generator().manual_seed(0)
+shapes = {"classification": (steps * m.batch_size, 3, 32, 32),
+          "segmentation": (steps * m.seg_batch_size, 3, 128, 128)}
+pool = {g: torch.randint(0, 256, s, dtype=torch.uint8, generator=generator)
+        for g, s in shapes.items()}
+group_of = {s.name: task_type(s.task).group for s in config.sites}
+student = build_model(config, seed=0)
+status = Path("/proc/self/status")
+def resident(field):
+    line = next(l for l in status.read_text().splitlines() if l.startswith(field))
+    return int(line.split()[1]) / 1024
+times = []
+with Compute.of(config.runtime).autocast():
+    logits = pool_logits(student, list(group_of), pool, group_of)
+    before = resident("VmRSS:")
+    Path("/proc/self/clear_refs").write_text("5")  # the peak (VmHWM) starts again from here
+    on_step = lambda *_: times.append(time.perf_counter())
+    distill(student, logits, logits, pool, group_of, m, 0, on_step=on_step)
+print(json.dumps({"sites": len(sites), "steps": steps,
+                  "seconds_per_step": (times[-1] - times[1]) / (len(times) - 2),
+                  "rss_before_mb": before, "peak_rss_mb": resident("VmHWM:"),
+                  "step_growth_mb": resident("VmHWM:") - before}))
+"""
+
+
+def distill_steps(trees: list[str]) -> dict:
+    """Twelve shared8 distillation steps (batch 16 at 128 px and 64 at 32 px, bf16 where 'auto'
+    picks it, the server's threads, random pool images, the teachers' outputs in memory) with 8,
+    32 and 64 sites' heads, each in a fresh process, with the package of each tree in `trees`
+    (src folders of checkouts: before and after a change): seconds per step after the first two,
+    and how far the process's peak memory (VmHWM, reset before the steps) rose above its
+    resident memory before them."""
+    rows = []
+    for tree in trees:
+        commit = subprocess.run(
+            ["git", "-C", tree, "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+        ).stdout.strip()
+        for sites in (8, 32, 64):
+            child = [sys.executable, "-c", DISTILL_STEPS, str(sites), str(Path(tree).resolve())]
+            env = {**os.environ, "PYTHONPATH": str(ROOT / "bench")}
+            done = subprocess.run(child, capture_output=True, text=True, check=True, env=env)
+            rows.append({"package_commit": commit, **json.loads(done.stdout.splitlines()[-1])})
+            print(rows[-1], file=sys.stderr)
+    return {"rows": rows}
+
+
 # ---------------------------------------------------------------------------------------- overhead
 
 
@@ -653,6 +718,8 @@ if __name__ == "__main__":
         plot()
     elif args[:1] == ["server_step_usage"]:  # a child of `allocator`
         print(json.dumps(server_step_usage(args[1] == "kept", int(args[2]), args[3] == "thread")))
+    elif args[:1] == ["distill_steps"]:
+        save("distill_steps", distill_steps(args[1:] or [str(ROOT / "src")]))
     elif args[:1] == ["precision"]:
         save("precision", {"runs": [precision(Path(a)) for a in args[1:]]})
     elif args[:1] in (["overhead"], ["work"]):

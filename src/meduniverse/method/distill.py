@@ -2,6 +2,7 @@
 universal model's heads, with a retention term that keeps what the heads knew before."""
 
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -13,6 +14,7 @@ from meduniverse.method.loop import (
     StepCallback,
     StepLosses,
     TrainStats,
+    backward_by_head,
     cycle_batches,
     make_optimizer,
     optimise,
@@ -190,6 +192,41 @@ def distill(
     return stats
 
 
+@dataclass
+class _HeadTerms:
+    """What a head's distillation loss is made of in one block (see `distill`)."""
+
+    student: UniversalModel
+    teacher_logits: dict[str, torch.Tensor | DiskRows]
+    retained_logits: dict[str, torch.Tensor | DiskRows]
+    tasks: dict[str, str]
+    method: MethodConfig
+    active: set[str]
+    retained: list[str]
+    retained_weight: float
+    weights: dict[str, torch.Tensor]
+    targets: FeatureTargets | None
+
+    def loss(self, t: str, pyramid: list[torch.Tensor], idx: torch.Tensor) -> torch.Tensor:
+        """Head t's loss on the pool rows `idx` from its encoder pyramid."""
+        m, targets = self.method, self.targets
+        output, loss = self.student.heads[t](pyramid), torch.zeros((), device=idx.device)
+        if t in self.active and targets and t in targets.features:
+            loss = loss + m.feature_weight * feature_distance(
+                targets.maps[t](pooled(pyramid)), targets.features[t][idx].float()
+            )
+        if t in self.active:
+            weights = self.weights[t][idx] if t in self.weights else None
+            loss = loss + teacher_term(
+                output, self.teacher_logits[t][idx].float(), self.tasks[t], m, weights
+            )
+        if t in self.retained:
+            loss = loss + self.retained_weight * soft_target_loss(
+                output, self.retained_logits[t][idx].float(), self.tasks[t], m.temperature
+            )
+        return loss
+
+
 def _distill_losses(
     student: UniversalModel,
     teacher_logits: dict[str, torch.Tensor | DiskRows],
@@ -204,7 +241,8 @@ def _distill_losses(
     weights: dict[str, torch.Tensor],
     targets: FeatureTargets | None,
 ) -> StepLosses:
-    """The loss of each distillation step, block by block (see `distill`)."""
+    """The loss of each distillation step, block by block (see `distill`), backpropagated head by
+    head (`backward_by_head`) and yielded detached."""
     mixed = method.distill_schedule == "mixed"
     every_head = list(dict.fromkeys(list(teacher_logits) + list(retained_logits)))
     tasks = {t: student.tasks[t].task for t in every_head}
@@ -215,6 +253,18 @@ def _distill_losses(
         if not mixed and retained:
             retained_logits = pool_logits(student, retained, pool, group_of)
         weight = method.retention if mixed else method.retention / max(len(retained), 1)
+        terms = _HeadTerms(
+            student,
+            teacher_logits,
+            retained_logits,
+            tasks,
+            method,
+            active,
+            retained,
+            weight,
+            weights,
+            targets,
+        )
         student.train()
         for _ in range(block_steps):
             batch = next(batches)
@@ -226,29 +276,11 @@ def _distill_losses(
                 if not heads:
                     continue
                 pyramids = student.pyramids(normalize(pool[group][idx]), heads)
-                for t in heads:
-                    output = student.heads[t](pyramids[t])
-                    if t in active and targets and t in targets.features:
-                        loss = loss + method.feature_weight * feature_distance(
-                            targets.maps[t](pooled(pyramids[t])), targets.features[t][idx].float()
-                        )
-                    if t in active:
-                        loss = loss + teacher_term(
-                            output,
-                            teacher_logits[t][idx].float(),
-                            tasks[t],
-                            method,
-                            weights[t][idx] if t in weights else None,
-                        )
-                    if t in retained:
-                        loss = loss + weight * soft_target_loss(
-                            output,
-                            retained_logits[t][idx].float(),
-                            tasks[t],
-                            method.temperature,
-                        )
+                loss = loss + backward_by_head(pyramids, partial(terms.loss, idx=idx))
                 if mim_decoder is not None and method.mim_weight > 0:
-                    loss = loss + method.mim_weight * mim_step_loss(
+                    reconstruction = method.mim_weight * mim_step_loss(
                         student.encoder, mim_decoder, pool[group][idx], method, generator
                     )
+                    reconstruction.backward()
+                    loss = loss + reconstruction.detach()
             yield loss, sum(len(idx) for idx in batch.values())

@@ -12,6 +12,8 @@ from meduniverse.core.config import MethodConfig
 
 StepCallback = Callable[[int, int], None]
 StepLosses = Iterable[tuple[torch.Tensor, int]]
+"""Per step, (loss, images in the batch): a loss that requires grad is backpropagated by `optimise`;
+a detached one was already backpropagated by its generator (`backward_by_head`)."""
 
 
 @dataclass
@@ -39,9 +41,9 @@ def optimise(
 
     Args:
         optimizer: steps the parameters the losses depend on.
-        losses: yields (loss, images in the batch) per step; it computes each forward pass when
-            asked, so whatever it does between steps (reshuffling, recomputing targets) happens in
-            step order.
+        losses: yields (loss, images in the batch) per step (`StepLosses`); it computes each
+            forward pass when asked, after the gradients are zeroed, so whatever it does between
+            steps (reshuffling, recomputing targets, backpropagating) happens in step order.
         steps: how many steps to take (the generator must yield at least that many).
         scheduler: stepped after every optimiser step, if given.
         on_step: called with (step, steps) after each step (progress bars).
@@ -52,9 +54,10 @@ def optimise(
     stats, start, total = TrainStats(steps=steps), time.perf_counter(), 0.0
     batches = iter(losses)
     for step in range(1, steps + 1):
-        loss, images = next(batches)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss, images = next(batches)
+        if loss.requires_grad:
+            loss.backward()
         optimizer.step()
         if scheduler is not None:
             scheduler.step()
@@ -64,6 +67,37 @@ def optimise(
             on_step(step, steps)
     stats.seconds, stats.loss = time.perf_counter() - start, total / max(steps, 1)
     return stats
+
+
+def backward_by_head(
+    pyramids: dict[str, list[torch.Tensor]],
+    head_loss: Callable[[str, list[torch.Tensor]], torch.Tensor],
+) -> torch.Tensor:
+    """Backpropagate the sum of the heads' losses one head at a time: each head's loss on a
+    detached copy of its encoder pyramid, then the encoder once per distinct pyramid with the
+    gradients the heads left on it. The gradients are those of the sum's backward, but only one
+    head's activations are alive at a time, so memory stays flat in the number of heads.
+
+    Args:
+        pyramids: per head, its encoder pyramid (heads without adapters share one).
+        head_loss: (head, pyramid) -> that head's scalar loss.
+
+    Returns:
+        The summed loss, detached (see `StepLosses`).
+    """
+    total = torch.zeros(())
+    leaves: dict[int, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
+    for head, pyramid in pyramids.items():
+        if id(pyramid) not in leaves:
+            leaves[id(pyramid)] = pyramid, [f.detach().requires_grad_() for f in pyramid]
+        loss = head_loss(head, leaves[id(pyramid)][1])
+        loss.backward()
+        total = total.to(loss.device) + loss.detach()
+    for pyramid, detached in leaves.values():
+        pairs = [(f, d.grad) for f, d in zip(pyramid, detached, strict=True) if d.grad is not None]
+        if pairs:
+            torch.autograd.backward([f for f, _ in pairs], [g for _, g in pairs])
+    return total
 
 
 def make_optimizer(
