@@ -212,6 +212,7 @@ PROCESSOR_PARTS = (
     "allocator",
     "allocator_warm",
     "arena",
+    "distill_steps",
 )
 
 
@@ -237,6 +238,7 @@ def processor_lines(doc: dict, kind: str) -> list[str]:
         *allocator_lines(part["allocator"]),
         *allocator_lines(part["allocator_warm"]),
         *arena_lines(part["arena"]),
+        *distill_steps_lines(part["distill_steps"]),
     ]
 
 
@@ -347,6 +349,35 @@ def arena_lines(doc: dict | None) -> list[str]:
         for r in doc["rows"]
     ]
     return lines + markdown_table(["malloc", "thread", "wall (s)", "page faults"], rows)
+
+
+def distill_steps_lines(doc: dict | None) -> list[str]:
+    """Distillation steps with more sites' heads, before and after a change, each in a fresh
+    process: time per step and how far the step's peak memory rose above the process's memory."""
+    if not doc:
+        return []
+    lines = [
+        "",
+        "Memory of distillation steps against the number of sites: 12 `shared8` steps (batch 16 "
+        "at 128 px and 64 at 32 px, the server's threads and precision, random pool images), the "
+        "eight sites split into shards, each row a fresh process running the package at the "
+        "commit shown; growth: the peak resident memory during the steps (VmHWM, reset before "
+        "them) above the resident memory before them "
+        f"(`{doc['command']}`, commit `{doc['commit'][:7]}`):",
+        "",
+    ]
+    rows = [
+        [
+            f"`{r['package_commit']}`",
+            str(r["sites"]),
+            f"{r['seconds_per_step']:.2f}",
+            f"{r['rss_before_mb']:.0f}",
+            f"{r['step_growth_mb']:.0f}",
+        ]
+        for r in doc["rows"]
+    ]
+    header = ["package", "sites", "seconds per step", "resident before (MB)", "growth (MB)"]
+    return lines + markdown_table(header, rows)
 
 
 def scaling_lines(scale: dict, where: str = "") -> list[str]:
