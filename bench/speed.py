@@ -7,7 +7,7 @@ channels_last and torch.compile, the federation's overhead against a plain loop,
     python bench/speed.py overhead --config shared8 --flower-run RUN_DIR   # a finished run's time
     python bench/speed.py scaling                     # 8 -> 32 -> 64 sites, pool x1 and x4
     python bench/speed.py scaling_disk                # the same, teacher outputs on disk
-    python bench/speed.py precision RUN_DIR...        # default runs against the fp32 seeds
+    python bench/speed.py precision [--add] RUN_DIR...  # default runs against the fp32 seeds
     python bench/speed.py allocator                   # a server step with malloc's defaults, kept
     python bench/speed.py allocator_warm              # the same, twice in a thread, as in a run
     python bench/speed.py arena                       # training steps in a thread: malloc arenas
@@ -721,7 +721,9 @@ if __name__ == "__main__":
     elif args[:1] == ["distill_steps"]:
         save("distill_steps", distill_steps(args[1:] or [str(ROOT / "src")]))
     elif args[:1] == ["precision"]:
-        save("precision", {"runs": [precision(Path(a)) for a in args[1:]]})
+        add = args[1:2] == ["--add"]  # after the runs speed.json holds already
+        earlier = read_json(OUT)[part_name("precision")]["runs"] if add else []
+        save("precision", {"runs": earlier + [precision(Path(a)) for a in args[1 + add :]]})
     elif args[:1] in (["overhead"], ["work"]):
         which = args[args.index("--config") + 1] if "--config" in args else "demo"
         if args[0] == "work":
