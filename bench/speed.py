@@ -671,6 +671,7 @@ def plot() -> None:
             **r,
             "outputs": r.get("teacher_outputs", "memory"),
             "machine": MACHINE[kind] or "the AVX2 machine",
+            "code": scaled["commit"][:7],
         }
         for part in ("scaling", "scaling_disk")
         for kind, scaled in kinds(figures, part)
@@ -679,12 +680,12 @@ def plot() -> None:
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 4.5))
 
     def key(r: dict) -> tuple:
-        return r["pool_factor"], r["outputs"], r["machine"]
+        return r["pool_factor"], r["outputs"], r["machine"], r["code"]
 
     for group in sorted({key(r) for r in rows}):
         mine = [r for r in rows if key(r) == group]
         sites = [r["sites"] for r in mine]
-        label = "pool x{}, outputs {} {} ({})".format(
+        label = "pool x{}, outputs {} {} ({}, commit {})".format(
             group[0], "on" if group[1] == "disk" else "in", *group[1:]
         )
         left.plot(sites, [r["server_step_seconds"] for r in mine], "o-", label=label)

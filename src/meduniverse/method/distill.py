@@ -39,7 +39,7 @@ def pool_logits(
     folder: Path | None = None,
 ) -> dict[str, torch.Tensor | DiskRows]:
     """Logits (float16) of the given heads on the pool images of their input group, one encoder pass
-    per batch.
+    per batch, each head's written before the next head runs.
 
     Args:
         model: evaluated in eval mode.
@@ -59,8 +59,9 @@ def pool_logits(
         names = [t for t in task_names if group_of[t] == group]
         writers = {t: RowWriter(t, folder, device) for t in names}
         for x in images.split(batch):
-            for t, logits in model.forward_heads(normalize(x), names).items():
-                writers[t].add(logits)
+            pyramids = model.pyramids(normalize(x), names)
+            for t in names:  # one head's logits at a time: memory flat in the number of heads
+                writers[t].add(model.heads[t](pyramids[t]))
         out.update(writers)
     return {t: w.done() for t, w in out.items() if w.count}
 

@@ -66,10 +66,6 @@ class UniversalModel(nn.Module):
         features = self.encoder(x)
         return dict.fromkeys(tasks, features)
 
-    def forward_heads(self, x: torch.Tensor, tasks: list[str]) -> dict[str, torch.Tensor]:
-        """Several heads' logits (see `pyramids`)."""
-        return {t: self.heads[t](f) for t, f in self.pyramids(x, tasks).items()}
-
 
 def pooled(pyramid: list[torch.Tensor]) -> torch.Tensor:
     """The deepest level of an encoder pyramid averaged over space: N×D."""
