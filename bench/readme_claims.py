@@ -280,15 +280,17 @@ def precision_lines(doc: dict | None) -> list[str]:
     runs = doc.get("runs", [doc])
     lowered = runs[0]["compute"]["precision"]
     times = "; ".join(
-        f"seed {r['seed']}{_ran_at(r)}: {r['run_seconds'] / 60:.0f} min against "
-        f"{r['fp32_run_seconds'] / 60:.0f}"
+        f"seed {r['seed']}{_ran_at(r)}: {r['run_seconds'] / 60:.0f} min"
+        + _mim_seconds(r)
+        + f" against {r['fp32_run_seconds'] / 60:.0f}"
         for r in runs
     )
     lines = [
         "",
         f"Default `shared8` seeds there in {lowered} (`{doc['command']}`, commit "
         f"`{doc['commit'][:7]}`): {times} min for the fp32 run of the same seed in the "
-        "confirmation (another machine). Test means:",
+        "confirmation (another machine); the MIM stage is the same code in every run, so its "
+        "time shows how fast the machine was that day. Test means:",
         "",
     ]
     rows = []
@@ -298,6 +300,12 @@ def precision_lines(doc: dict | None) -> list[str]:
             rows.append([arm, str(r["seed"]), *shown[:2], f"{a['test_minus_fp32']:+.3f}", shown[2]])
     header = ["arm", "seed", lowered, "fp32", "difference"]
     return lines + markdown_table([*header, "fp32 seed-to-seed spread (std)"], rows)
+
+
+def _mim_seconds(run: dict) -> str:
+    """' (MIM stage N s)' of a precision run that recorded its phases, else ''."""
+    seconds = run.get("phases", {}).get("stage_0")
+    return f" (MIM stage {seconds:.0f} s)" if seconds is not None else ""
 
 
 def allocator_lines(doc: dict | None) -> list[str]:

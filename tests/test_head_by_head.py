@@ -37,7 +37,8 @@ def test_backward_by_head_gives_the_gradients_of_the_summed_loss(demo_config, ad
 
     total = backward_by_head(model.pyramids(x, heads), loss_of)
     got = {k: p.grad for k, p in model.named_parameters() if p.grad is not None}
-    assert not total.requires_grad and float(total) == pytest.approx(float(summed.detach()), rel=1e-5)
+    assert not total.requires_grad
+    assert float(total) == pytest.approx(float(summed.detach()), rel=1e-5)
     assert set(got) == set(expected) and any(k.startswith("encoder.") for k in got)
     for k, g in expected.items():
         assert torch.allclose(got[k], g, rtol=1e-4, atol=1e-6), k
