@@ -66,6 +66,16 @@ def shared8(*overrides: str) -> FederationConfig:
     return load_config(ROOT / "configs" / "shared8.toml", [f"data_root='{SHARED}'", *overrides])
 
 
+def sharded(config: FederationConfig, sites: int) -> FederationConfig:
+    """`config` with each of its sites split into `sites` / len(config.sites) same-named shards
+    (NAME_0, NAME_1, ...): more sites' heads on the same data."""
+    shards = sites // len(config.sites)
+    return replace(
+        config,
+        sites=tuple(replace(s, name=f"{s.name}_{k}") for s in config.sites for k in range(shards)),
+    )
+
+
 def part_name(part: str) -> str:
     """`part` as speed.json names it on this processor: `part`_amx with AMX bf16 units,
     `part`_avx512 with avx512_bf16 only, `part` on the AVX2 machines (bf16 costs differ by an
@@ -372,7 +382,6 @@ def arena(reps: int = 3) -> dict:
 
 DISTILL_STEPS = """
 import json, sys, time
-from dataclasses import replace
 from pathlib import Path
 import torch
 sys.path.insert(0, sys.argv[2])  # the package tree measured, before bench/
@@ -380,13 +389,10 @@ from meduniverse.core.device import Compute, keep_freed_memory
 from meduniverse.core.tasks import task_type
 from meduniverse.method.distill import distill, pool_logits
 from meduniverse.models.universal import build_model
-from speed import shared8
+from speed import shared8, sharded
 keep_freed_memory()
-config = shared8()
+config = sharded(shared8("method.distill_epochs=1"), int(sys.argv[1]))
 torch.set_num_threads(config.runtime.server_threads)
-shards = int(sys.argv[1]) // len(config.sites)
-sites = tuple(replace(s, name=f"{s.name}_{k}") for s in config.sites for k in range(shards))
-config = replace(config, sites=sites, method=replace(config.method, distill_epochs=1))
 steps, m, generator = 12, config.method, torch.Generator().manual_seed(0)
 shapes = {"classification": (steps * m.batch_size, 3, 32, 32),
           "segmentation": (steps * m.seg_batch_size, 3, 128, 128)}
@@ -405,7 +411,7 @@ with Compute.of(config.runtime).autocast():
     Path("/proc/self/clear_refs").write_text("5")  # the peak (VmHWM) starts again from here
     on_step = lambda *_: times.append(time.perf_counter())
     distill(student, logits, logits, pool, group_of, m, 0, on_step=on_step)
-print(json.dumps({"sites": len(sites), "steps": steps,
+print(json.dumps({"sites": len(config.sites), "steps": steps,
                   "seconds_per_step": (times[-1] - times[1]) / (len(times) - 2),
                   "rss_before_mb": before, "peak_rss_mb": resident("VmHWM:"),
                   "step_growth_mb": resident("VmHWM:") - before}))
@@ -624,13 +630,7 @@ def scaling(place: str = "memory") -> dict:
                 for g, x in pool.items()
             }
         for sites in (8, 32, 64) if factor == 1 else (8, 32):
-            shards = sites // len(config.sites)
-            many = replace(
-                config,
-                sites=tuple(
-                    replace(s, name=f"{s.name}_{k}") for s in config.sites for k in range(shards)
-                ),
-            )
+            many = sharded(config, sites)
             state = build_model(many, seed=0).state_dict()
             updates = [SiteUpdate(s.name, part_of(state, s.name), 100) for s in many.sites]
             gc.collect()
@@ -723,7 +723,10 @@ if __name__ == "__main__":
         save("distill_steps", distill_steps(args[1:] or [str(ROOT / "src")]))
     elif args[:1] == ["precision"]:
         add = args[1:2] == ["--add"]  # after the runs speed.json holds already
-        earlier = read_json(OUT)[part_name("precision")]["runs"] if add else []
+        held = read_json(OUT).get(part_name("precision")) if add and OUT.is_file() else None
+        if add and held is None:
+            sys.exit(f"precision --add: {OUT.name} holds no {part_name('precision')}; run without")
+        earlier = held["runs"] if add else []
         save("precision", {"runs": earlier + [precision(Path(a)) for a in args[1 + add :]]})
     elif args[:1] in (["overhead"], ["work"]):
         which = args[args.index("--config") + 1] if "--config" in args else "demo"
