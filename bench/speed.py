@@ -12,6 +12,7 @@ channels_last and torch.compile, the federation's overhead against a plain loop,
     python bench/speed.py allocator_warm              # the same, twice in a thread, as in a run
     python bench/speed.py arena                       # training steps in a thread: malloc arenas
     python bench/speed.py distill_steps [SRC...]      # distillation steps' memory, 8 -> 64 sites
+    python bench/speed.py server_memory [SRC...]      # a whole server step's memory, 8 -> 64 sites
 
 Each part merges its figures into bench/results/speed.json (with the command, commit and machine;
 under PART_amx on a processor with AMX bf16 units, PART_avx512 on one with avx512_bf16 only);
@@ -380,16 +381,27 @@ def arena(reps: int = 3) -> dict:
     return {"batch": 96, "size": 128, "threads": 2, "steps": 4, "rows": rows}
 
 
+def resident(field: str = "VmRSS") -> float:
+    """This process's `field` of /proc/self/status in MB (VmRSS: resident now; VmHWM: the peak)."""
+    status = Path("/proc/self/status").read_text().splitlines()
+    return int(next(line for line in status if line.startswith(field + ":")).split()[1]) / 1024
+
+
+def restart_peak() -> float:
+    """Start this process's peak (VmHWM) again from its resident memory now, which it returns."""
+    Path("/proc/self/clear_refs").write_text("5")
+    return resident()
+
+
 DISTILL_STEPS = """
 import json, sys, time
-from pathlib import Path
 import torch
 sys.path.insert(0, sys.argv[2])  # the package tree measured, before bench/
 from meduniverse.core.device import Compute, keep_freed_memory
 from meduniverse.core.tasks import task_type
 from meduniverse.method.distill import distill, pool_logits
 from meduniverse.models.universal import build_model
-from speed import shared8, sharded
+from speed import resident, restart_peak, shared8, sharded
 keep_freed_memory()
 config = sharded(shared8("method.distill_epochs=1"), int(sys.argv[1]))
 torch.set_num_threads(config.runtime.server_threads)
@@ -400,43 +412,93 @@ pool = {g: torch.randint(0, 256, s, dtype=torch.uint8, generator=generator)
         for g, s in shapes.items()}
 group_of = {s.name: task_type(s.task).group for s in config.sites}
 student = build_model(config, seed=0)
-status = Path("/proc/self/status")
-def resident(field):
-    line = next(l for l in status.read_text().splitlines() if l.startswith(field))
-    return int(line.split()[1]) / 1024
 times = []
 with Compute.of(config.runtime).autocast():
     logits = pool_logits(student, list(group_of), pool, group_of)
-    before = resident("VmRSS:")
-    Path("/proc/self/clear_refs").write_text("5")  # the peak (VmHWM) starts again from here
+    before = restart_peak()
     on_step = lambda *_: times.append(time.perf_counter())
     distill(student, logits, logits, pool, group_of, m, 0, on_step=on_step)
 print(json.dumps({"sites": len(config.sites), "steps": steps,
                   "seconds_per_step": (times[-1] - times[1]) / (len(times) - 2),
-                  "rss_before_mb": before, "peak_rss_mb": resident("VmHWM:"),
-                  "step_growth_mb": resident("VmHWM:") - before}))
+                  "rss_before_mb": before, "peak_rss_mb": resident("VmHWM"),
+                  "step_growth_mb": resident("VmHWM") - before}))
+"""
+
+SERVER_MEMORY = """
+import json, sys, time
+import torch
+sys.path.insert(0, sys.argv[2])  # the package tree measured, before bench/
+from meduniverse.core.device import Compute, keep_freed_memory
+from meduniverse.method.server import SiteUpdate, server_step
+from meduniverse.models.universal import build_model, part_of
+from meduniverse.sites.pool import build_pool
+from speed import resident, restart_peak, shared8, sharded
+STEPS = 12
+class Enough(Exception):
+    pass
+times = []
+def on_step(step, steps):
+    times.append(time.perf_counter())
+    if step >= STEPS:
+        raise Enough
+keep_freed_memory()
+config = shared8("method.distill_epochs=1", "runtime.teacher_outputs='disk'")
+pool = build_pool(config).images
+config = sharded(config, int(sys.argv[1]))
+state = build_model(config, seed=0).state_dict()
+updates = [SiteUpdate(s.name, part_of(state, s.name), 100) for s in config.sites]
+torch.set_num_threads(config.runtime.server_threads)
+before = restart_peak()
+started = time.perf_counter()
+with Compute.of(config.runtime).autocast():
+    try:
+        server_step(state, updates, config, pool, seed=0, on_step=on_step)
+    except Enough:
+        pass
+print(json.dumps({"sites": len(config.sites), "steps": STEPS,
+                  "pool_images": {g: len(x) for g, x in pool.items()},
+                  "teacher_outputs_seconds": times[0] - started,
+                  "seconds_per_step": (times[-1] - times[1]) / (len(times) - 2),
+                  "rss_before_mb": before, "peak_rss_mb": resident("VmHWM"),
+                  "step_growth_mb": resident("VmHWM") - before}))
 """
 
 
-def distill_steps(trees: list[str]) -> dict:
-    """Twelve shared8 distillation steps (batch 16 at 128 px and 64 at 32 px, bf16 where 'auto'
-    picks it, the server's threads, random pool images, the teachers' outputs in memory) with 8,
-    32 and 64 sites' heads, each in a fresh process, with the package of each tree in `trees`
-    (src folders of checkouts: before and after a change): seconds per step after the first two,
-    and how far the process's peak memory (VmHWM, reset before the steps) rose above its
-    resident memory before them."""
+def fresh_processes(script: str, trees: list[str], sites: tuple[int, ...] = (8, 32, 64)) -> dict:
+    """`script` (DISTILL_STEPS, SERVER_MEMORY) in a fresh process for each package tree in
+    `trees` (src folders of checkouts: before and after a change) and each number of sites: the
+    JSON line each prints, with the tree's commit."""
     rows = []
     for tree in trees:
         commit = subprocess.run(
             ["git", "-C", tree, "rev-parse", "--short", "HEAD"], capture_output=True, text=True
         ).stdout.strip()
-        for sites in (8, 32, 64):
-            child = [sys.executable, "-c", DISTILL_STEPS, str(sites), str(Path(tree).resolve())]
+        for count in sites:
+            child = [sys.executable, "-c", script, str(count), str(Path(tree).resolve())]
             env = {**os.environ, "PYTHONPATH": str(ROOT / "bench")}
             done = subprocess.run(child, capture_output=True, text=True, check=True, env=env)
             rows.append({"package_commit": commit, **json.loads(done.stdout.splitlines()[-1])})
             print(rows[-1], file=sys.stderr)
     return {"rows": rows}
+
+
+def distill_steps(trees: list[str]) -> dict:
+    """Twelve shared8 distillation steps (batch 16 at 128 px and 64 at 32 px, bf16 where 'auto'
+    picks it, the server's threads, random pool images, the teachers' outputs in memory) with 8,
+    32 and 64 sites' heads, each in a fresh process, with the package of each tree in `trees`:
+    seconds per step after the first two, and how far the process's peak memory (VmHWM, reset
+    before the steps) rose above its resident memory before them."""
+    return fresh_processes(DISTILL_STEPS, trees)
+
+
+def server_memory(trees: list[str]) -> dict:
+    """A shared8 server step on the real pool with 8, 32 and 64 site models (the sites split into
+    shards, models freshly initialised, teachers' outputs on disk), each in a fresh process with
+    the package of each tree in `trees`: every teacher's and G_{s-1}'s outputs, then the first 12
+    distillation steps (whose memory `distill_steps` measures alone). Its time to the first step
+    (the teachers' outputs), seconds per step after the first two, and how far the process's
+    peak memory (VmHWM, reset before the step) rose above its resident memory before it."""
+    return fresh_processes(SERVER_MEMORY, trees)
 
 
 # ---------------------------------------------------------------------------------------- overhead
@@ -719,8 +781,9 @@ if __name__ == "__main__":
         plot()
     elif args[:1] == ["server_step_usage"]:  # a child of `allocator`
         print(json.dumps(server_step_usage(args[1] == "kept", int(args[2]), args[3] == "thread")))
-    elif args[:1] == ["distill_steps"]:
-        save("distill_steps", distill_steps(args[1:] or [str(ROOT / "src")]))
+    elif args[:1] in (["distill_steps"], ["server_memory"]):
+        part = {"distill_steps": distill_steps, "server_memory": server_memory}[args[0]]
+        save(args[0], part(args[1:] or [str(ROOT / "src")]))
     elif args[:1] == ["precision"]:
         add = args[1:2] == ["--add"]  # after the runs speed.json holds already
         held = read_json(OUT).get(part_name("precision")) if add and OUT.is_file() else None
