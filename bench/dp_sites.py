@@ -26,12 +26,11 @@ from meduniverse.core.device import Compute
 from meduniverse.core.tasks import task_type
 from meduniverse.federation.client_app import site_model
 from meduniverse.interfaces.cli import demo_config_path
-from meduniverse.method.mim import pretrain_mim
+from meduniverse.method.mim import mim_model
 from meduniverse.method.private import dp_schedule, expected_batch, train_private, used_parameters
 from meduniverse.method.site import stage_method, train_site
 from meduniverse.method.supervised import evaluate
-from meduniverse.models.heads import DecoderHead
-from meduniverse.models.universal import build_model, encoder_part
+from meduniverse.models.universal import encoder_part
 from meduniverse.sites.pool import build_pool
 from meduniverse.sites.sources import load_site
 from privacy import dp_settings
@@ -42,11 +41,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def mim_encoder(config: FederationConfig) -> dict[str, torch.Tensor]:
     """G_0: the encoder MIM-pretrained on the pool, as stage 0 of a run makes it."""
-    model = build_model(config, seed=config.seed)
     torch.set_num_threads(config.runtime.server_threads)
     with Compute.of(config.runtime).autocast():
-        decoder = DecoderHead(model.encoder.widths, config.inputs[0][1].channels)
-        pretrain_mim(model.encoder, decoder, build_pool(config).images, config.method, config.seed)
+        model, _, _ = mim_model(config, build_pool(config).images, config.seed)
     return encoder_part(model.state_dict())
 
 

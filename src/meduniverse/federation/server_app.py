@@ -26,10 +26,9 @@ from meduniverse.federation.messages import from_arrays, to_arrays
 from meduniverse.federation.secure import secure_stage
 from meduniverse.federation.strategy import UniversalDistillation
 from meduniverse.federation.strict import StrictTransfer
-from meduniverse.method.mim import pretrain_mim
+from meduniverse.method.mim import mim_model
 from meduniverse.method.server import server_step
 from meduniverse.models.heads import DecoderHead
-from meduniverse.models.universal import build_model
 from meduniverse.sites.pool import Pool, own_images
 
 
@@ -49,17 +48,8 @@ def stage_zero(
         ckpt: where stage 0 is checkpointed (the model and the MIM decoder).
         progress: the run's progress bars.
     """
-    device = next(iter(pool.values())).device  # the models compute where the pool lives
-    model = build_model(config, seed=seed).to(device)
-    spec = config.inputs[0][1]
-    decoder = DecoderHead(model.encoder.widths, spec.channels).to(device)
-    stats = pretrain_mim(
-        model.encoder,
-        decoder,
-        pool,
-        config.method,
-        seed,
-        progress.phase("stage 0: MIM pretraining on the pool"),
+    model, decoder, stats = mim_model(
+        config, pool, seed, progress.phase("stage 0: MIM pretraining on the pool")
     )
     ckpt.save_stage(
         0,

@@ -3,7 +3,7 @@
 import torch
 from torch import nn
 
-from meduniverse.core.config import MethodConfig
+from meduniverse.core.config import FederationConfig, MethodConfig
 from meduniverse.data.transforms import normalize
 from meduniverse.method.loop import (
     StepCallback,
@@ -16,6 +16,7 @@ from meduniverse.method.loop import (
 )
 from meduniverse.method.losses import mim_loss
 from meduniverse.models.heads import DecoderHead
+from meduniverse.models.universal import UniversalModel, build_model
 
 
 def random_patch_mask(
@@ -106,3 +107,26 @@ def pretrain_mim(
         for batch in cycle_batches(pool, sizes, steps, generator)
     )
     return optimise(optimizer, losses, steps, schedule, on_step)
+
+
+def mim_model(
+    config: FederationConfig,
+    pool: dict[str, torch.Tensor],
+    seed: int,
+    on_step: StepCallback | None = None,
+) -> tuple[UniversalModel, DecoderHead, TrainStats]:
+    """Stage 0's model: a universal model built from `seed` whose encoder `pretrain_mim` trains on
+    the pool (the baseline's encoder and G_0), with the pixel decoder trained along; both on the
+    pool's device.
+
+    Args:
+        config: the federation (model and MIM settings).
+        pool: per input group, uint8 images N×C×S×S, on the device to compute on.
+        seed: the model's initialisation, batches and masks.
+        on_step: progress callback (step, steps).
+    """
+    device = next(iter(pool.values())).device
+    model = build_model(config, seed=seed).to(device)
+    decoder = DecoderHead(model.encoder.widths, config.inputs[0][1].channels).to(device)
+    stats = pretrain_mim(model.encoder, decoder, pool, config.method, seed, on_step)
+    return model, decoder, stats
