@@ -5,6 +5,7 @@ Used by readme_results.py: the line that states which of the claim's targets hol
 figures (speed.json).
 """
 
+from collections.abc import Callable
 from statistics import mean
 
 from dp_screen import overrides
@@ -213,6 +214,7 @@ PROCESSOR_PARTS = (
     "allocator_warm",
     "arena",
     "distill_steps",
+    "server_memory",
 )
 
 
@@ -239,6 +241,7 @@ def processor_lines(doc: dict, kind: str) -> list[str]:
         *allocator_lines(part["allocator_warm"]),
         *arena_lines(part["arena"]),
         *distill_steps_lines(part["distill_steps"]),
+        *server_memory_lines(part["server_memory"]),
     ]
 
 
@@ -274,10 +277,10 @@ def _ran_at(run: dict) -> str:
 
 def precision_lines(doc: dict | None) -> list[str]:
     """Default shared8 seeds at the precision 'auto' picked, each against the fp32 run of the same
-    seed in the confirmation (a part of one run, from before `runs`, reads as a list of one)."""
+    seed in the confirmation."""
     if not doc:
         return []
-    runs = doc.get("runs", [doc])
+    runs = doc["runs"]
     lowered = runs[0]["compute"]["precision"]
     times = "; ".join(
         f"seed {r['seed']}{_ran_at(r)}: {r['run_seconds'] / 60:.0f} min"
@@ -364,27 +367,49 @@ def distill_steps_lines(doc: dict | None) -> list[str]:
     process: time per step and how far the step's peak memory rose above the process's memory."""
     if not doc:
         return []
-    lines = [
-        "",
+    intro = (
         "Memory of distillation steps against the number of sites: 12 `shared8` steps (batch 16 "
         "at 128 px and 64 at 32 px, the server's threads and precision, random pool images), the "
         "eight sites split into shards, each row a fresh process running the package at the "
         "commit shown; growth: the peak resident memory during the steps (VmHWM, reset before "
-        "them) above the resident memory before them "
-        f"(`{doc['command']}`, commit `{doc['commit'][:7]}`):",
-        "",
-    ]
+        "them) above the resident memory before them"
+    )
+    return fresh_process_lines(doc, intro, {})
+
+
+def server_memory_lines(doc: dict | None) -> list[str]:
+    """A whole server step with more site models, each in a fresh process: the teachers' outputs'
+    time, the distillation's time per step and how far the step's peak memory rose."""
+    if not doc:
+        return []
+    intro = (
+        "Memory of a whole server step against the number of sites: the real `shared8` pool, the "
+        "eight sites split into shards (site models freshly initialised), the teachers' outputs "
+        "on disk; every teacher's and the previous model's outputs, then the first 12 "
+        "distillation steps; each row a fresh process; growth: the peak resident memory during "
+        "the step (VmHWM, reset before it) above the resident memory before it"
+    )
+    return fresh_process_lines(
+        doc, intro, {"teacher outputs (s)": lambda r: f"{r['teacher_outputs_seconds']:.0f}"}
+    )
+
+
+def fresh_process_lines(doc: dict, intro: str, more: dict[str, Callable[[dict], str]]) -> list[str]:
+    """A table of `bench/speed.py`'s rows measured in fresh processes (`fresh_processes`): the
+    package's commit, sites, the `more` columns, seconds per step, memory before and growth."""
+    lines = ["", f"{intro} (`{doc['command']}`, commit `{doc['commit'][:7]}`):", ""]
     rows = [
         [
             f"`{r['package_commit']}`",
             str(r["sites"]),
+            *(cell(r) for cell in more.values()),
             f"{r['seconds_per_step']:.2f}",
             f"{r['rss_before_mb']:.0f}",
             f"{r['step_growth_mb']:.0f}",
         ]
         for r in doc["rows"]
     ]
-    header = ["package", "sites", "seconds per step", "resident before (MB)", "growth (MB)"]
+    header = ["package", "sites", *more, "seconds per step", "resident before (MB)", "growth (MB)"]
     return lines + markdown_table(header, rows)
 
 
