@@ -393,6 +393,19 @@ def restart_peak() -> float:
     return resident()
 
 
+def step_figures(times: list[float], before: float) -> dict:
+    """A fresh-process child's figures: seconds per step after the first two (`times`: when each
+    step ended), its resident memory `before` the steps (`restart_peak`), the peak since then and
+    how far it rose."""
+    peak = resident("VmHWM")
+    return {
+        "seconds_per_step": (times[-1] - times[1]) / (len(times) - 2),
+        "rss_before_mb": before,
+        "peak_rss_mb": peak,
+        "step_growth_mb": peak - before,
+    }
+
+
 DISTILL_STEPS = """
 import json, sys, time
 import torch
@@ -401,7 +414,7 @@ from meduniverse.core.device import Compute, keep_freed_memory
 from meduniverse.core.tasks import task_type
 from meduniverse.method.distill import distill, pool_logits
 from meduniverse.models.universal import build_model
-from speed import resident, restart_peak, shared8, sharded
+from speed import restart_peak, shared8, sharded, step_figures
 keep_freed_memory()
 config = sharded(shared8("method.distill_epochs=1"), int(sys.argv[1]))
 torch.set_num_threads(config.runtime.server_threads)
@@ -418,10 +431,7 @@ with Compute.of(config.runtime).autocast():
     before = restart_peak()
     on_step = lambda *_: times.append(time.perf_counter())
     distill(student, logits, logits, pool, group_of, m, 0, on_step=on_step)
-print(json.dumps({"sites": len(config.sites), "steps": steps,
-                  "seconds_per_step": (times[-1] - times[1]) / (len(times) - 2),
-                  "rss_before_mb": before, "peak_rss_mb": resident("VmHWM"),
-                  "step_growth_mb": resident("VmHWM") - before}))
+print(json.dumps({"sites": len(config.sites), "steps": steps, **step_figures(times, before)}))
 """
 
 SERVER_MEMORY = """
@@ -432,7 +442,7 @@ from meduniverse.core.device import Compute, keep_freed_memory
 from meduniverse.method.server import SiteUpdate, server_step
 from meduniverse.models.universal import build_model, part_of
 from meduniverse.sites.pool import build_pool
-from speed import resident, restart_peak, shared8, sharded
+from speed import restart_peak, shared8, sharded, step_figures
 STEPS = 12
 class Enough(Exception):
     pass
@@ -457,10 +467,7 @@ with Compute.of(config.runtime).autocast():
         pass
 print(json.dumps({"sites": len(config.sites), "steps": STEPS,
                   "pool_images": {g: len(x) for g, x in pool.items()},
-                  "teacher_outputs_seconds": times[0] - started,
-                  "seconds_per_step": (times[-1] - times[1]) / (len(times) - 2),
-                  "rss_before_mb": before, "peak_rss_mb": resident("VmHWM"),
-                  "step_growth_mb": resident("VmHWM") - before}))
+                  "teacher_outputs_seconds": times[0] - started, **step_figures(times, before)}))
 """
 
 
@@ -774,6 +781,7 @@ PARTS = {
     "scaling": scaling,
     "scaling_disk": lambda: scaling("disk"),
 }
+TREE_PARTS = {"distill_steps": distill_steps, "server_memory": server_memory}
 
 if __name__ == "__main__":
     args = sys.argv[1:]
@@ -781,9 +789,8 @@ if __name__ == "__main__":
         plot()
     elif args[:1] == ["server_step_usage"]:  # a child of `allocator`
         print(json.dumps(server_step_usage(args[1] == "kept", int(args[2]), args[3] == "thread")))
-    elif args[:1] in (["distill_steps"], ["server_memory"]):
-        part = {"distill_steps": distill_steps, "server_memory": server_memory}[args[0]]
-        save(args[0], part(args[1:] or [str(ROOT / "src")]))
+    elif args[:1] and args[0] in TREE_PARTS:  # parts that measure package trees, given or ours
+        save(args[0], TREE_PARTS[args[0]](args[1:] or [str(ROOT / "src")]))
     elif args[:1] == ["precision"]:
         add = args[1:2] == ["--add"]  # after the runs speed.json holds already
         held = read_json(OUT).get(part_name("precision")) if add and OUT.is_file() else None
